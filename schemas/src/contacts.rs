@@ -1,0 +1,79 @@
+//! Users and how to reach them.
+
+use crate::request::ChannelKind;
+use serde::{Deserialize, Serialize};
+
+/// A recipient: one email, one phone, many devices, a locale and a timezone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// E.164: `+` and 8 to 15 digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// BCP 47 tag such as `ko-KR`; drives template locale selection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// IANA name such as `Asia/Seoul`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    #[serde(default)]
+    pub preferences: Preferences,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Ios,
+    Android,
+    Web,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+            Platform::Web => "web",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub id: String,
+    pub platform: Platform,
+    /// APNs device token, FCM registration token, or Web Push subscription JSON.
+    pub token: String,
+    /// False once a provider said the token is dead; never tried again.
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    #[serde(default)]
+    pub opt_out: OptOut,
+}
+
+/// What the user refuses. Channel opt-outs always hold; category opt-outs
+/// hold for every category but `transactional`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OptOut {
+    #[serde(default)]
+    pub channels: Vec<ChannelKind>,
+    #[serde(default)]
+    pub categories: Vec<String>,
+}

@@ -1,0 +1,159 @@
+//! Delivery events: one for every outcome, appended to `herald-events`.
+//!
+//! An event id is derived from what the event says, so a replayed stage emits
+//! the same id again and a consumer that keeps ids (the timeline, analytics)
+//! stores it once.
+
+use crate::ids::{DeliveryId, NotificationId, hash_hex};
+use crate::job::Route;
+use crate::request::ChannelKind;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Durably appended to `herald-requests`.
+    Accepted,
+    /// Failed validation; `reason` names the field.
+    Rejected,
+    /// Same `(client, idempotency_key)` inside the dedup window.
+    Deduplicated,
+    /// Over a frequency cap.
+    Throttled,
+    /// The user refuses this channel or category.
+    OptedOut,
+    /// Unknown user, or no reachable target on a channel.
+    NoTarget,
+    /// The template could not be rendered (missing variable, budget, size limit).
+    RenderFailed,
+    /// Handed to the provider (or written to the outbox).
+    Sent,
+    /// The provider refused it for good.
+    Failed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Accepted,
+        EventKind::Rejected,
+        EventKind::Deduplicated,
+        EventKind::Throttled,
+        EventKind::OptedOut,
+        EventKind::NoTarget,
+        EventKind::RenderFailed,
+        EventKind::Sent,
+        EventKind::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Rejected => "rejected",
+            EventKind::Deduplicated => "deduplicated",
+            EventKind::Throttled => "throttled",
+            EventKind::OptedOut => "opted_out",
+            EventKind::NoTarget => "no_target",
+            EventKind::RenderFailed => "render_failed",
+            EventKind::Sent => "sent",
+            EventKind::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryEvent {
+    pub event_id: String,
+    pub notification_id: NotificationId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<DeliveryId>,
+    pub client_id: String,
+    pub user_id: String,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    /// Machine-readable reason (`invalid_phone`, `unknown_user`, `cap:marketing`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub attempt: u32,
+    pub at_ms: u64,
+}
+
+impl DeliveryEvent {
+    /// An event about a whole notification (or one channel of it).
+    pub fn new(
+        notification_id: &NotificationId,
+        client_id: &str,
+        user_id: &str,
+        kind: EventKind,
+        channel: Option<ChannelKind>,
+        reason: Option<String>,
+        at_ms: u64,
+    ) -> Self {
+        let mut e = Self {
+            event_id: String::new(),
+            notification_id: notification_id.clone(),
+            delivery_id: None,
+            client_id: client_id.to_string(),
+            user_id: user_id.to_string(),
+            kind,
+            channel,
+            route: None,
+            reason,
+            attempt: 0,
+            at_ms,
+        };
+        e.event_id = e.derive_id();
+        e
+    }
+
+    /// Sets the delivery this event is about, re-deriving the event id.
+    pub fn for_delivery(mut self, delivery_id: &DeliveryId, route: Route, attempt: u32) -> Self {
+        self.delivery_id = Some(delivery_id.clone());
+        self.route = Some(route);
+        self.channel = Some(route.channel());
+        self.attempt = attempt;
+        self.event_id = self.derive_id();
+        self
+    }
+
+    fn derive_id(&self) -> String {
+        let channel = self.channel.map(|c| c.as_str()).unwrap_or("");
+        let delivery = self.delivery_id.as_ref().map(|d| d.0.as_str()).unwrap_or("");
+        let attempt = self.attempt.to_le_bytes();
+        hash_hex(&[
+            self.notification_id.0.as_bytes(),
+            self.kind.as_str().as_bytes(),
+            channel.as_bytes(),
+            delivery.as_bytes(),
+            &attempt,
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_follow_content_not_time() {
+        let n = NotificationId("n".into());
+        let a = DeliveryEvent::new(&n, "c", "u", EventKind::Accepted, None, None, 1);
+        let b = DeliveryEvent::new(&n, "c", "u", EventKind::Accepted, None, None, 2);
+        assert_eq!(a.event_id, b.event_id);
+        let d = DeliveryId("d".into());
+        let s = DeliveryEvent::new(&n, "c", "u", EventKind::Sent, None, None, 1).for_delivery(&d, Route::Sms, 1);
+        let s2 = DeliveryEvent::new(&n, "c", "u", EventKind::Sent, None, None, 1).for_delivery(&d, Route::Sms, 2);
+        assert_ne!(s.event_id, s2.event_id);
+        assert_ne!(a.event_id, s.event_id);
+    }
+}

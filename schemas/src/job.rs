@@ -1,0 +1,123 @@
+//! Delivery jobs: one per target, on one topic per route.
+
+use crate::contacts::Platform;
+use crate::ids::{DeliveryId, NotificationId};
+use crate::request::ChannelKind;
+use crate::work::RenderedContent;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A provider family with its own topic, so one provider's outage never stalls another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    Apns,
+    Fcm,
+    Webpush,
+    Sms,
+    Email,
+}
+
+impl Route {
+    pub const ALL: [Route; 5] = [Route::Apns, Route::Fcm, Route::Webpush, Route::Sms, Route::Email];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Apns => "apns",
+            Route::Fcm => "fcm",
+            Route::Webpush => "webpush",
+            Route::Sms => "sms",
+            Route::Email => "email",
+        }
+    }
+
+    /// The topic its jobs are appended to: `herald-deliveries-<route>`.
+    pub fn topic(self) -> &'static str {
+        match self {
+            Route::Apns => "herald-deliveries-apns",
+            Route::Fcm => "herald-deliveries-fcm",
+            Route::Webpush => "herald-deliveries-webpush",
+            Route::Sms => "herald-deliveries-sms",
+            Route::Email => "herald-deliveries-email",
+        }
+    }
+
+    pub fn channel(self) -> ChannelKind {
+        match self {
+            Route::Apns | Route::Fcm | Route::Webpush => ChannelKind::Push,
+            Route::Sms => ChannelKind::Sms,
+            Route::Email => ChannelKind::Email,
+        }
+    }
+
+    pub fn routes_of(channel: ChannelKind) -> &'static [Route] {
+        match channel {
+            ChannelKind::Push => &[Route::Apns, Route::Fcm, Route::Webpush],
+            ChannelKind::Sms => &[Route::Sms],
+            ChannelKind::Email => &[Route::Email],
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A concrete address on one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Target {
+    Device { device_id: String, platform: Platform, token: String },
+    Phone { number: String },
+    Email { address: String },
+}
+
+impl Target {
+    pub fn route(&self) -> Route {
+        match self {
+            Target::Device { platform: Platform::Ios, .. } => Route::Apns,
+            Target::Device { platform: Platform::Android, .. } => Route::Fcm,
+            Target::Device { platform: Platform::Web, .. } => Route::Webpush,
+            Target::Phone { .. } => Route::Sms,
+            Target::Email { .. } => Route::Email,
+        }
+    }
+
+    pub fn channel(&self) -> ChannelKind {
+        self.route().channel()
+    }
+
+    /// The provider-facing address (token, number or email address). Never log it.
+    pub fn address(&self) -> &str {
+        match self {
+            Target::Device { token, .. } => token,
+            Target::Phone { number } => number,
+            Target::Email { address } => address,
+        }
+    }
+
+    /// A form safe for logs: the kind and a short hash, never the address.
+    pub fn redacted(&self) -> String {
+        let h = crate::ids::hash_hex(&[self.address().as_bytes()]);
+        format!("{}:{}", self.route(), &h[..8])
+    }
+}
+
+/// One message to one target, ready for a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    pub delivery_id: DeliveryId,
+    pub notification_id: NotificationId,
+    pub client_id: String,
+    pub user_id: String,
+    pub category: String,
+    pub template: String,
+    pub locale: String,
+    pub target: Target,
+    pub content: RenderedContent,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub requested_at_ms: u64,
+}

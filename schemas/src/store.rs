@@ -1,0 +1,175 @@
+//! State stores. Every query is by partition key; nothing needs a join, so
+//! each store maps to one ScyllaDB table, and in embedded mode all of them
+//! live in the same storage engine as the topic log.
+//!
+//! Writes that stages make are idempotent: replaying a batch after a crash
+//! (the consumer had not committed) writes the same facts again.
+
+use crate::contacts::User;
+use crate::event::DeliveryEvent;
+use crate::ids::{DeliveryId, NotificationId};
+use crate::template::Template;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An outside system's (disk, cluster): may succeed if retried.
+    #[error("state store backend failed: {0}")]
+    Backend(String),
+    /// Ours: stored bytes we cannot read back.
+    #[error("corrupt stored value in {store}: {detail}")]
+    Corrupt { store: &'static str, detail: String },
+    #[error("state store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Backend(_))
+    }
+}
+
+#[async_trait]
+pub trait ContactStore: Send + Sync + 'static {
+    /// One answer per id, in order; `None` for an unknown user.
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<Option<User>>, StoreError>;
+    /// Stores the users (replacing); returns for each whether it was new.
+    async fn put_users(&self, users: &[User]) -> Result<Vec<bool>, StoreError>;
+}
+
+#[async_trait]
+pub trait TemplateStore: Send + Sync + 'static {
+    /// Stores a variant; returns whether it was new.
+    async fn put_template(&self, template: &Template) -> Result<bool, StoreError>;
+    /// Every locale variant of the template id (empty when unknown).
+    async fn get_template(&self, id: &str) -> Result<Vec<Template>, StoreError>;
+}
+
+/// A dedup claim: `key` is taken by `notification` until `expires_at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupClaim {
+    pub key: String,
+    pub notification: NotificationId,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DedupDecision {
+    /// The key was free (or expired); it is now claimed.
+    First,
+    /// The same notification claimed it before: a replay, let it through.
+    Replay,
+    /// Another notification holds the key.
+    Duplicate { original: NotificationId },
+}
+
+#[async_trait]
+pub trait DedupStore: Send + Sync + 'static {
+    /// Claims each key at `now_ms`, in order (a later claim in the same call
+    /// sees an earlier one). Durable before it returns.
+    async fn claim(&self, claims: &[DedupClaim], now_ms: u64) -> Result<Vec<DedupDecision>, StoreError>;
+}
+
+/// One counted send against a frequency cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapHit {
+    pub notification: NotificationId,
+    pub at_ms: u64,
+}
+
+#[async_trait]
+pub trait ThrottleStore: Send + Sync + 'static {
+    /// The hits recorded for each key (`user/category`) at or after `since_ms`.
+    async fn hits(&self, keys: &[String], since_ms: u64) -> Result<Vec<Vec<CapHit>>, StoreError>;
+    /// Records hits (idempotent per notification) and forgets those before `prune_before_ms`.
+    async fn record(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError>;
+}
+
+/// Where a delivery stands in a dispatcher's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerState {
+    /// Handed to a provider, answer not yet recorded.
+    InFlight,
+    /// Finished (sent, or failed for good).
+    Done,
+}
+
+/// A position in a sink Herald owns (a file outbox): committed with the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkPosition {
+    pub sink: String,
+    pub position: u64,
+}
+
+#[async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    /// The state of each delivery (`None`: never seen).
+    async fn states(&self, ids: &[DeliveryId]) -> Result<Vec<Option<LedgerState>>, StoreError>;
+    /// Records states and, atomically with them, the sink position. Durable before it returns.
+    async fn record(&self, entries: &[(DeliveryId, LedgerState)], sink: Option<SinkPosition>)
+    -> Result<(), StoreError>;
+    async fn sink_position(&self, sink: &str) -> Result<Option<u64>, StoreError>;
+}
+
+/// Scopes an API key can carry; `admin` implies every other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Send,
+    Contacts,
+    Templates,
+    Analytics,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 5] = [Scope::Send, Scope::Contacts, Scope::Templates, Scope::Analytics, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Send => "send",
+            Scope::Contacts => "contacts",
+            Scope::Templates => "templates",
+            Scope::Analytics => "analytics",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// An API key as stored: only the SHA-256 of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    /// The client identity requests made with this key belong to.
+    pub client_id: String,
+    pub scopes: Vec<Scope>,
+    pub created_at_ms: u64,
+}
+
+impl ApiKeyRecord {
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.iter().any(|s| *s == scope || *s == Scope::Admin)
+    }
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    async fn put_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    async fn get_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+}
+
+/// Per-notification event history, for `GET /v1/notifications/{id}`.
+#[async_trait]
+pub trait TimelineStore: Send + Sync + 'static {
+    /// Adds events (an event id already present is kept once).
+    async fn add_events(&self, events: &[DeliveryEvent]) -> Result<(), StoreError>;
+    /// Events of the notification in time order.
+    async fn timeline(&self, id: &NotificationId) -> Result<Vec<DeliveryEvent>, StoreError>;
+}
