@@ -1,1 +1,11 @@
-//! placeholder
+//! Herald's outside systems: everything that touches a disk, a network or a provider.
+//!
+//! # Layout
+//! - [`embedded`]: the embedded backend: one data directory, one fjall database holding the topic
+//!   log ([`herald_schemas::topic::TopicLog`]) and every state store ([`herald_schemas::store`]),
+//!   with group commit. Entry point: [`embedded::EmbeddedDb::open`].
+//! - [`channels`]: channel connectors ([`herald_schemas::channel::Channel`]), one module each;
+//!   [`channels::outbox`] is the file outbox used when no provider is configured.
+
+pub mod channels;
+pub mod embedded;

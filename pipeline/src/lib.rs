@@ -1,1 +1,20 @@
-//! placeholder
+//! Herald: a durable, exactly-once notification pipeline.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, validated before any I/O.
+//! - [`app`]: backends chosen by configuration, shared caches, the accept path.
+//! - [`ingest`]: validation and the durable append to `herald-requests`.
+//! - [`runtime`]: partition readers, stage chain, dispatchers, sinks, monitor.
+//! - [`api`]: the HTTP API (axum).
+//! - [`commands`]: the CLI's commands (`serve`, `send`, `contacts import`, …).
+//! - [`keys`]: API key creation and hashing.
+//! - [`telemetry`]: metric names and named events, logging set-up.
+
+pub mod api;
+pub mod app;
+pub mod commands;
+pub mod config;
+pub mod ingest;
+pub mod keys;
+pub mod runtime;
+pub mod telemetry;

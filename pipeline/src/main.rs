@@ -1,1 +1,309 @@
-fn main() {}
+//! The `herald` command line. Parsing and error context live here; the work
+//! is done by `herald::commands`.
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use herald::commands::{self, bench, contacts};
+use herald::config::Config;
+use herald::ingest::{ItemOutcome, Submission};
+use herald_schemas::Template;
+use herald_schemas::store::Scope;
+use herald_stages::render::check_template;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Herald delivers notifications over push, SMS and email: durably, exactly once.
+///
+/// Start with `herald serve` (no servers to install: topics and state live
+/// in the data directory), create an API key with `herald keys create`, then
+/// send with `POST /v1/notifications`. Every command accepts `--help`.
+#[derive(Parser)]
+#[command(name = "herald", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command that touches the data directory shares.
+#[derive(Args, Clone)]
+struct Common {
+    /// Data directory of the embedded backends [default: ./herald-data, or data_dir in the config].
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML); every setting has a default. See `herald config check --help`.
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl Common {
+    fn load(&self) -> anyhow::Result<(Config, PathBuf)> {
+        let config = Config::load_or_default(self.config.as_deref())?;
+        config.validate()?;
+        let dir = commands::data_dir(self.data_dir.as_deref(), &config);
+        Ok((config, dir))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and the pipeline until SIGTERM or Ctrl-C.
+    ///
+    /// Prints `listening on http://ADDR` on stdout once ready; logs go to
+    /// stderr (`RUST_LOG=debug` for more). Deliveries land in
+    /// DATA_DIR/outbox/{push,sms,email}.jsonl while no provider is configured.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on [default: 127.0.0.1:8080, or api.listen in the config].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Queue one notification from the command line (the server delivers it when it runs).
+    ///
+    /// Example: herald send --user u1 --template order_shipped --channel push --channel email --data '{"order":"A-1"}'
+    Send {
+        #[command(flatten)]
+        common: Common,
+        /// Recipient user id.
+        #[arg(long)]
+        user: String,
+        /// Template id.
+        #[arg(long)]
+        template: String,
+        /// Channel to deliver on (push, sms, email); repeat for several.
+        #[arg(long = "channel", required = true)]
+        channels: Vec<String>,
+        /// Category for caps and opt-outs.
+        #[arg(long, default_value = "transactional")]
+        category: String,
+        /// Template variables as a JSON object.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Idempotency key (a repeat inside the dedup window is dropped).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Client identity the notification is attributed to.
+        #[arg(long, default_value = "cli")]
+        client: String,
+    },
+    /// Manage users and their contacts.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Manage templates.
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Measure the pipeline's capacity on this machine (no network in the way).
+    ///
+    /// Appends N notifications through the API's accept path into a data
+    /// directory while the full pipeline runs, and times until every delivery
+    /// is in the outbox. Use a fresh directory for comparable numbers:
+    ///   herald bench --notifications 200000 --data-dir /tmp/herald-bench --json
+    Bench {
+        #[command(flatten)]
+        common: Common,
+        /// Notifications to send (10:1:5 push:SMS:email; push goes to 2 devices).
+        #[arg(long, default_value_t = 100_000)]
+        notifications: u64,
+        /// Distinct recipients.
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactsCommand {
+    /// Import users from CSV or JSON Lines; bad rows are reported by line and skipped.
+    ///
+    /// JSONL: one user per line, e.g. {"id":"u1","email":"a@example.com","phone":"+821012345678",
+    /// "locale":"ko-KR","timezone":"Asia/Seoul","devices":[{"id":"d1","platform":"ios","token":"…"}]}.
+    /// CSV header: any of id,email,phone,locale,timezone,ios_tokens,android_tokens,web_tokens,
+    /// opt_out_channels,opt_out_categories (lists separated by '|').
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// The file to import.
+        file: PathBuf,
+        /// File format [default: from the extension: .csv, .jsonl, .ndjson].
+        #[arg(long, value_enum)]
+        format: Option<contacts::Format>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// Add (or replace) templates from a JSON file: one template object or an array of them.
+    ///
+    /// A template: {"id":"order_shipped","locale":"en","push":{"title":"…","body":"…"},
+    /// "sms":{"text":"…"},"email":{"subject":"…","text":"…","html":"…"}} in minijinja syntax.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// JSON file with the template(s).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key and print it alone on stdout (it is stored only hashed).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// Scope to grant: send, contacts, templates, analytics, admin (admin implies all). Repeatable.
+        #[arg(long = "scope", required = true, value_parser = parse_scope)]
+        scopes: Vec<Scope>,
+        /// Client identity of requests made with the key.
+        #[arg(long, default_value = "default")]
+        client: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate a configuration file without starting anything; print the effective config.
+    Check {
+        /// The file to check (defaults are checked when omitted).
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    Scope::parse(s).ok_or_else(|| format!("unknown scope {s:?}: use send, contacts, templates, analytics or admin"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    herald::telemetry::init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { common, listen } => {
+            herald::telemetry::prometheus();
+            let (config, dir) = common.load()?;
+            let listen = listen.unwrap_or(config.api.listen);
+            let app = commands::open_for_command(config, dir, "only one server can use a data directory").await?;
+            commands::serve::run(app, listen).await
+        }
+        Command::Send { common, user, template, channels, category, data, idempotency_key, client } => {
+            let (config, dir) = common.load()?;
+            let data: serde_json::Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
+            let mut item = serde_json::json!({
+                "user_id": user, "template": template, "channels": channels, "category": category, "data": data,
+            });
+            if let Some(key) = idempotency_key {
+                item["idempotency_key"] = key.into();
+            }
+            let app = commands::open_for_command(config, dir, "send with POST /v1/notifications").await?;
+            let outcome = app.ingestor.submit(&client, vec![Submission::json(item)]).await?;
+            match outcome.into_iter().next() {
+                Some(ItemOutcome::Accepted(id)) => {
+                    println!("{id}");
+                    Ok(())
+                }
+                Some(ItemOutcome::Rejected(_, r)) => bail!("rejected ({}): {}", r.code, r.message),
+                None => bail!("no outcome for the notification"),
+            }
+        }
+        Command::Contacts(ContactsCommand::Import { common, file, format }) => {
+            let (config, dir) = common.load()?;
+            let Some(format) = format.or_else(|| contacts::Format::from_path(&file)) else {
+                bail!("cannot tell the format of {} from its name; pass --format csv or --format jsonl", file.display())
+            };
+            let app = commands::open_for_command(config, dir, "import users with PUT /v1/users/{id}").await?;
+            let report = contacts::import(app.backends.contacts.as_ref(), &file, format).await?;
+            eprintln!("{} created, {} updated, {} skipped", report.created, report.updated, report.skipped.len());
+            Ok(())
+        }
+        Command::Templates(TemplatesCommand::Add { common, file }) => {
+            let (config, dir) = common.load()?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?;
+            let list = match value {
+                serde_json::Value::Array(items) => items,
+                one => vec![one],
+            };
+            let mut templates = Vec::with_capacity(list.len());
+            for (i, v) in list.into_iter().enumerate() {
+                let t: Template =
+                    serde_json::from_value(v).with_context(|| format!("template #{} is invalid", i + 1))?;
+                check_template(&t).with_context(|| format!("template {} ({}) does not compile", t.id, t.locale))?;
+                templates.push(t);
+            }
+            let app = commands::open_for_command(config, dir, "add templates with POST /v1/templates").await?;
+            for t in &templates {
+                let created = app.backends.templates.put_template(t).await?;
+                eprintln!("{} {} ({})", if created { "added" } else { "replaced" }, t.id, t.locale);
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Create { common, scopes, client }) => {
+            let (config, dir) = common.load()?;
+            let app = commands::open_for_command(config, dir, "create keys with POST /v1/keys (admin scope)").await?;
+            let secret = herald::keys::create(app.backends.keys.as_ref(), &client, &scopes).await?;
+            println!("{secret}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { config }) => {
+            let loaded = Config::load_or_default(config.as_deref())?;
+            loaded.validate()?;
+            print!("{}", toml::to_string_pretty(&loaded).context("cannot print the configuration")?);
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Bench { common, notifications, users, timeout_secs, json } => {
+            herald::telemetry::prometheus();
+            let (config, dir) = common.load()?;
+            let app = commands::open_for_command(config, dir, "run bench on another data directory").await?;
+            let options =
+                bench::BenchOptions { notifications, users, timeout: std::time::Duration::from_secs(timeout_secs) };
+            let report = bench::run(app, options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} notifications ({} deliveries) in {:.2}s: {:.0} notifications/s, {:.0} deliveries/s",
+                    report.notifications,
+                    report.deliveries,
+                    report.seconds,
+                    report.throughput_per_s,
+                    report.deliveries_per_s
+                );
+                println!("ingest finished after {:.2}s", report.ingest_seconds);
+                for s in &report.stages {
+                    println!("  {:<10} {:>10} records {:>10.1} ms busy", s.stage, s.records, s.busy_ms);
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,47 @@
-//! placeholder
+//! Herald's pipeline stages: validate → enrich → dedup → throttle → render → fan-out.
+//!
+//! Every stage is a plain type over a batch of [`WorkItem`](herald_schemas::WorkItem)s. It
+//! passes on the items that continue and emits one
+//! [`DeliveryEvent`](herald_schemas::DeliveryEvent) for every item (or channel of an item)
+//! that stops, so every stop is visible. Stages open no connections: state is reached
+//! through the store traits of `herald-schemas`, time through an injected
+//! [`Clock`](herald_schemas::Clock). A stage that fails returns an error and passes
+//! nothing of the batch on, so the batch can be processed again as a whole.
+//!
+//! # Layout
+//! - [`validate`]: schema and semantic checks of requests and users ([`Rejection`] codes).
+//! - [`enrich`]: the recipient's contacts (through a bounded TTL [`ContactCache`]) expanded into targets.
+//! - [`dedup`]: drops a repeated `(client, idempotency_key)` inside a window.
+//! - [`throttle`]: opt-outs, then per-category frequency caps.
+//! - [`render`]: minijinja rendering with strict variables, a fuel budget and size limits.
+//! - [`fanout`]: one delivery job per target.
+
+pub mod dedup;
+pub mod enrich;
+pub mod fanout;
+pub mod render;
+pub mod throttle;
+pub mod validate;
+
+#[cfg(test)]
+mod fakes;
+
+pub use dedup::DedupStage;
+pub use enrich::{ContactCache, ContactCacheConfig, EnrichStage};
+pub use fanout::fan_out;
+pub use render::{RenderLimits, RenderStage, TemplateCache, check_template};
+pub use throttle::{CategoryCap, ThrottleConfig, ThrottleStage};
+pub use validate::{Rejection, ValidateLimits, ValidateStage, Validator, validate_user};
+
+use herald_schemas::StageError;
+use herald_schemas::store::StoreError;
+
+/// Wraps a store failure for the stage that met it.
+fn store_error(stage: &'static str, source: StoreError) -> StageError {
+    StageError::Store { stage, source }
+}
+
+/// A store that answered with the wrong number of results: ours, not retryable.
+fn short_answer(stage: &'static str, store: &'static str, asked: usize, got: usize) -> StageError {
+    store_error(stage, StoreError::Corrupt { store, detail: format!("asked for {asked} entries, got {got}") })
+}

@@ -1,0 +1,263 @@
+//! [`EmbeddedDb`]: the handle the runtime holds. Cheap to clone; every clone is the same database.
+//!
+//! It implements [`herald_schemas::topic::TopicLog`] (see `log.rs`) and every store trait of
+//! [`herald_schemas::store`] (see `stores.rs`). All of them live in one fjall database under
+//! `<dir>/db`, each in its own keyspace, so one write batch can span them.
+
+use super::EmbeddedError;
+use super::commit::{CommitStats, GroupCommit, Ticket};
+use super::lock::DirLock;
+use super::log::TopicState;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How the embedded database behaves. `Default` is what `herald serve` uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// Partitions of a topic created with `ensure_topic(name, 0)`.
+    pub default_partitions: u32,
+    /// How long a log record is kept once every consumer group of its topic has consumed it.
+    /// Records some group has not consumed are kept however old they are.
+    pub retention: Duration,
+    /// fjall's block cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions { default_partitions: 8, retention: Duration::from_secs(3600), cache_bytes: 64 << 20 }
+    }
+}
+
+/// The keyspaces, one per kind of data.
+pub(crate) struct Keyspaces {
+    /// Topic name → `TopicMeta` (JSON).
+    pub(crate) topics: Keyspace,
+    /// `topic id | partition | offset` (big-endian) → timestamp, key, value.
+    pub(crate) records: Keyspace,
+    /// `topic id | partition` → first offset retention kept (so an emptied partition keeps its end).
+    pub(crate) log_starts: Keyspace,
+    /// `topic id | partition | group` → next offset to read.
+    pub(crate) offsets: Keyspace,
+    pub(crate) contacts: Keyspace,
+    pub(crate) templates: Keyspace,
+    pub(crate) dedup: Keyspace,
+    /// `expires_at | dedup key` → (), to drop expired claims without a full scan.
+    pub(crate) dedup_expiry: Keyspace,
+    pub(crate) throttle: Keyspace,
+    pub(crate) ledger: Keyspace,
+    /// Sink name → position committed with the ledger.
+    pub(crate) sinks: Keyspace,
+    pub(crate) api_keys: Keyspace,
+    pub(crate) timeline: Keyspace,
+}
+
+impl Keyspaces {
+    fn open(db: &Database) -> Result<Keyspaces, fjall::Error> {
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Keyspaces {
+            topics: ks("topics")?,
+            records: ks("records")?,
+            log_starts: ks("log_starts")?,
+            offsets: ks("offsets")?,
+            contacts: ks("contacts")?,
+            templates: ks("templates")?,
+            dedup: ks("dedup")?,
+            dedup_expiry: ks("dedup_expiry")?,
+            throttle: ks("throttle")?,
+            ledger: ks("ledger")?,
+            sinks: ks("sinks")?,
+            api_keys: ks("api_keys")?,
+            timeline: ks("timeline")?,
+        })
+    }
+}
+
+/// Serializes read-modify-write calls of one store, so two concurrent calls cannot both see a key
+/// as free. Held while reading and committing the batch, never while waiting for the fsync.
+#[derive(Default)]
+pub(crate) struct StoreLocks {
+    pub(crate) topics: Mutex<()>,
+    pub(crate) dedup: Mutex<()>,
+    pub(crate) throttle: Mutex<()>,
+    pub(crate) contacts: Mutex<()>,
+    pub(crate) templates: Mutex<()>,
+    pub(crate) timeline: Mutex<()>,
+    pub(crate) retention: Mutex<()>,
+}
+
+/// Takes a lock; a panic elsewhere while holding it does not make the data behind it wrong here
+/// (fjall holds the data, the lock only orders calls).
+pub(crate) fn hold<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) struct Inner {
+    pub(crate) options: EmbeddedOptions,
+    pub(crate) dir: PathBuf,
+    /// First to drop: serves queued writers, then joins the committer (which holds a `Database`).
+    pub(crate) commit: GroupCommit,
+    pub(crate) ks: Keyspaces,
+    pub(crate) topics: RwLock<HashMap<String, Arc<TopicState>>>,
+    pub(crate) locks: StoreLocks,
+    pub(crate) db: Database,
+    /// Last to drop: the directory stays ours until fjall has closed.
+    _lock: DirLock,
+}
+
+impl Inner {
+    /// Commits `batch` (no sync) and queues it for the group commit. An empty batch still gets a
+    /// ticket: the caller may have decided from writes of others that are not durable yet, and the
+    /// next persist covers those too.
+    pub(crate) fn commit_batch(
+        &self,
+        batch: OwnedWriteBatch,
+        on_durable: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<Ticket, EmbeddedError> {
+        if !batch.is_empty() {
+            batch.commit()?;
+        }
+        self.commit.enqueue(on_durable)
+    }
+}
+
+/// The embedded database: topic log and state stores in one data directory.
+///
+/// Open it once per process ([`EmbeddedDb::open`]) and clone it into every component; the
+/// directory is released when the last clone is dropped.
+#[derive(Clone)]
+pub struct EmbeddedDb {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedDb").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedDb {
+    /// Opens (creating if needed) the database in `dir`, recovering topics and end offsets.
+    ///
+    /// Blocking (file I/O and journal recovery): call it before serving, or from
+    /// `spawn_blocking`. Fails with [`EmbeddedError::Locked`] when another handle, in this process
+    /// or another, has the directory open.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedDb, EmbeddedError> {
+        if options.default_partitions == 0 {
+            return Err(EmbeddedError::InvalidOptions("default_partitions must be at least 1".into()));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| EmbeddedError::Io { dir: dir.to_path_buf(), source })?;
+        let lock = DirLock::acquire(dir)?;
+        let db = Database::builder(dir.join("db")).cache_size(options.cache_bytes).open()?;
+        let ks = Keyspaces::open(&db)?;
+        let topics = super::log::recover_topics(&ks)?;
+        let committer_db = db.clone();
+        let commit = GroupCommit::start(move || committer_db.persist(PersistMode::SyncData))
+            .map_err(|source| EmbeddedError::Io { dir: dir.to_path_buf(), source })?;
+        tracing::info!(dir = %dir.display(), topics = topics.len(), "embedded database opened");
+        Ok(EmbeddedDb {
+            inner: Arc::new(Inner {
+                options,
+                dir: dir.to_path_buf(),
+                commit,
+                ks,
+                topics: RwLock::new(topics),
+                locks: StoreLocks::default(),
+                db,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn options(&self) -> &EmbeddedOptions {
+        &self.inner.options
+    }
+
+    /// Group-commit counters since open (for `herald_embedded_*` metrics).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.commit.stats()
+    }
+
+    /// Deletes what is no longer needed; returns how many log records it deleted.
+    ///
+    /// - Log records of a partition below the *smallest* offset committed by any consumer group
+    ///   that ever committed on the topic (a group that never committed on that partition counts
+    ///   as 0), and older than [`EmbeddedOptions::retention`]. A topic no group has committed on
+    ///   keeps everything. Deletion is a prefix of the partition, so the log never has holes, and
+    ///   the partition keeps its end offset even when emptied.
+    /// - Expired dedup claims (the dedup store also treats them as free before they are dropped).
+    ///
+    /// Not automatic: the runtime calls it periodically. Blocking (it scans and deletes): call it
+    /// from `spawn_blocking`. Concurrent calls run one after the other. Deletions are not fsynced;
+    /// a crash may bring some back, and the next call deletes them again.
+    pub fn apply_retention(&self) -> Result<u64, EmbeddedError> {
+        let inner = &self.inner;
+        let now = now_ms();
+        let _serial = hold(&inner.locks.retention);
+        let records = inner.apply_log_retention(now)?;
+        let claims = inner.purge_expired_claims(now)?;
+        if records > 0 || claims > 0 {
+            tracing::info!(records, dedup_claims = claims, "retention deleted consumed records and expired claims");
+        } else {
+            tracing::debug!("retention found nothing to delete");
+        }
+        Ok(records)
+    }
+
+    /// Syncs everything written so far (journal `fsync`), including what retention deleted.
+    ///
+    /// Writes through the log and store interfaces are already durable when they return; this is
+    /// for a clean shutdown, after the last write. Blocking.
+    pub fn persist(&self) -> Result<(), EmbeddedError> {
+        self.inner.db.persist(PersistMode::SyncAll)?;
+        tracing::debug!(dir = %self.inner.dir.display(), "embedded database persisted");
+        Ok(())
+    }
+
+    /// Runs `f` on tokio's blocking pool: fjall calls block on disk and locks.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, EmbeddedError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, EmbeddedError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(result) => result,
+            // A panic in our storage code is a bug: let it surface where it would have without
+            // the thread hop.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(EmbeddedError::Closed),
+        }
+    }
+
+    /// Builds a batch on the blocking pool (holding whatever locks `f` takes while it commits),
+    /// then waits for the group commit that makes it durable.
+    pub(crate) async fn write_durable<T, F>(&self, f: F) -> Result<T, EmbeddedError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<(T, Ticket), EmbeddedError> + Send + 'static,
+    {
+        let (out, ticket) = self
+            .blocking(move |inner| {
+                // Announced before the write so the committer lets this write share its persist.
+                let _writing = inner.commit.writing();
+                f(inner)
+            })
+            .await?;
+        ticket.durable().await?;
+        Ok(out)
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

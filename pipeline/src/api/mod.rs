@@ -1,0 +1,254 @@
+//! The HTTP API (axum).
+//!
+//! Every `/v1` route authenticates with `Authorization: Bearer <key>` and
+//! checks the route's scope *before* the body is read; the body is then
+//! read with a size limit (413 past it) and parsed (400 for malformed JSON
+//! or invalid UTF-8). `POST /v1/notifications` answers 202 only after the
+//! accepted items are durable in `herald-requests`; when the request chain
+//! lags more than `api.lag_high_water` records it answers 503 with
+//! `Retry-After` instead (429 stays for a client over its own rate limit).
+
+mod error;
+
+pub use error::ApiError;
+
+use crate::app::App;
+use crate::ingest::{ItemOutcome, Submission};
+use crate::telemetry;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use herald_schemas::store::{ApiKeyRecord, Scope};
+use herald_schemas::{NotificationId, Template, User};
+use herald_stages::render::check_template;
+use herald_stages::validate::validate_user;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub app: Arc<App>,
+    /// Published by the runtime's monitor.
+    pub request_lag: Arc<AtomicU64>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/notifications", post(post_notifications))
+        .route("/v1/notifications/{id}", get(get_notification))
+        .route("/v1/users/{user_id}", put(put_user).get(get_user))
+        .route("/v1/templates", post(post_template))
+        .route("/v1/keys", post(post_key))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Counts every answer by route template and status.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let response = next.run(req).await;
+    telemetry::api_request(route.as_deref().unwrap_or("unmatched"), response.status().as_u16());
+    response
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let lag = s.request_lag.load(Ordering::Relaxed);
+    if lag > s.app.config.api.lag_high_water {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("behind: {lag} requests queued\n")).into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::prometheus().render()).into_response()
+}
+
+/// Checks the bearer key and the scope; the body is untouched.
+async fn authorize(s: &ApiState, headers: &HeaderMap, scope: Scope) -> Result<ApiKeyRecord, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key>"))?;
+    let secret = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <api key>'"))?;
+    let record = s
+        .app
+        .backends
+        .keys
+        .get_key(&crate::keys::hash(secret))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+    if !record.allows(scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this key lacks the '{}' scope", scope.as_str()),
+        ));
+    }
+    Ok(record)
+}
+
+/// Reads the body up to the configured limit and parses it as JSON.
+async fn read_json<T: DeserializeOwned>(s: &ApiState, req: Request) -> Result<T, ApiError> {
+    let limit = s.app.config.api.max_body_bytes;
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body exceeds {limit} bytes"))
+    };
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let body: Body = req.into_body();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_utf8", format!("body is not valid UTF-8: {e}")))?;
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))
+}
+
+async fn post_notifications(State(s): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+    let key = authorize(&s, req.headers(), Scope::Send).await?;
+    let lag = s.request_lag.load(Ordering::Relaxed);
+    if lag > s.app.config.api.lag_high_water {
+        telemetry::api_overloaded(lag);
+        return Err(ApiError::unavailable(
+            format!("Herald is behind ({lag} requests queued); retry later"),
+            s.app.config.api.retry_after,
+        ));
+    }
+    let body: Value = read_json(&s, req).await?;
+    let Some(items) = body.get("notifications").and_then(Value::as_array) else {
+        return Err(ApiError::bad_request("invalid_body", "expected {\"notifications\": [ … ]}"));
+    };
+    let max = s.app.config.api.max_items;
+    if items.is_empty() || items.len() > max {
+        return Err(ApiError::bad_request(
+            "invalid_batch_size",
+            format!("send between 1 and {max} notifications per request, not {}", items.len()),
+        ));
+    }
+    let submissions = items.iter().cloned().map(Submission::json).collect();
+    let outcomes = s.app.ingestor.submit(&key.client_id, submissions).await.map_err(|e| {
+        if e.is_retryable() {
+            ApiError::unavailable(format!("could not store the request: {e}"), s.app.config.api.retry_after)
+        } else {
+            ApiError::internal(&e)
+        }
+    })?;
+    let mut accepted = 0;
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            ItemOutcome::Accepted(id) => {
+                accepted += 1;
+                json!({"id": id, "status": "accepted"})
+            }
+            ItemOutcome::Rejected(id, r) => {
+                json!({"id": id, "status": "rejected", "error": {"code": r.code, "message": r.message}})
+            }
+        })
+        .collect();
+    telemetry::api_notifications(accepted, results.len() - accepted);
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "results": results }))).into_response())
+}
+
+async fn get_notification(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let key = authorize(&s, req.headers(), Scope::Send).await?;
+    let id = NotificationId(id);
+    let events = s.app.backends.timeline.timeline(&id).await.map_err(|e| ApiError::internal(&e))?;
+    // Another client's notification is as unknown as a missing one.
+    let visible = events.first().is_some_and(|e| e.client_id == key.client_id || key.allows(Scope::Admin));
+    if !visible {
+        return Err(ApiError::not_found(format!("no notification {id}")));
+    }
+    Ok(axum::Json(json!({ "id": id, "events": events })).into_response())
+}
+
+async fn put_user(State(s): State<ApiState>, Path(user_id): Path<String>, req: Request) -> Result<Response, ApiError> {
+    authorize(&s, req.headers(), Scope::Contacts).await?;
+    let mut user: User = read_json(&s, req)
+        .await
+        .map_err(|e| if e.code == "invalid_json" { ApiError::bad_request("invalid_user", e.message) } else { e })?;
+    if !user.id.is_empty() && user.id != user_id {
+        return Err(ApiError::bad_request("invalid_user", "the body's id differs from the path's"));
+    }
+    user.id = user_id;
+    validate_user(&user).map_err(|r| ApiError::bad_request(r.code, r.message))?;
+    let created = s
+        .app
+        .backends
+        .contacts
+        .put_users(std::slice::from_ref(&user))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .first()
+        .copied()
+        .unwrap_or(false);
+    s.app.contact_cache.invalidate(&user.id);
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(user)).into_response())
+}
+
+async fn get_user(State(s): State<ApiState>, Path(user_id): Path<String>, req: Request) -> Result<Response, ApiError> {
+    authorize(&s, req.headers(), Scope::Contacts).await?;
+    let users =
+        s.app.backends.contacts.get_users(std::slice::from_ref(&user_id)).await.map_err(|e| ApiError::internal(&e))?;
+    match users.into_iter().next().flatten() {
+        Some(user) => Ok(axum::Json(user).into_response()),
+        None => Err(ApiError::not_found(format!("no user {user_id}"))),
+    }
+}
+
+async fn post_template(State(s): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+    authorize(&s, req.headers(), Scope::Templates).await?;
+    let template: Template = read_json(&s, req)
+        .await
+        .map_err(|e| if e.code == "invalid_json" { ApiError::bad_request("invalid_template", e.message) } else { e })?;
+    check_template(&template).map_err(|e| ApiError::bad_request("invalid_template", e.to_string()))?;
+    let created = s.app.backends.templates.put_template(&template).await.map_err(|e| ApiError::internal(&e))?;
+    s.app.template_cache.invalidate(&template.id);
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(template)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    client_id: String,
+    scopes: Vec<Scope>,
+}
+
+async fn post_key(State(s): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+    authorize(&s, req.headers(), Scope::Admin).await?;
+    let new: NewKey = read_json(&s, req).await.map_err(|e| {
+        if e.code == "invalid_json" { ApiError::bad_request("invalid_key_request", e.message) } else { e }
+    })?;
+    if new.client_id.is_empty() || new.scopes.is_empty() {
+        return Err(ApiError::bad_request("invalid_key_request", "client_id and at least one scope are required"));
+    }
+    let secret = crate::keys::create(s.app.backends.keys.as_ref(), &new.client_id, &new.scopes)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok((StatusCode::CREATED, axum::Json(json!({ "key": secret, "client_id": new.client_id }))).into_response())
+}

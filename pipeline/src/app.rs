@@ -1,0 +1,128 @@
+//! The assembled application: backends chosen by configuration, the caches
+//! the API and the stages share, and the accept path.
+//!
+//! Everything above [`Backends`] sees only the interfaces of
+//! `herald_schemas::{topic, store}`; which implementation is behind them is
+//! decided here and nowhere else.
+
+use crate::config::Config;
+use crate::ingest::Ingestor;
+use herald_connectors::embedded::{EmbeddedDb, EmbeddedError, EmbeddedOptions};
+use herald_schemas::job::Route;
+use herald_schemas::stage::{Clock, SystemClock};
+use herald_schemas::store::{
+    ContactStore, DedupStore, KeyStore, LedgerStore, TemplateStore, ThrottleStore, TimelineStore,
+};
+use herald_schemas::topic::{self, LogError, TopicLog};
+use herald_stages::enrich::{ContactCache, ContactCacheConfig};
+use herald_stages::render::TemplateCache;
+use herald_stages::validate::Validator;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The topic log and every state store, as interfaces.
+#[derive(Clone)]
+pub struct Backends {
+    pub log: Arc<dyn TopicLog>,
+    pub contacts: Arc<dyn ContactStore>,
+    pub templates: Arc<dyn TemplateStore>,
+    pub dedup: Arc<dyn DedupStore>,
+    pub throttle: Arc<dyn ThrottleStore>,
+    pub ledger: Arc<dyn LedgerStore>,
+    pub keys: Arc<dyn KeyStore>,
+    pub timeline: Arc<dyn TimelineStore>,
+    /// The embedded database when it is the backend (for retention and flush).
+    pub embedded: Option<EmbeddedDb>,
+}
+
+impl Backends {
+    /// Opens (and locks) the embedded database in `dir`.
+    pub fn open_embedded(dir: &Path, config: &Config) -> Result<Backends, EmbeddedError> {
+        let options = EmbeddedOptions {
+            default_partitions: config.pipeline.partitions.get(),
+            retention: config.pipeline.retention,
+            ..EmbeddedOptions::default()
+        };
+        let db = EmbeddedDb::open(dir, options)?;
+        let shared = Arc::new(db.clone());
+        Ok(Backends {
+            log: shared.clone(),
+            contacts: shared.clone(),
+            templates: shared.clone(),
+            dedup: shared.clone(),
+            throttle: shared.clone(),
+            ledger: shared.clone(),
+            keys: shared.clone(),
+            timeline: shared,
+            embedded: Some(db),
+        })
+    }
+
+    /// Creates every topic Herald uses (idempotent; a different partition count is refused).
+    pub async fn ensure_topics(&self, partitions: u32) -> Result<(), LogError> {
+        let mut names = vec![topic::INGEST, topic::REQUESTS, topic::EVENTS];
+        names.extend(Route::ALL.iter().map(|r| r.topic()));
+        for name in names {
+            self.log.ensure_topic(name, partitions).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything a running Herald (or a CLI command on its data directory) uses.
+pub struct App {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub backends: Backends,
+    pub clock: Arc<dyn Clock>,
+    pub validator: Arc<Validator>,
+    pub contact_cache: Arc<ContactCache>,
+    /// Compiled templates of the render stage; the API invalidates on update.
+    pub template_cache: Arc<TemplateCache>,
+    pub ingestor: Arc<Ingestor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error("cannot create topics: {0}")]
+    Topics(#[from] LogError),
+}
+
+impl App {
+    /// Opens the backends and creates the topics. No socket is opened.
+    pub async fn open(config: Config, data_dir: PathBuf) -> Result<App, OpenError> {
+        let backends = Backends::open_embedded(&data_dir, &config)?;
+        let partitions = config.pipeline.partitions.get();
+        backends.ensure_topics(partitions).await?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let validator = Arc::new(Validator::new(backends.templates.clone(), Default::default()));
+        let ingestor = Arc::new(Ingestor {
+            log: backends.log.clone(),
+            validator: validator.clone(),
+            request_partitions: partitions,
+            event_partitions: partitions,
+            clock: clock.clone(),
+        });
+        let limits = config.render_limits();
+        Ok(App {
+            config,
+            data_dir,
+            backends,
+            contact_cache: Arc::new(ContactCache::new(ContactCacheConfig::default(), clock.clone())),
+            template_cache: Arc::new(TemplateCache::new(limits.cache_capacity, limits.cache_ttl, clock.clone())),
+            clock,
+            validator,
+            ingestor,
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.config.pipeline.partitions.get()
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+}

@@ -1,0 +1,247 @@
+//! `herald bench`: the pipeline's own capacity on this machine, with no
+//! network in the way.
+//!
+//! It creates users (each with an iOS and an Android device, an email and a
+//! phone) and a template, then appends N notifications through the same
+//! accept path the API uses ([`Ingestor::submit`], durable appends), while
+//! the full runtime (six stages, durable topics, outbox dispatchers) runs.
+//! The clock stops when every expected delivery is in the outbox. The
+//! channel mix follows the daily volumes, 10:1:5 push:SMS:email.
+
+use crate::app::App;
+use crate::ingest::{ItemOutcome, Submission};
+use crate::runtime::Runtime;
+use crate::telemetry;
+use herald_schemas::contacts::{Device, Platform, User};
+use herald_schemas::template::{EmailPart, PushPart, SmsPart, Template};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SUBMIT_BATCH: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub notifications: u64,
+    pub users: u64,
+    /// Give up waiting for deliveries after this long.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub notifications: u64,
+    pub deliveries: u64,
+    pub seconds: f64,
+    pub throughput_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub ingest_seconds: f64,
+    /// Busy time per stage (ms) and records it saw.
+    pub stages: Vec<StageTime>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageTime {
+    pub stage: &'static str,
+    pub records: u64,
+    pub busy_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("setting up users and templates failed: {0}")]
+    Setup(#[from] herald_schemas::store::StoreError),
+    #[error("appending requests failed: {0}")]
+    Append(#[from] crate::ingest::IngestError),
+    #[error("{0} bench notifications were rejected; first: {1}")]
+    Rejected(usize, String),
+    #[error("only {delivered} of {expected} deliveries reached the outbox within {timeout:?}")]
+    Timeout { delivered: u64, expected: u64, timeout: Duration },
+}
+
+/// Channels of the i-th notification: 10 push, 1 SMS, 5 email in every 16.
+fn channels_of(i: u64) -> (&'static str, u64) {
+    match i % 16 {
+        0..=9 => ("push", 2),
+        10 => ("sms", 1),
+        _ => ("email", 1),
+    }
+}
+
+pub async fn run(app: App, options: BenchOptions) -> Result<BenchReport, BenchError> {
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    setup(&app, options.users).await?;
+    let expected: u64 = (0..options.notifications).map(|i| channels_of(i).1).sum();
+    let mut counter = OutboxCounter::new(&app.outbox_dir());
+    let baseline = counter.count();
+
+    let runtime = Runtime::start(&app);
+    let bar = ProgressBar::new(expected);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} delivered [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let ingestor = app.ingestor.clone();
+    let users = options.users.max(1);
+    let n = options.notifications;
+    let submit = tokio::spawn(async move {
+        let mut i = 0u64;
+        while i < n {
+            let end = (i + SUBMIT_BATCH as u64).min(n);
+            let batch: Vec<Submission> = (i..end)
+                .map(|k| {
+                    Submission::json(json!({
+                        "user_id": format!("bench-{}", k % users),
+                        "template": "bench",
+                        "data": {"n": k, "name": "Ada"},
+                        "channels": [channels_of(k).0],
+                        "category": "transactional",
+                        "idempotency_key": format!("{run_id}-{k}"),
+                    }))
+                })
+                .collect();
+            let outcomes = ingestor.submit("bench", batch).await?;
+            let rejected: Vec<_> = outcomes
+                .iter()
+                .filter_map(|o| match o {
+                    ItemOutcome::Rejected(_, r) => Some(r.message.clone()),
+                    ItemOutcome::Accepted(_) => None,
+                })
+                .collect();
+            if let Some(first) = rejected.first() {
+                return Err(BenchError::Rejected(rejected.len(), first.clone()));
+            }
+            i = end;
+        }
+        Ok::<Duration, BenchError>(Instant::now().duration_since(started))
+    });
+
+    let mut delivered = 0;
+    let mut submit = Some(submit);
+    let mut ingest_time = Duration::ZERO;
+    while delivered < expected {
+        if started.elapsed() > options.timeout {
+            bar.abandon();
+            runtime.stop().await;
+            return Err(BenchError::Timeout { delivered, expected, timeout: options.timeout });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        delivered = counter.count().saturating_sub(baseline);
+        bar.set_position(delivered.min(expected));
+        if submit.as_ref().is_some_and(|s| s.is_finished())
+            && let Some(handle) = submit.take()
+        {
+            match handle.await {
+                Ok(Ok(t)) => ingest_time = t,
+                Ok(Err(e)) => {
+                    runtime.stop().await;
+                    return Err(e);
+                }
+                Err(join) => {
+                    runtime.stop().await;
+                    return Err(BenchError::Rejected(0, format!("submitter failed: {join}")));
+                }
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    runtime.stop().await;
+    let stages = telemetry::stage_totals()
+        .into_iter()
+        .map(|(stage, records, busy)| StageTime { stage, records, busy_ms: busy.as_secs_f64() * 1e3 })
+        .collect();
+    Ok(BenchReport {
+        notifications: n,
+        deliveries: delivered,
+        seconds,
+        throughput_per_s: n as f64 / seconds,
+        deliveries_per_s: delivered as f64 / seconds,
+        ingest_seconds: ingest_time.as_secs_f64(),
+        stages,
+    })
+}
+
+async fn setup(app: &App, users: u64) -> Result<(), BenchError> {
+    let template = Template {
+        id: "bench".into(),
+        locale: "en".into(),
+        default: true,
+        push: Some(PushPart {
+            title: "Order {{ n }}".into(),
+            body: "Hello {{ name }}, your order {{ n }} shipped".into(),
+        }),
+        sms: Some(SmsPart { text: "Order {{ n }} shipped".into() }),
+        email: Some(EmailPart {
+            subject: "Order {{ n }} shipped".into(),
+            text: "Hello {{ name }}, order {{ n }} is on its way.".into(),
+            html: "<p>Hello {{ name }}, order <b>{{ n }}</b> is on its way.</p>".into(),
+        }),
+    };
+    app.backends.templates.put_template(&template).await?;
+    let mut batch = Vec::with_capacity(1000);
+    for u in 0..users {
+        batch.push(User {
+            id: format!("bench-{u}"),
+            email: Some(format!("user{u}@example.com")),
+            phone: Some(format!("+1555{u:07}")),
+            locale: Some("en-US".into()),
+            timezone: Some("UTC".into()),
+            devices: vec![
+                Device { id: "ios".into(), platform: Platform::Ios, token: format!("apns-{u:08x}"), active: true },
+                Device {
+                    id: "android".into(),
+                    platform: Platform::Android,
+                    token: format!("fcm-{u:08x}"),
+                    active: true,
+                },
+            ],
+            preferences: Default::default(),
+        });
+        if batch.len() == 1000 {
+            app.backends.contacts.put_users(&batch).await?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        app.backends.contacts.put_users(&batch).await?;
+    }
+    Ok(())
+}
+
+/// Counts complete lines in the outbox files, reading only what was appended.
+struct OutboxCounter {
+    files: Vec<(PathBuf, u64, u64)>,
+}
+
+impl OutboxCounter {
+    fn new(dir: &Path) -> Self {
+        let files = ["push", "sms", "email"].iter().map(|n| (dir.join(format!("{n}.jsonl")), 0, 0)).collect();
+        Self { files }
+    }
+
+    fn count(&mut self) -> u64 {
+        let mut total = 0;
+        for (path, read, lines) in &mut self.files {
+            if let Ok(mut f) = std::fs::File::open(&*path)
+                && f.seek(SeekFrom::Start(*read)).is_ok()
+            {
+                let mut buf = Vec::new();
+                if f.read_to_end(&mut buf).is_ok() {
+                    // Count only complete lines; a partial tail is read again next time.
+                    if let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') {
+                        *lines += buf[..=last_nl].iter().filter(|&&b| b == b'\n').count() as u64;
+                        *read += last_nl as u64 + 1;
+                    }
+                }
+            }
+            total += *lines;
+        }
+        total
+    }
+}

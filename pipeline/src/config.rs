@@ -1,0 +1,227 @@
+//! Configuration: one TOML file, every field optional with a documented
+//! default, unknown fields refused.
+//!
+//! Loading is pure: [`Config::load`] parses and [`Config::validate`] checks
+//! limits before anything opens a socket or a file. `herald config check`
+//! runs exactly these two steps.
+
+use herald_stages::throttle::ThrottleConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration (`herald.toml`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded backends keep their data.
+    pub data_dir: Option<PathBuf>,
+    pub api: ApiConfig,
+    pub pipeline: PipelineConfig,
+    pub dedup: DedupConfig,
+    pub throttle: ThrottleConfig,
+    pub render: RenderConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the HTTP API listens on. Bind loopback unless a proxy fronts it.
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most notifications in one `POST /v1/notifications`.
+    pub max_items: usize,
+    /// When the requests not yet processed (end offset minus committed
+    /// offset, summed over partitions of `herald-requests`) exceed this, the
+    /// API answers 503 with `Retry-After` instead of queueing more.
+    pub lag_high_water: u64,
+    /// `Retry-After` sent with a 503.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1 << 20,
+            max_items: 1000,
+            lag_high_water: 2_000_000,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Partitions of every topic created on first start (later changes are refused).
+    pub partitions: NonZeroU32,
+    /// Most records read from a partition and carried as one batch.
+    pub batch_size: NonZeroU32,
+    /// Records that may wait between two stages; a full queue blocks the stage before it.
+    pub queue_records: NonZeroU32,
+    /// How long a partition reader waits for new records before looking again.
+    #[serde(with = "humantime_serde")]
+    pub read_wait: Duration,
+    /// How often lag gauges are refreshed (and the API's 503 decision with them).
+    #[serde(with = "humantime_serde")]
+    pub monitor_interval: Duration,
+    /// How often consumed records older than `retention` are deleted (embedded log).
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Consumed records are kept at least this long.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            partitions: NonZeroU32::new(8).expect("8 > 0"),
+            batch_size: NonZeroU32::new(1000).expect("1000 > 0"),
+            queue_records: NonZeroU32::new(8192).expect("8192 > 0"),
+            read_wait: Duration::from_millis(200),
+            monitor_interval: Duration::from_millis(250),
+            retention_interval: Duration::from_secs(30),
+            retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// A repeat of `(client, idempotency_key)` inside this window is dropped.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self { window: Duration::from_secs(24 * 3600) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenderConfig {
+    /// minijinja fuel per rendering; a template that burns it ends in `render_failed`.
+    pub fuel: u64,
+    /// Largest rendered part in bytes.
+    pub max_output_bytes: usize,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        Self { fuel: 50_000, max_output_bytes: 256 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Consume `herald-ingest` (bulk producers writing JSON straight into the topic).
+    pub enabled: bool,
+    /// The client identity records of `herald-ingest` are attributed to.
+    pub client_id: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { enabled: true, client_id: "ingest".to_string() }
+    }
+}
+
+impl Config {
+    /// The render stage's limits from `[render]`.
+    pub fn render_limits(&self) -> herald_stages::render::RenderLimits {
+        herald_stages::render::RenderLimits {
+            fuel: self.render.fuel,
+            max_output_bytes: self.render.max_output_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// Reads and parses a file; no other I/O.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    }
+
+    /// The file's config, or the defaults when no file is given.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        path.map(Config::load).transpose().map(Option::unwrap_or_default)
+    }
+
+    /// Checks limits that serde types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.api.max_items == 0 || self.api.max_items > 100_000 {
+            return bad("api.max_items must be between 1 and 100000");
+        }
+        if self.api.max_body_bytes < 1024 {
+            return bad("api.max_body_bytes must be at least 1024");
+        }
+        if self.pipeline.queue_records.get() < self.pipeline.batch_size.get() {
+            return bad("pipeline.queue_records must be at least pipeline.batch_size");
+        }
+        if self.pipeline.partitions.get() > 4096 {
+            return bad("pipeline.partitions must be at most 4096");
+        }
+        if self.dedup.window.is_zero() {
+            return bad("dedup.window must be positive");
+        }
+        if self.ingest.client_id.is_empty() {
+            return bad("ingest.client_id must not be empty");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.api.listen, c.api.listen);
+        assert_eq!(back.dedup.window, c.dedup.window);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_limits_are_refused() {
+        assert!(toml::from_str::<Config>("[api]\nlisten_port = 3").is_err());
+        let c: Config = toml::from_str("[pipeline]\nbatch_size = 100\nqueue_records = 10").unwrap();
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("[dedup]\nwindow = \"10m\"").unwrap();
+        assert_eq!(c.dedup.window, Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,125 @@
+//! The accept path shared by `POST /v1/notifications`, `herald send`,
+//! `herald bench` and the `herald-ingest` consumer.
+//!
+//! Each item is validated; accepted ones are wrapped in an envelope with
+//! their notification id and appended to `herald-requests` (keyed by user
+//! id), together with an `accepted` or `rejected` event for every item, in
+//! one durable append. [`Ingestor::submit`] returns only after that append,
+//! so an id handed to a client is never lost.
+
+use crate::runtime::requests::event_appends;
+use herald_schemas::codec;
+use herald_schemas::stage::Clock;
+use herald_schemas::topic::{self, LogError, Record, TopicLog};
+use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope};
+use herald_stages::validate::{Rejection, Validator};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The append failed (disk, cluster); nothing of the batch was accepted.
+    #[error("cannot store the requests: {0}")]
+    Log(#[from] LogError),
+    /// A store validation needs was unavailable; nothing of the batch was accepted.
+    #[error("cannot validate now: {0}")]
+    Unavailable(Rejection),
+}
+
+impl IngestError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::Log(e) => e.is_retryable(),
+            IngestError::Unavailable(_) => true,
+        }
+    }
+}
+
+/// One item to accept: its JSON (or why it could not be parsed) and, for
+/// replayable sources, the id it must get.
+pub struct Submission {
+    /// A fixed id makes re-submission of the same source record idempotent
+    /// (the `herald-ingest` consumer derives it from the record's offset).
+    pub id: Option<NotificationId>,
+    pub raw: Result<serde_json::Value, String>,
+}
+
+impl Submission {
+    pub fn json(value: serde_json::Value) -> Self {
+        Self { id: None, raw: Ok(value) }
+    }
+}
+
+/// What happened to one item.
+///
+/// A rejection the client can fix; a failure that is ours or a store's
+/// fails the whole call instead (see [`IngestError`]) so the client retries.
+#[derive(Debug, Clone)]
+pub enum ItemOutcome {
+    Accepted(NotificationId),
+    Rejected(NotificationId, Rejection),
+}
+
+pub struct Ingestor {
+    pub log: Arc<dyn TopicLog>,
+    pub validator: Arc<Validator>,
+    pub request_partitions: u32,
+    pub event_partitions: u32,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Ingestor {
+    /// Validates and durably appends; one outcome per item, in order.
+    pub async fn submit(&self, client_id: &str, items: Vec<Submission>) -> Result<Vec<ItemOutcome>, IngestError> {
+        let now = self.clock.now_ms();
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut records = Vec::with_capacity(items.len());
+        let mut events = Vec::with_capacity(items.len());
+        for item in items {
+            let id = item.id.unwrap_or_else(NotificationId::generate);
+            let checked = match &item.raw {
+                Ok(value) => self.validator.check(value).await,
+                Err(message) => Err(Rejection { code: "invalid_json", message: message.clone() }),
+            };
+            match checked {
+                Ok(request) => {
+                    let user_id = request.user_id.clone();
+                    events.push(DeliveryEvent::new(&id, client_id, &user_id, EventKind::Accepted, None, None, now));
+                    let envelope = RequestEnvelope {
+                        id: id.clone(),
+                        client_id: client_id.to_string(),
+                        received_at_ms: now,
+                        request,
+                    };
+                    records.push(Record { key: user_id.into_bytes(), value: codec::encode(&envelope) });
+                    outcomes.push(ItemOutcome::Accepted(id));
+                }
+                Err(rejection) if rejection.is_retryable() => return Err(IngestError::Unavailable(rejection)),
+                Err(rejection) => {
+                    let user_id = item
+                        .raw
+                        .as_ref()
+                        .ok()
+                        .and_then(|v| v.get("user_id"))
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default();
+                    events.push(DeliveryEvent::new(
+                        &id,
+                        client_id,
+                        user_id,
+                        EventKind::Rejected,
+                        None,
+                        Some(rejection.code.to_string()),
+                        now,
+                    ));
+                    outcomes.push(ItemOutcome::Rejected(id, rejection));
+                }
+            }
+        }
+        let mut parts = topic::keyed_appends(topic::REQUESTS, self.request_partitions, records);
+        parts.extend(event_appends(&events, self.event_partitions));
+        if !parts.is_empty() {
+            self.log.append(parts).await?;
+        }
+        Ok(outcomes)
+    }
+}

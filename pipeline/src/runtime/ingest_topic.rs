@@ -1,0 +1,85 @@
+//! The `herald-ingest` consumer: bulk producers write one notification per
+//! record (the JSON object of the HTTP API, any key or none) straight into
+//! the topic; Herald validates each like an API item, attributes it to the
+//! configured client, and re-keys it by recipient into `herald-requests`.
+//!
+//! A record's notification id is derived from its partition and offset, so
+//! replaying a batch after a crash produces the same ids, which the dedup
+//! stage recognises as replays and the ledger absorbs downstream.
+
+use super::queue::{QueueRx, queue};
+use super::reader::{ReaderSpec, run_reader};
+use super::supervise::{TaskFailed, TaskResult};
+use crate::ingest::{Ingestor, Submission};
+use herald_schemas::NotificationId;
+use herald_schemas::codec::CodecError;
+use herald_schemas::ids::hash_hex;
+use herald_schemas::topic::{self, StoredRecord, TopicLog};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub const GROUP: &str = "herald-ingest";
+
+#[derive(Clone)]
+pub struct IngestConsumer {
+    pub log: Arc<dyn TopicLog>,
+    pub ingestor: Arc<Ingestor>,
+    pub client_id: String,
+    pub partitions: u32,
+    pub batch_size: usize,
+    pub read_wait: Duration,
+    pub queue_records: usize,
+}
+
+struct IngestRecord {
+    offset: u64,
+    value: Vec<u8>,
+}
+
+fn decode_ingest(record: &StoredRecord) -> Result<IngestRecord, CodecError> {
+    Ok(IngestRecord { offset: record.offset, value: record.value.clone() })
+}
+
+impl IngestConsumer {
+    pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
+        let (tx, rx) = queue::<IngestRecord>("ingest", self.queue_records);
+        for partition in 0..self.partitions {
+            let spec = ReaderSpec {
+                topic: topic::INGEST.to_string(),
+                partition,
+                group: GROUP.to_string(),
+                batch_size: self.batch_size,
+                wait: self.read_wait,
+            };
+            tasks.spawn(run_reader(self.log.clone(), spec, decode_ingest, tx.clone(), token.clone()));
+        }
+        drop(tx);
+        tasks.spawn(self.clone().run(rx));
+    }
+
+    async fn run(self, mut rx: QueueRx<IngestRecord>) -> TaskResult {
+        while let Some(batch) = rx.recv().await {
+            let partition = batch.source.partition;
+            let items = batch
+                .items
+                .into_iter()
+                .map(|r| Submission {
+                    id: Some(NotificationId(format!(
+                        "ingest-{}",
+                        &hash_hex(&[topic::INGEST.as_bytes(), &partition.to_le_bytes(), &r.offset.to_le_bytes()])
+                    ))),
+                    raw: serde_json::from_slice(&r.value).map_err(|e| format!("record is not JSON: {e}")),
+                })
+                .collect();
+            self.ingestor.submit(&self.client_id, items).await.map_err(|e| TaskFailed::new("ingest", e))?;
+            let s = &batch.source;
+            self.log
+                .commit(GROUP, &s.topic, s.partition, s.next_offset)
+                .await
+                .map_err(|e| TaskFailed::new("ingest", e))?;
+        }
+        Ok(())
+    }
+}

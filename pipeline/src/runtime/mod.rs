@@ -1,0 +1,169 @@
+//! The runtime: the long-running tasks of a Herald worker.
+//!
+//! - the request chain ([`requests`]) over the worker's partitions of `herald-requests`;
+//! - one dispatcher per channel ([`dispatch`]) over the delivery topics;
+//! - the timeline sink ([`timeline`]) over `herald-events`;
+//! - the `herald-ingest` consumer ([`ingest_topic`]);
+//! - the monitor ([`monitor`]): offsets, lag, retention.
+//!
+//! Each chain runs under [`supervise`](supervise::supervise): a failure
+//! replays from the last commit. [`Runtime::stop`] stops the readers and
+//! lets every chain drain and commit what it holds before returning.
+
+pub mod dispatch;
+pub mod ingest_topic;
+pub mod monitor;
+pub mod queue;
+pub mod reader;
+pub mod requests;
+pub mod supervise;
+pub mod timeline;
+
+use crate::app::App;
+use dispatch::{ChannelFactory, Dispatcher};
+use herald_connectors::channels::outbox::FileOutbox;
+use herald_schemas::channel::{Channel, ChannelError};
+use herald_schemas::job::Route;
+use herald_schemas::topic;
+use herald_schemas::{Stage, request::ChannelKind};
+use herald_stages::dedup::DedupStage;
+use herald_stages::enrich::EnrichStage;
+use herald_stages::render::RenderStage;
+use herald_stages::throttle::ThrottleStage;
+use herald_stages::validate::ValidateStage;
+use monitor::{Monitor, Watch};
+use requests::{RequestChain, StageFactory};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use supervise::supervise;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Runtime {
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    /// Requests appended but not yet through the chain (for the API's 503).
+    pub request_lag: Arc<AtomicU64>,
+}
+
+impl Runtime {
+    /// Starts every task of a worker that owns all partitions.
+    pub fn start(app: &App) -> Runtime {
+        let shutdown = CancellationToken::new();
+        let request_lag = Arc::new(AtomicU64::new(0));
+        let cfg = &app.config.pipeline;
+        let partitions = app.partitions();
+        let batch_size = cfg.batch_size.get() as usize;
+        let queue_records = cfg.queue_records.get() as usize;
+        let log = app.backends.log.clone();
+        let mut tasks = Vec::new();
+
+        let chain = RequestChain {
+            log: log.clone(),
+            stages: stage_factory(app),
+            partitions: (0..partitions).collect(),
+            route_partitions: partitions,
+            event_partitions: partitions,
+            batch_size,
+            read_wait: cfg.read_wait,
+            queue_records,
+        };
+        tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
+
+        let mut watches = vec![
+            Watch { group: requests::GROUP.into(), topic: topic::REQUESTS.into(), partitions },
+            Watch { group: timeline::GROUP.into(), topic: topic::EVENTS.into(), partitions },
+        ];
+        for (name, channel) in [("push", ChannelKind::Push), ("sms", ChannelKind::Sms), ("email", ChannelKind::Email)] {
+            let path = app.outbox_dir().join(format!("{name}.jsonl"));
+            let factory: ChannelFactory = Arc::new(move || {
+                FileOutbox::open(path.clone(), format!("outbox-{name}"))
+                    .map(|o| Box::new(o) as Box<dyn Channel>)
+                    .map_err(|e| ChannelError::Unavailable { channel: format!("outbox-{name}"), detail: e.to_string() })
+            });
+            let dispatcher = Dispatcher {
+                name,
+                routes: Route::routes_of(channel).to_vec(),
+                log: log.clone(),
+                ledger: app.backends.ledger.clone(),
+                channel: factory,
+                route_partitions: partitions,
+                event_partitions: partitions,
+                batch_size,
+                read_wait: cfg.read_wait,
+                queue_records,
+            };
+            for route in &dispatcher.routes {
+                watches.push(Watch { group: dispatcher.group(), topic: route.topic().into(), partitions });
+            }
+            tasks.push(tokio::spawn(supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set))));
+        }
+
+        let sink = timeline::TimelineSink {
+            log: log.clone(),
+            store: app.backends.timeline.clone(),
+            event_partitions: partitions,
+            batch_size,
+            read_wait: cfg.read_wait,
+            queue_records,
+        };
+        tasks.push(tokio::spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
+
+        if app.config.ingest.enabled {
+            let consumer = ingest_topic::IngestConsumer {
+                log: log.clone(),
+                ingestor: app.ingestor.clone(),
+                client_id: app.config.ingest.client_id.clone(),
+                partitions,
+                batch_size,
+                read_wait: cfg.read_wait,
+                queue_records,
+            };
+            watches.push(Watch { group: ingest_topic::GROUP.into(), topic: topic::INGEST.into(), partitions });
+            tasks.push(tokio::spawn(supervise("ingest", shutdown.clone(), move |t, set| consumer.start(t, set))));
+        }
+
+        let monitor = Monitor {
+            log,
+            watches,
+            request_lag: request_lag.clone(),
+            interval: cfg.monitor_interval,
+            retention: app.backends.embedded.clone().map(|db| (db, cfg.retention_interval)),
+        };
+        tasks.push(tokio::spawn(monitor.run(shutdown.clone())));
+        tracing::info!(partitions, "runtime started");
+        Runtime { shutdown, tasks, request_lag }
+    }
+
+    /// Stops reading, drains every chain, commits, and returns when all tasks ended.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "runtime task ended abnormally");
+            }
+        }
+        tracing::info!("runtime stopped");
+    }
+}
+
+/// The stages of the request chain, in order, built fresh for each (re)start.
+fn stage_factory(app: &App) -> StageFactory {
+    let b = app.backends.clone();
+    let validator = app.validator.clone();
+    let cache = app.contact_cache.clone();
+    let clock = app.clock.clone();
+    let window = app.config.dedup.window;
+    let throttle = app.config.throttle.clone();
+    let limits = app.config.render_limits();
+    let templates = app.template_cache.clone();
+    Arc::new(move || {
+        vec![
+            Box::new(ValidateStage::with_clock(validator.clone(), clock.clone())) as Box<dyn Stage>,
+            Box::new(EnrichStage::new(b.contacts.clone(), cache.clone(), clock.clone())),
+            Box::new(DedupStage::new(b.dedup.clone(), window, clock.clone())),
+            Box::new(ThrottleStage::new(b.throttle.clone(), throttle.clone(), clock.clone())),
+            Box::new(RenderStage::with_cache(b.templates.clone(), limits.clone(), templates.clone())),
+        ]
+    })
+}

@@ -1,0 +1,80 @@
+//! Offsets, lag and housekeeping.
+//!
+//! Every `monitor_interval` the end offset and each consumer group's
+//! committed offset of every partition become gauges; the lag of the request
+//! chain (summed over `herald-requests`) is also published to the API, which
+//! answers 503 above its high-water mark. Every `retention_interval` the
+//! embedded log deletes records that every group has consumed.
+
+use crate::telemetry::{PartitionOffsets, retention_deleted};
+use herald_connectors::embedded::EmbeddedDb;
+use herald_schemas::topic::{self, TopicLog};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A consumer group's view of one topic.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub group: String,
+    pub topic: String,
+    pub partitions: u32,
+}
+
+pub struct Monitor {
+    pub log: Arc<dyn TopicLog>,
+    pub watches: Vec<Watch>,
+    pub request_lag: Arc<AtomicU64>,
+    pub interval: Duration,
+    pub retention: Option<(EmbeddedDb, Duration)>,
+}
+
+impl Monitor {
+    pub async fn run(self, token: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_retention = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.sample().await;
+            if let Some((db, every)) = &self.retention
+                && last_retention.elapsed() >= *every
+            {
+                last_retention = tokio::time::Instant::now();
+                let db = db.clone();
+                match tokio::task::spawn_blocking(move || db.apply_retention()).await {
+                    Ok(Ok(deleted)) => retention_deleted(deleted),
+                    Ok(Err(error)) => tracing::warn!(%error, "retention failed"),
+                    Err(error) => tracing::warn!(%error, "retention task failed"),
+                }
+            }
+        }
+    }
+
+    async fn sample(&self) {
+        for watch in &self.watches {
+            let mut lag = 0u64;
+            for partition in 0..watch.partitions {
+                let (end, committed) = match (
+                    self.log.end_offset(&watch.topic, partition).await,
+                    self.log.committed(&watch.group, &watch.topic, partition).await,
+                ) {
+                    (Ok(end), Ok(committed)) => (end, committed),
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::debug!(%error, topic = %watch.topic, "offsets unavailable");
+                        continue;
+                    }
+                };
+                lag += end.saturating_sub(committed);
+                PartitionOffsets { topic: &watch.topic, group: &watch.group, partition, end, committed }.emit();
+            }
+            if watch.topic == topic::REQUESTS {
+                self.request_lag.store(lag, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Bounded queues between stages, sized in records.
+//!
+//! A batch takes as many permits as it has records (at least one, at most the
+//! capacity) and gives them back when the next stage receives it, so a queue
+//! holds at most `capacity` records however large its batches are. A full
+//! queue makes `send` wait: the stage before it stops, its own input fills
+//! up, and finally the partition readers stop reading. The backlog stays on
+//! disk in the topic, never in memory.
+
+use herald_schemas::DeliveryEvent;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// Where a batch came from: committing `next_offset` acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub topic: String,
+    pub partition: u32,
+    /// The offset after the batch's last record.
+    pub next_offset: u64,
+}
+
+/// Records of one partition on their way through a chain of stages, with the
+/// events stages emitted for the ones that stopped.
+#[derive(Debug)]
+pub struct Batch<T> {
+    pub source: Source,
+    pub items: Vec<T>,
+    pub events: Vec<DeliveryEvent>,
+}
+
+impl<T> Batch<T> {
+    pub fn new(source: Source, items: Vec<T>) -> Self {
+        Self { source, items, events: Vec::new() }
+    }
+}
+
+struct Shared {
+    name: &'static str,
+    capacity: usize,
+    permits: Arc<Semaphore>,
+    queued: AtomicUsize,
+}
+
+pub struct QueueTx<T> {
+    tx: mpsc::UnboundedSender<(Batch<T>, OwnedSemaphorePermit, usize)>,
+    shared: Arc<Shared>,
+}
+
+impl<T> Clone for QueueTx<T> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone(), shared: self.shared.clone() }
+    }
+}
+
+pub struct QueueRx<T> {
+    rx: mpsc::UnboundedReceiver<(Batch<T>, OwnedSemaphorePermit, usize)>,
+    shared: Arc<Shared>,
+}
+
+/// The receiving stage has stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("queue {0} is closed")]
+pub struct Closed(pub &'static str);
+
+/// A queue named `name` (for metrics) holding at most `capacity` records.
+pub fn queue<T>(name: &'static str, capacity: usize) -> (QueueTx<T>, QueueRx<T>) {
+    let capacity = capacity.max(1);
+    let shared =
+        Arc::new(Shared { name, capacity, permits: Arc::new(Semaphore::new(capacity)), queued: AtomicUsize::new(0) });
+    let (tx, rx) = mpsc::unbounded_channel();
+    (QueueTx { tx, shared: shared.clone() }, QueueRx { rx, shared })
+}
+
+impl<T> QueueTx<T> {
+    /// Waits for room, then enqueues the batch.
+    pub async fn send(&self, batch: Batch<T>) -> Result<(), Closed> {
+        let n = batch.items.len().clamp(1, self.shared.capacity);
+        let permit =
+            self.shared.permits.clone().acquire_many_owned(n as u32).await.map_err(|_| Closed(self.shared.name))?;
+        let queued = self.shared.queued.fetch_add(batch.items.len(), Ordering::Relaxed) + batch.items.len();
+        crate::telemetry::queue_depth(self.shared.name, queued);
+        self.tx.send((batch, permit, n)).map_err(|_| Closed(self.shared.name))
+    }
+}
+
+impl<T> QueueRx<T> {
+    /// The next batch, or `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Batch<T>> {
+        let (batch, permit, _) = self.rx.recv().await?;
+        drop(permit);
+        let queued = self.shared.queued.fetch_sub(batch.items.len(), Ordering::Relaxed) - batch.items.len();
+        crate::telemetry::queue_depth(self.shared.name, queued);
+        Some(batch)
+    }
+
+    /// Records currently waiting.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn src() -> Source {
+        Source { topic: "t".into(), partition: 0, next_offset: 1 }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_blocks_the_sender_until_received() {
+        let (tx, mut rx) = queue::<u32>("test", 10);
+        tx.send(Batch::new(src(), (0..6).collect())).await.unwrap();
+        // 6 of 10 records queued: another 6 must wait.
+        let tx2 = tx.clone();
+        let blocked = tokio::spawn(async move { tx2.send(Batch::new(src(), (0..6).collect())).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!blocked.is_finished());
+        assert_eq!(rx.queued(), 6);
+        assert_eq!(rx.recv().await.unwrap().items.len(), 6);
+        blocked.await.unwrap().unwrap();
+        assert_eq!(rx.recv().await.unwrap().items.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn oversized_batches_still_pass_and_order_is_kept() {
+        let (tx, mut rx) = queue::<u32>("test", 4);
+        let sender = tokio::spawn(async move {
+            for i in 0..5u32 {
+                tx.send(Batch::new(src(), vec![i; 9])).await.unwrap();
+            }
+        });
+        for i in 0..5u32 {
+            assert_eq!(rx.recv().await.unwrap().items[0], i);
+        }
+        sender.await.unwrap();
+        assert!(rx.recv().await.is_none());
+    }
+}

@@ -1,0 +1,68 @@
+//! Partition readers: one task per (topic, partition) a component consumes.
+//!
+//! A reader starts at the group's committed offset and reads ahead of it,
+//! decoding records and pushing batches into a bounded [`queue`](super::queue).
+//! It never commits: the task at the end of the chain does, in order, once
+//! everything produced from a batch is durable. A record that cannot be
+//! decoded (a bug or a foreign writer) is logged and skipped so it cannot
+//! wedge its partition; its offset is still covered by the batch's commit.
+
+use super::queue::{Batch, QueueTx, Source};
+use super::supervise::{TaskFailed, TaskResult};
+use crate::telemetry::RecordUndecodable;
+use herald_schemas::codec::CodecError;
+use herald_schemas::topic::{StoredRecord, TopicLog};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a reader reads and how.
+#[derive(Debug, Clone)]
+pub struct ReaderSpec {
+    pub topic: String,
+    pub partition: u32,
+    pub group: String,
+    pub batch_size: usize,
+    pub wait: Duration,
+}
+
+pub type Decoder<T> = fn(&StoredRecord) -> Result<T, CodecError>;
+
+/// Reads until `token` is cancelled (dropping its sender) or the queue closes.
+pub async fn run_reader<T: Send + 'static>(
+    log: Arc<dyn TopicLog>,
+    spec: ReaderSpec,
+    decode: Decoder<T>,
+    tx: QueueTx<T>,
+    token: CancellationToken,
+) -> TaskResult {
+    let mut position =
+        log.committed(&spec.group, &spec.topic, spec.partition).await.map_err(|e| TaskFailed::new("reader", e))?;
+    tracing::debug!(topic = %spec.topic, partition = spec.partition, position, "reader started");
+    loop {
+        let records = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            r = log.read(&spec.topic, spec.partition, position, spec.batch_size, spec.wait) => {
+                r.map_err(|e| TaskFailed::new("reader", e))?
+            }
+        };
+        let Some(last) = records.last() else { continue };
+        let next_offset = last.offset + 1;
+        let mut items = Vec::with_capacity(records.len());
+        for record in &records {
+            match decode(record) {
+                Ok(item) => items.push(item),
+                Err(error) => {
+                    RecordUndecodable { topic: &spec.topic, partition: spec.partition, offset: record.offset, error }
+                        .emit()
+                }
+            }
+        }
+        position = next_offset;
+        let source = Source { topic: spec.topic.clone(), partition: spec.partition, next_offset };
+        if tx.send(Batch::new(source, items)).await.is_err() {
+            // The next task stopped (failure or shutdown): nothing to do.
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The request chain: `herald-requests` → validate → enrich → dedup →
+//! throttle → render → fan-out.
+//!
+//! One reader per assigned partition feeds the first stage; every stage is
+//! its own task joined to the next by a bounded queue. The fan-out task at
+//! the end appends the delivery jobs (one topic per route) and the events of
+//! the batch in one durable append, and only then commits the batch's offset
+//! for [`GROUP`]. Batches of a partition travel in order through one chain,
+//! so commits are in order.
+//!
+//! A crash or failure after the append and before the commit replays the
+//! batch: the dedup stage recognises its own claims (`Replay`), the throttle
+//! stage its own hits, and delivery ids are derived, so the dispatchers'
+//! ledger absorbs the repeated jobs.
+
+use super::queue::{QueueRx, QueueTx, queue};
+use super::reader::{ReaderSpec, run_reader};
+use super::supervise::{TaskFailed, TaskResult};
+use crate::telemetry::StageBatchProcessed;
+use herald_schemas::codec::{self, CodecError};
+use herald_schemas::job::Route;
+use herald_schemas::topic::{self, Append, Record, StoredRecord, TopicLog};
+use herald_schemas::{DeliveryEvent, RequestEnvelope, Stage, StageOutput, WorkItem};
+use herald_stages::fanout::fan_out;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The consumer group of the request chain on `herald-requests`.
+pub const GROUP: &str = "herald-pipeline";
+
+/// Builds a fresh set of stages for each (re)start of the chain.
+pub type StageFactory = Arc<dyn Fn() -> Vec<Box<dyn Stage>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct RequestChain {
+    pub log: Arc<dyn TopicLog>,
+    pub stages: StageFactory,
+    /// Partitions of `herald-requests` this worker owns.
+    pub partitions: Vec<u32>,
+    pub route_partitions: u32,
+    pub event_partitions: u32,
+    pub batch_size: usize,
+    pub read_wait: Duration,
+    pub queue_records: usize,
+}
+
+fn decode_request(record: &StoredRecord) -> Result<WorkItem, CodecError> {
+    codec::decode::<RequestEnvelope>(&record.value).map(WorkItem::new)
+}
+
+impl RequestChain {
+    /// Spawns readers, stages and the fan-out sink into `tasks`.
+    pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
+        let (tx, mut rx) = queue::<WorkItem>("validate", self.queue_records);
+        for &partition in &self.partitions {
+            let spec = ReaderSpec {
+                topic: topic::REQUESTS.to_string(),
+                partition,
+                group: GROUP.to_string(),
+                batch_size: self.batch_size,
+                wait: self.read_wait,
+            };
+            tasks.spawn(run_reader(self.log.clone(), spec, decode_request, tx.clone(), token.clone()));
+        }
+        drop(tx);
+        let stages = (self.stages)();
+        let names: Vec<&'static str> = stages.iter().map(|s| s.name()).skip(1).chain(["fanout"]).collect();
+        for (stage, next) in stages.into_iter().zip(names) {
+            let (tx, next_rx) = queue::<WorkItem>(next, self.queue_records);
+            tasks.spawn(run_stage(stage, rx, tx));
+            rx = next_rx;
+        }
+        tasks.spawn(run_fanout(self.clone(), rx));
+    }
+}
+
+/// Runs one stage over every batch until its input closes.
+async fn run_stage(mut stage: Box<dyn Stage>, mut rx: QueueRx<WorkItem>, tx: QueueTx<WorkItem>) -> TaskResult {
+    let name = stage.name();
+    while let Some(mut batch) = rx.recv().await {
+        let items = std::mem::take(&mut batch.items);
+        let records_in = items.len();
+        let started = Instant::now();
+        let mut out = StageOutput::with_capacity(records_in);
+        stage.process(items, &mut out).await.map_err(|e| TaskFailed::new(name, e))?;
+        let dropped = count_by_kind(&out.events);
+        StageBatchProcessed {
+            stage: name,
+            records_in,
+            records_out: out.items.len(),
+            dropped: &dropped,
+            elapsed: started.elapsed(),
+        }
+        .emit();
+        batch.items = out.items;
+        batch.events.extend(out.events);
+        if tx.send(batch).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn count_by_kind(events: &[DeliveryEvent]) -> Vec<(&'static str, usize)> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for e in events {
+        let kind = e.kind.as_str();
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    counts
+}
+
+/// Appends jobs and events durably, then commits the batch's offset.
+async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResult {
+    while let Some(batch) = rx.recv().await {
+        let started = Instant::now();
+        let records_in = batch.items.len();
+        let jobs = fan_out(batch.items);
+        let job_count = jobs.len();
+        let mut by_route: [Vec<Record>; Route::ALL.len()] = Default::default();
+        for job in &jobs {
+            let route = job.target.route();
+            let slot = Route::ALL.iter().position(|r| *r == route).unwrap_or_default();
+            by_route[slot].push(Record { key: job.user_id.as_bytes().to_vec(), value: codec::encode(job) });
+        }
+        let mut parts: Vec<Append> = Vec::new();
+        for (route, records) in Route::ALL.iter().zip(by_route) {
+            if !records.is_empty() {
+                parts.extend(topic::keyed_appends(route.topic(), chain.route_partitions, records));
+            }
+        }
+        parts.extend(event_appends(&batch.events, chain.event_partitions));
+        if !parts.is_empty() {
+            chain.log.append(parts).await.map_err(|e| TaskFailed::new("fanout", e))?;
+        }
+        let source = &batch.source;
+        chain
+            .log
+            .commit(GROUP, &source.topic, source.partition, source.next_offset)
+            .await
+            .map_err(|e| TaskFailed::new("fanout", e))?;
+        StageBatchProcessed {
+            stage: "fanout",
+            records_in,
+            records_out: job_count,
+            dropped: &[],
+            elapsed: started.elapsed(),
+        }
+        .emit();
+    }
+    Ok(())
+}
+
+/// Events as appends to `herald-events`, keyed by notification id so one
+/// notification's timeline stays in one partition, in order.
+pub fn event_appends(events: &[DeliveryEvent], partitions: u32) -> Vec<Append> {
+    if events.is_empty() {
+        return Vec::new();
+    }
+    let records = events
+        .iter()
+        .map(|e| Record { key: e.notification_id.0.as_bytes().to_vec(), value: codec::encode(e) })
+        .collect();
+    topic::keyed_appends(topic::EVENTS, partitions, records)
+}

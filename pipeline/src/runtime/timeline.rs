@@ -1,0 +1,65 @@
+//! The timeline sink: `herald-events` → the timeline store behind
+//! `GET /v1/notifications/{id}`.
+//!
+//! The store keeps an event id once, so a replay after a crash (events
+//! written, offset not committed) changes nothing.
+
+use super::queue::{QueueRx, queue};
+use super::reader::{ReaderSpec, run_reader};
+use super::supervise::{TaskFailed, TaskResult};
+use herald_schemas::DeliveryEvent;
+use herald_schemas::codec::{self, CodecError};
+use herald_schemas::store::TimelineStore;
+use herald_schemas::topic::{self, StoredRecord, TopicLog};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub const GROUP: &str = "herald-timeline";
+
+#[derive(Clone)]
+pub struct TimelineSink {
+    pub log: Arc<dyn TopicLog>,
+    pub store: Arc<dyn TimelineStore>,
+    pub event_partitions: u32,
+    pub batch_size: usize,
+    pub read_wait: Duration,
+    pub queue_records: usize,
+}
+
+fn decode_event(record: &StoredRecord) -> Result<DeliveryEvent, CodecError> {
+    codec::decode(&record.value)
+}
+
+impl TimelineSink {
+    pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
+        let (tx, rx) = queue::<DeliveryEvent>("timeline", self.queue_records);
+        for partition in 0..self.event_partitions {
+            let spec = ReaderSpec {
+                topic: topic::EVENTS.to_string(),
+                partition,
+                group: GROUP.to_string(),
+                batch_size: self.batch_size,
+                wait: self.read_wait,
+            };
+            tasks.spawn(run_reader(self.log.clone(), spec, decode_event, tx.clone(), token.clone()));
+        }
+        drop(tx);
+        tasks.spawn(self.clone().run(rx));
+    }
+
+    async fn run(self, mut rx: QueueRx<DeliveryEvent>) -> TaskResult {
+        while let Some(batch) = rx.recv().await {
+            if !batch.items.is_empty() {
+                self.store.add_events(&batch.items).await.map_err(|e| TaskFailed::new("timeline", e))?;
+            }
+            let s = &batch.source;
+            self.log
+                .commit(GROUP, &s.topic, s.partition, s.next_offset)
+                .await
+                .map_err(|e| TaskFailed::new("timeline", e))?;
+        }
+        Ok(())
+    }
+}

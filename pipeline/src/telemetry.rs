@@ -1,0 +1,195 @@
+//! Telemetry: every metric name is written here once, and each thing worth
+//! observing is one named event whose `emit()` updates its metric and logs
+//! with structured fields, so the two cannot drift.
+//!
+//! Label values are bounded: stage, reason code, topic, partition, channel,
+//! route. Never a user id, an address or an error message.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const STAGE_RECORDS_IN: &str = "herald_stage_records_in_total";
+pub const STAGE_RECORDS_OUT: &str = "herald_stage_records_out_total";
+pub const STAGE_RECORDS_DROPPED: &str = "herald_stage_records_dropped_total";
+pub const STAGE_BATCH_SECONDS: &str = "herald_stage_batch_seconds";
+pub const QUEUE_RECORDS: &str = "herald_queue_records";
+pub const TOPIC_END_OFFSET: &str = "herald_topic_end_offset";
+pub const TOPIC_COMMITTED_OFFSET: &str = "herald_topic_committed_offset";
+pub const TOPIC_LAG: &str = "herald_topic_lag_records";
+pub const CHANNEL_SENDS: &str = "herald_channel_sends_total";
+pub const CHANNEL_SKIPPED: &str = "herald_channel_ledger_skipped_total";
+pub const CHANNEL_BATCH_SECONDS: &str = "herald_channel_batch_seconds";
+pub const API_REQUESTS: &str = "herald_api_requests_total";
+pub const API_NOTIFICATIONS: &str = "herald_api_notifications_total";
+pub const API_OVERLOADED: &str = "herald_api_overloaded_total";
+pub const RETENTION_DELETED: &str = "herald_log_retention_deleted_total";
+pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
+pub const RECORDS_UNDECODABLE: &str = "herald_records_undecodable_total";
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first (tests); our handle still renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Installs the log subscriber (stderr; `RUST_LOG` overrides `info`, storage engine at `warn`).
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lsm_tree=warn,fjall=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// A stage finished a batch.
+pub struct StageBatchProcessed<'a> {
+    pub stage: &'static str,
+    pub records_in: usize,
+    pub records_out: usize,
+    /// Stop reasons (event kinds) with their counts.
+    pub dropped: &'a [(&'static str, usize)],
+    pub elapsed: Duration,
+}
+
+impl StageBatchProcessed<'_> {
+    pub fn emit(&self) {
+        record_stage_time(self.stage, self.records_in, self.elapsed);
+        counter!(STAGE_RECORDS_IN, "stage" => self.stage).increment(self.records_in as u64);
+        counter!(STAGE_RECORDS_OUT, "stage" => self.stage).increment(self.records_out as u64);
+        for (reason, n) in self.dropped {
+            counter!(STAGE_RECORDS_DROPPED, "stage" => self.stage, "reason" => *reason).increment(*n as u64);
+        }
+        histogram!(STAGE_BATCH_SECONDS, "stage" => self.stage).record(self.elapsed.as_secs_f64());
+        tracing::trace!(
+            stage = self.stage,
+            records_in = self.records_in,
+            records_out = self.records_out,
+            "batch processed"
+        );
+    }
+}
+
+/// A record on one of our topics could not be decoded; it is skipped.
+pub struct RecordUndecodable<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub offset: u64,
+    pub error: herald_schemas::codec::CodecError,
+}
+
+impl RecordUndecodable<'_> {
+    pub fn emit(&self) {
+        counter!(RECORDS_UNDECODABLE, "topic" => self.topic.to_string()).increment(1);
+        tracing::error!(topic = self.topic, partition = self.partition, offset = self.offset, error = %self.error, "undecodable record skipped");
+    }
+}
+
+/// Offsets of one topic partition for one consumer group.
+pub struct PartitionOffsets<'a> {
+    pub topic: &'a str,
+    pub group: &'a str,
+    pub partition: u32,
+    pub end: u64,
+    pub committed: u64,
+}
+
+impl PartitionOffsets<'_> {
+    pub fn emit(&self) {
+        let topic = self.topic.to_string();
+        let partition = self.partition.to_string();
+        let group = self.group.to_string();
+        gauge!(TOPIC_END_OFFSET, "topic" => topic.clone(), "partition" => partition.clone()).set(self.end as f64);
+        gauge!(TOPIC_COMMITTED_OFFSET, "topic" => topic.clone(), "group" => group.clone(), "partition" => partition.clone())
+            .set(self.committed as f64);
+        gauge!(TOPIC_LAG, "topic" => topic, "group" => group, "partition" => partition)
+            .set(self.end.saturating_sub(self.committed) as f64);
+    }
+}
+
+/// A channel sent a batch.
+pub struct ChannelBatchSent<'a> {
+    pub channel: &'a str,
+    pub delivered: usize,
+    pub failed: usize,
+    pub retryable: usize,
+    /// Deliveries found done in the ledger (replays), not sent again.
+    pub skipped: usize,
+    pub elapsed: Duration,
+}
+
+impl ChannelBatchSent<'_> {
+    pub fn emit(&self) {
+        let ch = self.channel.to_string();
+        counter!(CHANNEL_SENDS, "channel" => ch.clone(), "outcome" => "delivered").increment(self.delivered as u64);
+        counter!(CHANNEL_SENDS, "channel" => ch.clone(), "outcome" => "failed").increment(self.failed as u64);
+        counter!(CHANNEL_SENDS, "channel" => ch.clone(), "outcome" => "retryable").increment(self.retryable as u64);
+        counter!(CHANNEL_SKIPPED, "channel" => ch.clone()).increment(self.skipped as u64);
+        histogram!(CHANNEL_BATCH_SECONDS, "channel" => ch).record(self.elapsed.as_secs_f64());
+        tracing::debug!(
+            channel = self.channel,
+            delivered = self.delivered,
+            failed = self.failed,
+            skipped = self.skipped,
+            "channel batch sent"
+        );
+    }
+}
+
+/// Records waiting in a queue between two stages.
+pub fn queue_depth(queue: &'static str, records: usize) {
+    gauge!(QUEUE_RECORDS, "queue" => queue).set(records as f64);
+}
+
+/// An API call finished.
+pub fn api_request(route: &str, status: u16) {
+    counter!(API_REQUESTS, "route" => route.to_string(), "status" => status.to_string()).increment(1);
+}
+
+/// Notifications answered by `POST /v1/notifications`.
+pub fn api_notifications(accepted: usize, rejected: usize) {
+    counter!(API_NOTIFICATIONS, "status" => "accepted").increment(accepted as u64);
+    counter!(API_NOTIFICATIONS, "status" => "rejected").increment(rejected as u64);
+}
+
+/// The API refused work because the pipeline is behind.
+pub fn api_overloaded(lag: u64) {
+    counter!(API_OVERLOADED).increment(1);
+    tracing::debug!(lag, "overloaded: answering 503");
+}
+
+pub fn retention_deleted(records: u64) {
+    counter!(RETENTION_DELETED).increment(records);
+    if records > 0 {
+        tracing::debug!(records, "retention deleted consumed records");
+    }
+}
+
+/// Cumulative time and records per stage in this process (for `herald bench`).
+static STAGE_TOTALS: std::sync::Mutex<Vec<(&'static str, u64, Duration)>> = std::sync::Mutex::new(Vec::new());
+
+fn record_stage_time(stage: &'static str, records: usize, elapsed: Duration) {
+    let Ok(mut totals) = STAGE_TOTALS.lock() else { return };
+    match totals.iter_mut().find(|(s, _, _)| *s == stage) {
+        Some((_, n, t)) => {
+            *n += records as u64;
+            *t += elapsed;
+        }
+        None => totals.push((stage, records as u64, elapsed)),
+    }
+}
+
+/// `(stage, records, busy time)` for every stage that ran, in first-seen order.
+pub fn stage_totals() -> Vec<(&'static str, u64, Duration)> {
+    STAGE_TOTALS.lock().map(|t| t.clone()).unwrap_or_default()
+}

@@ -1,0 +1,430 @@
+//! Enrich: who is the recipient, and where can they be reached?
+//!
+//! Contract:
+//! - One batched [`ContactStore::get_users`] per batch, for the distinct user
+//!   ids the [`ContactCache`] does not hold; none when all are cached.
+//! - Each requested channel expands into targets: push into every *active*
+//!   device (one target per device, whatever its platform), sms into the phone,
+//!   email into the address. Targets keep the order of the request's channels.
+//! - An unknown user stops the item with one `no_target` event (`unknown_user`).
+//!   A requested channel without a reachable target emits a `no_target` event
+//!   for that channel (`no_device`, `no_phone`, `no_email`); the item goes on
+//!   with the targets that remain and stops when none remain.
+//! - The cache may serve a contact record up to its TTL old; the API calls
+//!   [`ContactCache::invalidate`] after a write so its own changes are seen at once.
+
+use crate::{short_answer, store_error};
+use async_trait::async_trait;
+use herald_schemas::store::ContactStore;
+use herald_schemas::{
+    ChannelKind, Clock, DeliveryEvent, EventKind, Stage, StageError, StageOutput, SystemClock, Target, User, WorkItem,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Sizing of the [`ContactCache`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactCacheConfig {
+    /// Most user records held (known and unknown users both count); 0 disables caching.
+    pub capacity: usize,
+    /// How stale a record may be when another process (a CLI import) changed it.
+    /// A humantime duration (`"5s"`).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for ContactCacheConfig {
+    fn default() -> Self {
+        Self { capacity: 100_000, ttl: Duration::from_secs(5) }
+    }
+}
+
+/// A bounded cache of contact records with a TTL, shared by the enrich stage(s) and the API.
+///
+/// Unknown users are cached too (as `None`), so a burst for a missing id does
+/// not reach the store once per record. When full, the oldest entry goes first.
+pub struct ContactCache {
+    config: ContactCacheConfig,
+    clock: Arc<dyn Clock>,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<String, CacheEntry>,
+    /// Insertion order; an entry whose stamp no longer matches the map's is stale.
+    order: VecDeque<(String, u64)>,
+    next_stamp: u64,
+}
+
+struct CacheEntry {
+    user: Option<User>,
+    stamp: u64,
+    at_ms: u64,
+}
+
+impl fmt::Debug for ContactCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContactCache").field("config", &self.config).field("len", &self.len()).finish()
+    }
+}
+
+impl Default for ContactCache {
+    /// The default sizing on the system clock.
+    fn default() -> Self {
+        Self::new(ContactCacheConfig::default(), Arc::new(SystemClock))
+    }
+}
+
+impl ContactCache {
+    /// An empty cache reading time from `clock`.
+    pub fn new(config: ContactCacheConfig, clock: Arc<dyn Clock>) -> Self {
+        Self { config, clock, inner: Mutex::new(CacheInner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.config.ttl.as_millis().min(u128::from(u64::MAX)) as u64
+    }
+
+    /// `Some(Some(user))`, `Some(None)` for a user known not to exist, `None` when not cached or expired.
+    pub fn get(&self, user_id: &str) -> Option<Option<User>> {
+        let now = self.clock.now_ms();
+        let ttl = self.ttl_ms();
+        let inner = self.lock();
+        let entry = inner.map.get(user_id)?;
+        (now.saturating_sub(entry.at_ms) < ttl).then(|| entry.user.clone())
+    }
+
+    /// Remembers a lookup result (`None`: no such user).
+    pub fn insert(&self, user_id: String, user: Option<User>) {
+        if self.config.capacity == 0 {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let ttl = self.ttl_ms();
+        let capacity = self.config.capacity;
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        // Drop expired entries and, when full, the oldest, from the front.
+        while let Some((key, stamp)) = inner.order.front() {
+            let live = inner.map.get(key).filter(|e| e.stamp == *stamp);
+            let expired = live.is_some_and(|e| now.saturating_sub(e.at_ms) >= ttl);
+            let full = inner.map.len() >= capacity && !inner.map.contains_key(&user_id);
+            if live.is_some() && !expired && !full {
+                break;
+            }
+            if live.is_some() {
+                inner.map.remove(key);
+            }
+            inner.order.pop_front();
+        }
+        let stamp = inner.next_stamp;
+        inner.next_stamp += 1;
+        inner.order.push_back((user_id.clone(), stamp));
+        inner.map.insert(user_id, CacheEntry { user, stamp, at_ms: now });
+        // Re-inserting a key leaves stale order entries behind; compact them now and then.
+        if inner.order.len() > 2 * capacity + 1024 {
+            let map = &inner.map;
+            inner.order.retain(|(k, s)| map.get(k).is_some_and(|e| e.stamp == *s));
+        }
+    }
+
+    /// Forgets a user, so the next lookup reads the store (call after a contact write).
+    pub fn invalidate(&self, user_id: &str) {
+        self.lock().map.remove(user_id);
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.map.clear();
+        inner.order.clear();
+    }
+
+    /// Entries held (some may be expired).
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a requested channel has no target.
+fn no_target_reason(channel: ChannelKind) -> &'static str {
+    match channel {
+        ChannelKind::Push => "no_device",
+        ChannelKind::Sms => "no_phone",
+        ChannelKind::Email => "no_email",
+    }
+}
+
+/// The user's targets on one channel.
+fn targets_on(user: &User, channel: ChannelKind, into: &mut Vec<Target>) {
+    match channel {
+        ChannelKind::Push => into.extend(user.devices.iter().filter(|d| d.active).map(|d| Target::Device {
+            device_id: d.id.clone(),
+            platform: d.platform,
+            token: d.token.clone(),
+        })),
+        ChannelKind::Sms => into.extend(user.phone.iter().map(|p| Target::Phone { number: p.clone() })),
+        ChannelKind::Email => into.extend(user.email.iter().map(|a| Target::Email { address: a.clone() })),
+    }
+}
+
+/// Looks up recipients and expands requested channels into targets.
+pub struct EnrichStage {
+    contacts: Arc<dyn ContactStore>,
+    cache: Arc<ContactCache>,
+    clock: Arc<dyn Clock>,
+}
+
+impl EnrichStage {
+    /// A stage reading `contacts` through `cache` (shared with the API for invalidation).
+    pub fn new(contacts: Arc<dyn ContactStore>, cache: Arc<ContactCache>, clock: Arc<dyn Clock>) -> Self {
+        Self { contacts, cache, clock }
+    }
+
+    /// Resolves every distinct user of the batch: cache first, then one store call.
+    async fn resolve(&self, batch: &[WorkItem]) -> Result<HashMap<String, Option<User>>, StageError> {
+        let mut resolved: HashMap<String, Option<User>> = HashMap::new();
+        let mut missing: Vec<String> = Vec::new();
+        for item in batch {
+            let id = &item.envelope.request.user_id;
+            if resolved.contains_key(id) {
+                continue;
+            }
+            match self.cache.get(id) {
+                Some(user) => {
+                    resolved.insert(id.clone(), user);
+                }
+                None => {
+                    missing.push(id.clone());
+                    // A placeholder keeps the id from being asked for twice; replaced below.
+                    resolved.insert(id.clone(), None);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(resolved);
+        }
+        let users = self.contacts.get_users(&missing).await.map_err(|e| store_error("enrich", e))?;
+        if users.len() != missing.len() {
+            return Err(short_answer("enrich", "contacts", missing.len(), users.len()));
+        }
+        for (id, user) in missing.into_iter().zip(users) {
+            self.cache.insert(id.clone(), user.clone());
+            resolved.insert(id, user);
+        }
+        Ok(resolved)
+    }
+}
+
+#[async_trait]
+impl Stage for EnrichStage {
+    fn name(&self) -> &'static str {
+        "enrich"
+    }
+
+    async fn process(&mut self, batch: Vec<WorkItem>, out: &mut StageOutput) -> Result<(), StageError> {
+        let users = self.resolve(&batch).await?;
+        let now = self.clock.now_ms();
+        out.items.reserve(batch.len());
+        for mut item in batch {
+            let e = &item.envelope;
+            let event = |kind, channel, reason: &str| {
+                DeliveryEvent::new(
+                    &e.id,
+                    &e.client_id,
+                    &e.request.user_id,
+                    kind,
+                    channel,
+                    Some(reason.to_string()),
+                    now,
+                )
+            };
+            let Some(user) = users.get(&e.request.user_id).cloned().flatten() else {
+                out.events.push(event(EventKind::NoTarget, None, "unknown_user"));
+                continue;
+            };
+            let mut targets = Vec::new();
+            for &channel in &e.request.channels {
+                let before = targets.len();
+                targets_on(&user, channel, &mut targets);
+                if targets.len() == before {
+                    out.events.push(event(EventKind::NoTarget, Some(channel), no_target_reason(channel)));
+                }
+            }
+            if targets.is_empty() {
+                continue;
+            }
+            item.user = Some(user);
+            item.targets = targets;
+            out.items.push(item);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{self, Contacts};
+    use herald_schemas::Platform;
+    use herald_schemas::stage::ManualClock;
+    use std::sync::atomic::Ordering;
+
+    struct Setup {
+        contacts: Arc<Contacts>,
+        cache: Arc<ContactCache>,
+        clock: ManualClock,
+        stage: EnrichStage,
+    }
+
+    fn setup(users: Vec<User>) -> Setup {
+        let clock = ManualClock::new(1_000_000);
+        let contacts = Arc::new(Contacts::with(users));
+        let cache = Arc::new(ContactCache::new(ContactCacheConfig::default(), Arc::new(clock.clone())));
+        let stage = EnrichStage::new(contacts.clone(), cache.clone(), Arc::new(clock.clone()));
+        Setup { contacts, cache, clock, stage }
+    }
+
+    async fn run(stage: &mut EnrichStage, batch: Vec<WorkItem>) -> StageOutput {
+        let mut out = StageOutput::default();
+        stage.process(batch, &mut out).await.unwrap();
+        out
+    }
+
+    fn reasons(out: &StageOutput) -> Vec<(EventKind, Option<ChannelKind>, String)> {
+        out.events.iter().map(|e| (e.kind, e.channel, e.reason.clone().unwrap_or_default())).collect()
+    }
+
+    #[tokio::test]
+    async fn channels_expand_into_every_active_target() {
+        let mut user = fakes::full_user("u1");
+        user.devices.push(fakes::device("d3", Platform::Web, true));
+        user.devices.push(fakes::device("dead", Platform::Ios, false));
+        let mut s = setup(vec![user.clone()]);
+        let all = [ChannelKind::Push, ChannelKind::Sms, ChannelKind::Email];
+        let out = run(&mut s.stage, vec![fakes::item("n1", fakes::request("u1", "t", &all))]).await;
+        assert!(out.events.is_empty());
+        let item = &out.items[0];
+        assert_eq!(item.user.as_ref(), Some(&user));
+        let routes: Vec<_> = item.targets.iter().map(|t| t.route().as_str()).collect();
+        assert_eq!(routes, ["apns", "fcm", "webpush", "sms", "email"]);
+        assert!(item.targets.iter().all(|t| t.address() != "token-dead"));
+    }
+
+    #[tokio::test]
+    async fn unknown_user_stops_the_item_with_one_event() {
+        let mut s = setup(vec![]);
+        let out = run(&mut s.stage, vec![fakes::item("n1", fakes::request("ghost", "t", &[ChannelKind::Push]))]).await;
+        assert!(out.items.is_empty());
+        assert_eq!(reasons(&out), vec![(EventKind::NoTarget, None, "unknown_user".into())]);
+        assert_eq!(out.events[0].at_ms, 1_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_channel_without_target_is_reported_and_the_rest_goes_on() {
+        let mut user = fakes::full_user("u1");
+        user.phone = None;
+        user.devices.iter_mut().for_each(|d| d.active = false);
+        let mut s = setup(vec![user]);
+        let all = [ChannelKind::Push, ChannelKind::Sms, ChannelKind::Email];
+        let out = run(&mut s.stage, vec![fakes::item("n1", fakes::request("u1", "t", &all))]).await;
+        assert_eq!(
+            reasons(&out),
+            vec![
+                (EventKind::NoTarget, Some(ChannelKind::Push), "no_device".into()),
+                (EventKind::NoTarget, Some(ChannelKind::Sms), "no_phone".into())
+            ]
+        );
+        assert_eq!(out.items.len(), 1);
+        assert_eq!(out.items[0].targets, vec![Target::Email { address: "u1@example.com".into() }]);
+    }
+
+    #[tokio::test]
+    async fn no_target_on_any_channel_stops_the_item() {
+        let user = User { id: "bare".into(), ..Default::default() };
+        let mut s = setup(vec![user]);
+        let out = run(&mut s.stage, vec![fakes::item("n1", fakes::request("bare", "t", &[ChannelKind::Email]))]).await;
+        assert!(out.items.is_empty());
+        assert_eq!(reasons(&out), vec![(EventKind::NoTarget, Some(ChannelKind::Email), "no_email".into())]);
+    }
+
+    #[tokio::test]
+    async fn one_deduplicated_lookup_per_batch_then_the_cache_answers() {
+        let mut s = setup(vec![fakes::full_user("u1"), fakes::full_user("u2")]);
+        let batch: Vec<_> = ["u1", "u2", "u1", "ghost", "ghost"]
+            .iter()
+            .enumerate()
+            .map(|(i, u)| fakes::item(&format!("n{i}"), fakes::request(u, "t", &[ChannelKind::Sms])))
+            .collect();
+        let out = run(&mut s.stage, batch.clone()).await;
+        assert_eq!(out.items.len(), 3);
+        assert_eq!(*s.contacts.asked.lock().unwrap(), vec![vec!["u1".to_string(), "u2".into(), "ghost".into()]]);
+        let out = run(&mut s.stage, batch.clone()).await;
+        assert_eq!(out.items.len(), 3);
+        assert_eq!(s.contacts.calls.load(Ordering::SeqCst), 1, "second batch served from the cache");
+
+        // A write elsewhere is seen after the TTL, or at once after invalidate.
+        s.contacts.put_users(&[fakes::full_user("ghost")]).await.unwrap();
+        s.cache.invalidate("ghost");
+        let out = run(&mut s.stage, batch.clone()).await;
+        assert_eq!(out.items.len(), 5);
+        assert_eq!(*s.contacts.asked.lock().unwrap().last().unwrap(), vec!["ghost".to_string()]);
+        s.clock.advance_ms(5_000);
+        run(&mut s.stage, batch).await;
+        assert_eq!(s.contacts.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(s.contacts.asked.lock().unwrap().last().unwrap().len(), 3, "all expired");
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_fails_the_batch() {
+        let mut s = setup(vec![fakes::full_user("u1")]);
+        s.contacts.fail.store(true, Ordering::SeqCst);
+        let mut out = StageOutput::default();
+        let err = s.stage.process(vec![fakes::item("n1", fakes::request("u1", "t", &[ChannelKind::Sms]))], &mut out);
+        assert!(err.await.unwrap_err().is_retryable());
+        assert!(out.items.is_empty() && out.events.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_evicts_the_oldest() {
+        let clock = ManualClock::new(0);
+        let cache =
+            ContactCache::new(ContactCacheConfig { capacity: 3, ttl: Duration::from_secs(5) }, Arc::new(clock.clone()));
+        for i in 0..5 {
+            cache.insert(format!("u{i}"), None);
+            clock.advance_ms(1);
+        }
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get("u0").is_none() && cache.get("u1").is_none());
+        assert_eq!(cache.get("u4"), Some(None));
+        // Re-inserting a key many times keeps the order queue bounded.
+        for _ in 0..10_000 {
+            cache.insert("u4".into(), Some(fakes::full_user("u4")));
+        }
+        assert!(cache.lock().order.len() <= 2 * 3 + 1024 + 1);
+        assert_eq!(cache.len(), 3);
+        clock.advance_ms(5_000);
+        assert!(cache.get("u4").is_none(), "expired");
+        cache.insert("u9".into(), None);
+        assert_eq!(cache.len(), 1, "expired entries are dropped on insert");
+        cache.clear();
+        assert!(cache.is_empty());
+        let off = ContactCache::new(ContactCacheConfig { capacity: 0, ..Default::default() }, Arc::new(clock));
+        off.insert("u".into(), None);
+        assert!(off.is_empty());
+    }
+}

@@ -1,0 +1,217 @@
+//! In-memory test doubles of the schemas store traits, and item builders.
+//! Test-only: stages never hold a store implementation.
+
+use async_trait::async_trait;
+use herald_schemas::store::{
+    CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, StoreError, TemplateStore, ThrottleStore,
+};
+use herald_schemas::template::{EmailPart, PushPart, SmsPart};
+use herald_schemas::{
+    ChannelKind, Device, NotificationId, NotificationRequest, Platform, RequestEnvelope, Template, User, WorkItem,
+};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+fn unavailable(fail: &AtomicBool) -> Result<(), StoreError> {
+    if fail.load(Ordering::SeqCst) { Err(StoreError::Backend("injected".into())) } else { Ok(()) }
+}
+
+#[derive(Default)]
+pub struct Contacts {
+    pub users: Mutex<HashMap<String, User>>,
+    pub calls: AtomicUsize,
+    pub asked: Mutex<Vec<Vec<String>>>,
+    pub fail: AtomicBool,
+}
+
+impl Contacts {
+    pub fn with(users: Vec<User>) -> Self {
+        let c = Self::default();
+        c.users.lock().unwrap().extend(users.into_iter().map(|u| (u.id.clone(), u)));
+        c
+    }
+}
+
+#[async_trait]
+impl ContactStore for Contacts {
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<Option<User>>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        unavailable(&self.fail)?;
+        self.asked.lock().unwrap().push(ids.to_vec());
+        let users = self.users.lock().unwrap();
+        Ok(ids.iter().map(|id| users.get(id).cloned()).collect())
+    }
+
+    async fn put_users(&self, users: &[User]) -> Result<Vec<bool>, StoreError> {
+        let mut map = self.users.lock().unwrap();
+        Ok(users.iter().map(|u| map.insert(u.id.clone(), u.clone()).is_none()).collect())
+    }
+}
+
+#[derive(Default)]
+pub struct Templates {
+    pub variants: Mutex<HashMap<String, Vec<Template>>>,
+    pub calls: AtomicUsize,
+    pub fail: AtomicBool,
+}
+
+impl Templates {
+    pub fn with(templates: Vec<Template>) -> Self {
+        let t = Self::default();
+        for template in templates {
+            t.variants.lock().unwrap().entry(template.id.clone()).or_default().push(template);
+        }
+        t
+    }
+}
+
+#[async_trait]
+impl TemplateStore for Templates {
+    async fn put_template(&self, template: &Template) -> Result<bool, StoreError> {
+        let mut map = self.variants.lock().unwrap();
+        let list = map.entry(template.id.clone()).or_default();
+        match list.iter_mut().find(|t| t.locale == template.locale) {
+            Some(old) => {
+                *old = template.clone();
+                Ok(false)
+            }
+            None => {
+                list.push(template.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    async fn get_template(&self, id: &str) -> Result<Vec<Template>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        unavailable(&self.fail)?;
+        Ok(self.variants.lock().unwrap().get(id).cloned().unwrap_or_default())
+    }
+}
+
+/// Claims keyed by string; a claim holds until its expiry.
+#[derive(Default)]
+pub struct Dedup {
+    pub claims: Mutex<HashMap<String, (NotificationId, u64)>>,
+    pub calls: AtomicUsize,
+    pub fail: AtomicBool,
+}
+
+#[async_trait]
+impl DedupStore for Dedup {
+    async fn claim(&self, claims: &[DedupClaim], now_ms: u64) -> Result<Vec<DedupDecision>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        unavailable(&self.fail)?;
+        let mut map = self.claims.lock().unwrap();
+        Ok(claims
+            .iter()
+            .map(|c| match map.get(&c.key) {
+                Some((holder, expires)) if *expires > now_ms => {
+                    if *holder == c.notification {
+                        DedupDecision::Replay
+                    } else {
+                        DedupDecision::Duplicate { original: holder.clone() }
+                    }
+                }
+                _ => {
+                    map.insert(c.key.clone(), (c.notification.clone(), c.expires_at_ms));
+                    DedupDecision::First
+                }
+            })
+            .collect())
+    }
+}
+
+#[derive(Default)]
+pub struct Throttle {
+    pub hits: Mutex<HashMap<String, Vec<CapHit>>>,
+    pub hits_calls: AtomicUsize,
+    pub record_calls: AtomicUsize,
+    pub fail: AtomicBool,
+}
+
+#[async_trait]
+impl ThrottleStore for Throttle {
+    async fn hits(&self, keys: &[String], since_ms: u64) -> Result<Vec<Vec<CapHit>>, StoreError> {
+        self.hits_calls.fetch_add(1, Ordering::SeqCst);
+        unavailable(&self.fail)?;
+        let map = self.hits.lock().unwrap();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                map.get(k).map(|v| v.iter().filter(|h| h.at_ms >= since_ms).cloned().collect()).unwrap_or_default()
+            })
+            .collect())
+    }
+
+    async fn record(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError> {
+        self.record_calls.fetch_add(1, Ordering::SeqCst);
+        unavailable(&self.fail)?;
+        let mut map = self.hits.lock().unwrap();
+        for (key, hit) in hits {
+            let list = map.entry(key.clone()).or_default();
+            if !list.iter().any(|h| h.notification == hit.notification) {
+                list.push(hit.clone());
+            }
+        }
+        for list in map.values_mut() {
+            list.retain(|h| h.at_ms >= prune_before_ms);
+        }
+        Ok(())
+    }
+}
+
+pub fn request(user: &str, template: &str, channels: &[ChannelKind]) -> NotificationRequest {
+    NotificationRequest {
+        user_id: user.to_string(),
+        template: template.to_string(),
+        data: serde_json::json!({}),
+        channels: channels.to_vec(),
+        category: "general".to_string(),
+        idempotency_key: None,
+        locale: None,
+    }
+}
+
+pub fn item(id: &str, request: NotificationRequest) -> WorkItem {
+    WorkItem::new(RequestEnvelope {
+        id: NotificationId(id.to_string()),
+        client_id: "client-a".to_string(),
+        received_at_ms: 1_000,
+        request,
+    })
+}
+
+pub fn device(id: &str, platform: Platform, active: bool) -> Device {
+    Device { id: id.to_string(), platform, token: format!("token-{id}"), active }
+}
+
+/// A user reachable on every channel: one iOS and one Android device.
+pub fn full_user(id: &str) -> User {
+    User {
+        id: id.to_string(),
+        email: Some(format!("{id}@example.com")),
+        phone: Some("+821012345678".to_string()),
+        locale: Some("en".to_string()),
+        timezone: Some("Asia/Seoul".to_string()),
+        devices: vec![device("d1", Platform::Ios, true), device("d2", Platform::Android, true)],
+        preferences: Default::default(),
+    }
+}
+
+/// A template variant with every part, each part a short line naming the locale.
+pub fn template(id: &str, locale: &str, default: bool) -> Template {
+    Template {
+        id: id.to_string(),
+        locale: locale.to_string(),
+        default,
+        push: Some(PushPart { title: format!("[{locale}] Hi"), body: format!("[{locale}] {{{{ name }}}}") }),
+        sms: Some(SmsPart { text: format!("[{locale}] {{{{ name }}}}") }),
+        email: Some(EmailPart {
+            subject: format!("[{locale}] Hello {{{{ name }}}}"),
+            text: format!("[{locale}] {{{{ name }}}}"),
+            html: format!("<p>[{locale}] {{{{ name }}}}</p>"),
+        }),
+    }
+}
