@@ -79,8 +79,12 @@ impl Default for ApiConfig {
 pub struct PipelineConfig {
     /// Partitions of every topic created on first start (later changes are refused).
     pub partitions: NonZeroU32,
-    /// Most records read from a partition and carried as one batch.
+    /// Most records carried as one batch (one durable write per batch downstream).
     pub batch_size: NonZeroU32,
+    /// How long the head of a chain waits to fill a batch from several
+    /// partitions; more throughput under load for at most this much latency.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
     /// Records that may wait between two stages; a full queue blocks the stage before it.
     pub queue_records: NonZeroU32,
     /// How long a partition reader waits for new records before looking again.
@@ -101,8 +105,9 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             partitions: NonZeroU32::new(8).expect("8 > 0"),
-            batch_size: NonZeroU32::new(1000).expect("1000 > 0"),
-            queue_records: NonZeroU32::new(8192).expect("8192 > 0"),
+            batch_size: NonZeroU32::new(2000).expect("2000 > 0"),
+            linger: Duration::from_millis(5),
+            queue_records: NonZeroU32::new(16384).expect("16384 > 0"),
             read_wait: Duration::from_millis(200),
             monitor_interval: Duration::from_millis(250),
             retention_interval: Duration::from_secs(30),
@@ -195,6 +200,7 @@ impl Config {
         if self.dedup.window.is_zero() {
             return bad("dedup.window must be positive");
         }
+        self.throttle.validate().map_err(|e| ConfigError::Invalid(format!("throttle: {e}")))?;
         if self.ingest.client_id.is_empty() {
             return bad("ingest.client_id must not be empty");
         }
@@ -214,6 +220,15 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.api.listen, c.api.listen);
         assert_eq!(back.dedup.window, c.dedup.window);
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let text = include_str!("../herald.example.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        let d = Config::default();
+        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&d).unwrap());
     }
 
     #[test]

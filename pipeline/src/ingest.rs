@@ -10,7 +10,7 @@
 use crate::runtime::requests::event_appends;
 use herald_schemas::codec;
 use herald_schemas::stage::Clock;
-use herald_schemas::topic::{self, LogError, Record, TopicLog};
+use herald_schemas::topic::{self, Commit, LogError, Record, TopicLog};
 use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope};
 use herald_stages::validate::{Rejection, Validator};
 use std::sync::Arc;
@@ -70,6 +70,17 @@ pub struct Ingestor {
 impl Ingestor {
     /// Validates and durably appends; one outcome per item, in order.
     pub async fn submit(&self, client_id: &str, items: Vec<Submission>) -> Result<Vec<ItemOutcome>, IngestError> {
+        self.submit_and_commit(client_id, items, Vec::new()).await
+    }
+
+    /// [`submit`](Self::submit), recording `commits` in the same durable write
+    /// (the `herald-ingest` consumer acknowledges the records it read).
+    pub async fn submit_and_commit(
+        &self,
+        client_id: &str,
+        items: Vec<Submission>,
+        commits: Vec<Commit>,
+    ) -> Result<Vec<ItemOutcome>, IngestError> {
         let now = self.clock.now_ms();
         let mut outcomes = Vec::with_capacity(items.len());
         let mut records = Vec::with_capacity(items.len());
@@ -117,9 +128,7 @@ impl Ingestor {
         }
         let mut parts = topic::keyed_appends(topic::REQUESTS, self.request_partitions, records);
         parts.extend(event_appends(&events, self.event_partitions));
-        if !parts.is_empty() {
-            self.log.append(parts).await?;
-        }
+        self.log.append_and_commit(parts, commits).await?;
         Ok(outcomes)
     }
 }

@@ -176,20 +176,35 @@ pub fn retention_deleted(records: u64) {
 }
 
 /// Cumulative time and records per stage in this process (for `herald bench`).
-static STAGE_TOTALS: std::sync::Mutex<Vec<(&'static str, u64, Duration)>> = std::sync::Mutex::new(Vec::new());
+static STAGE_TOTALS: std::sync::Mutex<Vec<StageTotal>> = std::sync::Mutex::new(Vec::new());
+
+/// What one stage did in this process.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageTotal {
+    pub stage: &'static str,
+    pub batches: u64,
+    pub records: u64,
+    #[serde(serialize_with = "as_ms")]
+    pub busy: Duration,
+}
+
+fn as_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
 
 fn record_stage_time(stage: &'static str, records: usize, elapsed: Duration) {
     let Ok(mut totals) = STAGE_TOTALS.lock() else { return };
-    match totals.iter_mut().find(|(s, _, _)| *s == stage) {
-        Some((_, n, t)) => {
-            *n += records as u64;
-            *t += elapsed;
+    match totals.iter_mut().find(|t| t.stage == stage) {
+        Some(t) => {
+            t.batches += 1;
+            t.records += records as u64;
+            t.busy += elapsed;
         }
-        None => totals.push((stage, records as u64, elapsed)),
+        None => totals.push(StageTotal { stage, batches: 1, records: records as u64, busy: elapsed }),
     }
 }
 
-/// `(stage, records, busy time)` for every stage that ran, in first-seen order.
-pub fn stage_totals() -> Vec<(&'static str, u64, Duration)> {
+/// Every stage that ran, in first-seen order.
+pub fn stage_totals() -> Vec<StageTotal> {
     STAGE_TOTALS.lock().map(|t| t.clone()).unwrap_or_default()
 }

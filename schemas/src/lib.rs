@@ -39,7 +39,7 @@ pub use job::{DeliveryJob, Route, Target};
 pub use request::{ChannelKind, NotificationRequest, RequestEnvelope};
 pub use stage::{Clock, Stage, StageError, StageOutput, SystemClock};
 pub use template::Template;
-pub use topic::{Append, Record, StoredRecord, TopicLog};
+pub use topic::{Append, Commit, Record, StoredRecord, TopicLog};
 pub use work::{RenderedContent, WorkItem};
 
 /// The category that is never capped and ignores category opt-outs.

@@ -4,6 +4,17 @@
 //!
 //! Writes that stages make are idempotent: replaying a batch after a crash
 //! (the consumer had not committed) writes the same facts again.
+//!
+//! # Durability
+//! Writes made through the API-facing stores (contacts, templates, keys) are
+//! durable when they return. Writes made while processing a batch (dedup
+//! claims, throttle hits, ledger entries, timeline events) are *ordered*:
+//! durable when they return, or at the latest together with the next durable
+//! log append or commit made after they returned. The embedded backend keeps
+//! log and stores in one journal, so one fsync covers both; ScyllaDB writes
+//! are durable on their own. Every consumer ends a batch with a durable
+//! commit, so a batch's state is durable before its offset is, and a crash
+//! loses at most a suffix of writes whose batches are then replayed.
 
 use crate::contacts::User;
 use crate::event::DeliveryEvent;
@@ -67,7 +78,7 @@ pub enum DedupDecision {
 #[async_trait]
 pub trait DedupStore: Send + Sync + 'static {
     /// Claims each key at `now_ms`, in order (a later claim in the same call
-    /// sees an earlier one). Durable before it returns.
+    /// sees an earlier one). Ordered durability (see the module doc).
     async fn claim(&self, claims: &[DedupClaim], now_ms: u64) -> Result<Vec<DedupDecision>, StoreError>;
 }
 
@@ -83,7 +94,7 @@ pub trait ThrottleStore: Send + Sync + 'static {
     /// The hits recorded for each key (`user/category`) at or after `since_ms`.
     async fn hits(&self, keys: &[String], since_ms: u64) -> Result<Vec<Vec<CapHit>>, StoreError>;
     /// Records hits (idempotent per notification) and forgets those before `prune_before_ms`.
-    async fn record(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError>;
+    async fn record_hits(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError>;
 }
 
 /// Where a delivery stands in a dispatcher's ledger.
@@ -92,8 +103,17 @@ pub trait ThrottleStore: Send + Sync + 'static {
 pub enum LedgerState {
     /// Handed to a provider, answer not yet recorded.
     InFlight,
-    /// Finished (sent, or failed for good).
-    Done,
+    /// Accepted by the provider (or written to the outbox).
+    Sent,
+    /// Refused for good (permanent error or dead address).
+    Failed,
+}
+
+impl LedgerState {
+    /// Finished: never handed to a channel again.
+    pub fn is_done(self) -> bool {
+        matches!(self, LedgerState::Sent | LedgerState::Failed)
+    }
 }
 
 /// A position in a sink Herald owns (a file outbox): committed with the ledger.
@@ -107,9 +127,12 @@ pub struct SinkPosition {
 pub trait LedgerStore: Send + Sync + 'static {
     /// The state of each delivery (`None`: never seen).
     async fn states(&self, ids: &[DeliveryId]) -> Result<Vec<Option<LedgerState>>, StoreError>;
-    /// Records states and, atomically with them, the sink position. Durable before it returns.
-    async fn record(&self, entries: &[(DeliveryId, LedgerState)], sink: Option<SinkPosition>)
-    -> Result<(), StoreError>;
+    /// Records states and, atomically with them, the sink position (ordered durability, see the module doc).
+    async fn record_deliveries(
+        &self,
+        entries: &[(DeliveryId, LedgerState)],
+        sink: Option<SinkPosition>,
+    ) -> Result<(), StoreError>;
     async fn sink_position(&self, sink: &str) -> Result<Option<u64>, StoreError>;
 }
 

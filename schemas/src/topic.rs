@@ -46,6 +46,15 @@ pub struct Append {
     pub records: Vec<Record>,
 }
 
+/// A consumer group's new position in one partition (see [`TopicLog::commit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    pub next_offset: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// Ours or the caller's: the topic was never created.
@@ -94,13 +103,26 @@ pub trait TopicLog: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Vec<StoredRecord>, LogError>;
 
+    /// Appends `parts` and records `commits`, durably, as one step: the
+    /// commits never become durable without the records. A backend that can
+    /// make both one atomic write does (the embedded log: one write, one
+    /// fsync); the default appends, then commits.
+    async fn append_and_commit(&self, parts: Vec<Append>, commits: Vec<Commit>) -> Result<Vec<u64>, LogError> {
+        let firsts = if parts.is_empty() { Vec::new() } else { self.append(parts).await? };
+        for c in &commits {
+            self.commit(&c.group, &c.topic, c.partition, c.next_offset).await?;
+        }
+        Ok(firsts)
+    }
+
     /// Records `next_offset` as the group's position in the partition.
     async fn commit(&self, group: &str, topic: &str, partition: u32, next_offset: u64) -> Result<(), LogError>;
 
     /// The group's position (0 when it never committed).
     async fn committed(&self, group: &str, topic: &str, partition: u32) -> Result<u64, LogError>;
 
-    /// The offset the next appended record will get.
+    /// The end of the durable records: the offset the next appended record
+    /// will get once appends in flight are durable.
     async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError>;
 }
 

@@ -145,7 +145,7 @@ impl ThrottleStore for Throttle {
             .collect())
     }
 
-    async fn record(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError> {
+    async fn record_hits(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError> {
         self.record_calls.fetch_add(1, Ordering::SeqCst);
         unavailable(&self.fail)?;
         let mut map = self.hits.lock().unwrap();

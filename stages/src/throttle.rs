@@ -14,7 +14,7 @@
 //!    id is a replay: the item passes and is not counted twice.
 //!
 //! Items of one batch see each other's hits. The store is called at most twice
-//! per batch: one [`ThrottleStore::hits`] and one [`ThrottleStore::record`].
+//! per batch: one [`ThrottleStore::hits`] and one [`ThrottleStore::record_hits`].
 //! Hits are recorded before the items are passed on, so a crash replay finds
 //! its own hits and passes again.
 
@@ -258,7 +258,7 @@ impl Stage for ThrottleStage {
         }
         if !record.is_empty() {
             let prune_before = now.saturating_sub(self.longest_ms);
-            self.store.record(&record, prune_before).await.map_err(|e| store_error("throttle", e))?;
+            self.store.record_hits(&record, prune_before).await.map_err(|e| store_error("throttle", e))?;
         }
         out.items.extend(passed);
         out.events.extend(events);

@@ -36,7 +36,7 @@ impl Default for EmbeddedOptions {
 pub(crate) struct Keyspaces {
     /// Topic name → `TopicMeta` (JSON).
     pub(crate) topics: Keyspace,
-    /// `topic id | partition | offset` (big-endian) → timestamp, key, value.
+    /// `topic id | partition | first offset` (big-endian) → a batch of records (see `log.rs`).
     pub(crate) records: Keyspace,
     /// `topic id | partition` → first offset retention kept (so an emptied partition keeps its end).
     pub(crate) log_starts: Keyspace,
@@ -85,7 +85,6 @@ pub(crate) struct StoreLocks {
     pub(crate) throttle: Mutex<()>,
     pub(crate) contacts: Mutex<()>,
     pub(crate) templates: Mutex<()>,
-    pub(crate) timeline: Mutex<()>,
     pub(crate) retention: Mutex<()>,
 }
 
@@ -121,6 +120,18 @@ impl Inner {
             batch.commit()?;
         }
         self.commit.enqueue(on_durable)
+    }
+}
+
+impl Inner {
+    /// Commits `batch` without waiting for a sync ("ordered durability"): fjall keeps one journal
+    /// for every keyspace, so the next persist, which every log append and offset commit waits
+    /// for, covers this write too, and a crash loses only a suffix of such writes.
+    pub(crate) fn commit_ordered(&self, batch: OwnedWriteBatch) -> Result<(), EmbeddedError> {
+        if !batch.is_empty() {
+            batch.commit()?;
+        }
+        Ok(())
     }
 }
 

@@ -1,12 +1,25 @@
 //! The topic log on fjall.
 //!
 //! # Storage
-//! - `records`: key `topic id | partition | offset`, all big-endian, so a partition is one
-//!   contiguous key range in offset order and a read is a range scan. Value: append timestamp
-//!   (ms), key length, key, value.
+//! - `records`: one entry per *stored batch* (as Kafka does): the records of one append part for
+//!   one partition, split only when larger than [`MAX_BATCH_BYTES`] (64 KiB). Key `topic id |
+//!   partition | first offset`, all big-endian, so a partition is one contiguous key range in
+//!   offset order and a read is a range scan (plus, when it starts inside a batch, one look at the
+//!   batch before).
+//!   Value (format 1, all integers big-endian):
+//!
+//!   ```text
+//!   version = 1 (u8) | record count (u32, ≥ 1) | append timestamp ms (u64)
+//!   then per record: key length (u32) | key | value length (u32) | value
+//!   ```
+//!
+//!   A value whose first byte is 0 is the earlier one-record format (`timestamp ms (u64) | key
+//!   length (u32) | key | value`; a big-endian timestamp starts with a zero byte until the year
+//!   2.2 million), read as a batch of one, so data directories written before batches still open.
 //! - `topics`: name → id and partition count, written durably when the topic is created.
 //! - `offsets`: `topic id | partition | group` → the group's next offset.
-//! - `log_starts`: `topic id | partition` → first offset retention kept.
+//! - `log_starts`: `topic id | partition` → first offset retention kept (always a batch's first
+//!   offset).
 //!
 //! # Promises (on top of [`herald_schemas::topic`]'s contract)
 //! - Offsets are assigned under a per-partition lock that is held until the batch is written, so
@@ -14,9 +27,13 @@
 //!   Several parts (and partitions, and topics) of one `append` go in one atomic write batch.
 //! - A partition's *visible end* moves only once the records below it are durable (after the group
 //!   commit), and readers never read past it: a reader never sees a record that a crash could take
-//!   back, and never sees a hole.
-//! - End offsets are kept in memory and recovered on open from the last key of each partition
-//!   (or the retention start, if retention emptied it).
+//!   back, and never sees a hole. Reads start exactly at the offset asked for, even inside a
+//!   stored batch.
+//! - End offsets are kept in memory and recovered on open from the last batch of each partition
+//!   (its first offset + its record count), or the retention start if retention emptied it.
+//! - Retention deletes whole stored batches: a batch holding any record a group has not consumed
+//!   is kept whole.
+//! - Bytes that do not decode are reported as [`EmbeddedError::Corrupt`], never a panic.
 //! - [`TopicLog::read`] waits on the partition's end (a `watch` channel), never polls.
 //! - [`TopicLog::commit`] is durable before it returns (it shares the group commit); a group's
 //!   offsets are what retention respects.
@@ -24,7 +41,7 @@
 use super::EmbeddedError;
 use super::db::{EmbeddedDb, Inner, Keyspaces, hold, now_ms};
 use async_trait::async_trait;
-use herald_schemas::topic::{Append, LogError, Record, StoredRecord, TopicLog, validate_topic_name};
+use herald_schemas::topic::{Append, Commit, LogError, Record, StoredRecord, TopicLog, validate_topic_name};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +49,25 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Deletions per write batch during retention.
+/// Stored batches deleted per write batch during retention.
 const RETENTION_CHUNK: usize = 10_000;
+
+/// First byte of a stored batch in the current format.
+const BATCH_FORMAT: u8 = 1;
+/// First byte of a value in the one-record format used before batches.
+const LEGACY_FORMAT: u8 = 0;
+/// `version (u8) | record count (u32) | timestamp (u64)`.
+const BATCH_HEADER: usize = 1 + 4 + 8;
+/// Key length and value length in front of each record of a batch.
+const RECORD_HEADER: usize = 4 + 4;
+/// An append part larger than this is stored as several batches (a record larger than this gets
+/// a batch of its own). Bounds what a read from the middle of a batch decodes for nothing, and
+/// what retention keeps beyond the committed offset. 64 KiB already spreads the per-entry cost of
+/// fjall over a few hundred records of typical size; larger batches measured no faster in
+/// `herald bench` and raised its peak memory.
+const MAX_BATCH_BYTES: usize = 64 << 10;
+/// The largest stored value (lengths are u32 on disk, and in fjall).
+const MAX_VALUE_BYTES: usize = u32::MAX as usize;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct TopicMeta {
@@ -107,7 +141,8 @@ fn partition_prefix(topic_id: u32, partition: u32) -> [u8; 8] {
     key
 }
 
-fn record_key(topic_id: u32, partition: u32, offset: u64) -> [u8; 16] {
+/// Key of the stored batch whose first record is at `offset`.
+fn batch_key(topic_id: u32, partition: u32, offset: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&partition_prefix(topic_id, partition));
     key[8..].copy_from_slice(&offset.to_be_bytes());
@@ -135,36 +170,222 @@ fn be_u32(bytes: &[u8], what: &'static str) -> Result<u32, EmbeddedError> {
     Ok(u32::from_be_bytes(array))
 }
 
-fn offset_of(record_key: &[u8]) -> Result<u64, EmbeddedError> {
-    match record_key.get(8..) {
+/// The first offset in a `records` key.
+fn first_offset_of(batch_key: &[u8]) -> Result<u64, EmbeddedError> {
+    match batch_key.get(8..) {
         Some(tail) => be_u64(tail, "records"),
         None => Err(EmbeddedError::corrupt("records", "key shorter than 16 bytes")),
     }
 }
 
-fn encode_record(timestamp_ms: u64, record: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + record.key.len() + record.value.len());
+/// Bytes a record takes in a stored batch.
+fn stored_len(record: &Record) -> usize {
+    RECORD_HEADER.saturating_add(record.key.len()).saturating_add(record.value.len())
+}
+
+/// How many of `records` (at least one) go in the next stored batch.
+fn next_batch_len(records: &[Record]) -> usize {
+    let mut bytes = BATCH_HEADER;
+    for (taken, record) in records.iter().enumerate() {
+        bytes = bytes.saturating_add(stored_len(record));
+        if bytes > MAX_BATCH_BYTES && taken > 0 {
+            return taken;
+        }
+    }
+    records.len()
+}
+
+/// Encodes `records` (at most [`MAX_BATCH_BYTES`] of them, or one larger record that
+/// [`check_record_sizes`] let through) as one stored batch.
+fn encode_batch(timestamp_ms: u64, records: &[Record]) -> Vec<u8> {
+    let size = records.iter().fold(BATCH_HEADER, |size, record| size.saturating_add(stored_len(record)));
+    let mut out = Vec::with_capacity(size);
+    out.push(BATCH_FORMAT);
+    // Both casts are exact: a batch holds far fewer than 2^32 records (each takes ≥ 8 bytes of at
+    // most `MAX_BATCH_BYTES`, or is alone), and `check_record_sizes` bounds every length.
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
-    out.extend_from_slice(&(record.key.len() as u32).to_be_bytes());
-    out.extend_from_slice(&record.key);
-    out.extend_from_slice(&record.value);
+    for record in records {
+        out.extend_from_slice(&(record.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&record.key);
+        out.extend_from_slice(&(record.value.len() as u32).to_be_bytes());
+        out.extend_from_slice(&record.value);
+    }
     out
 }
 
-fn record_timestamp(stored: &[u8]) -> Result<u64, EmbeddedError> {
-    match stored.get(..8) {
-        Some(head) => be_u64(head, "records"),
-        None => Err(EmbeddedError::corrupt("records", "value shorter than its header")),
+/// Refuses a record whose stored batch would not fit fjall's (and our) 32-bit value length.
+fn check_record_sizes(parts: &[Append]) -> Result<(), LogError> {
+    for part in parts {
+        for record in &part.records {
+            let size = BATCH_HEADER.saturating_add(stored_len(record));
+            if size > MAX_VALUE_BYTES {
+                return Err(LogError::Backend(format!(
+                    "a record of {size} bytes for {}/{} is larger than the embedded log's limit of {MAX_VALUE_BYTES}",
+                    part.topic, part.partition
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads big-endian fields off the front of a byte slice.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        if len > self.bytes.len() {
+            return None;
+        }
+        let (head, tail) = self.bytes.split_at(len);
+        self.bytes = tail;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        let (head, tail) = self.bytes.split_first_chunk::<4>()?;
+        self.bytes = tail;
+        Some(u32::from_be_bytes(*head))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let (head, tail) = self.bytes.split_first_chunk::<8>()?;
+        self.bytes = tail;
+        Some(u64::from_be_bytes(*head))
     }
 }
 
-fn decode_record(offset: u64, stored: &[u8]) -> Result<StoredRecord, EmbeddedError> {
-    let short = || EmbeddedError::corrupt("records", format!("record at offset {offset} is truncated"));
-    let timestamp_ms = record_timestamp(stored)?;
-    let key_len = be_u32(stored.get(8..12).ok_or_else(short)?, "records")? as usize;
-    let key = stored.get(12..12 + key_len).ok_or_else(short)?.to_vec();
-    let value = stored.get(12 + key_len..).ok_or_else(short)?.to_vec();
-    Ok(StoredRecord { offset, key, value, timestamp_ms })
+/// One stored batch, decoded lazily from its key and value: the header at once, the records as
+/// they are iterated.
+struct StoredBatch<'a> {
+    first: u64,
+    count: u32,
+    timestamp_ms: u64,
+    legacy: bool,
+    /// The records, after the header.
+    body: &'a [u8],
+}
+
+impl<'a> StoredBatch<'a> {
+    fn decode(key: &[u8], value: &'a [u8]) -> Result<StoredBatch<'a>, EmbeddedError> {
+        let first = first_offset_of(key)?;
+        let corrupt = |detail: &str| EmbeddedError::corrupt("records", format!("batch at offset {first}: {detail}"));
+        let mut cursor = Cursor { bytes: value };
+        let (count, timestamp_ms, legacy) = match value.first().copied() {
+            Some(BATCH_FORMAT) => {
+                cursor.take(1);
+                let count = cursor.u32().ok_or_else(|| corrupt("value shorter than its header"))?;
+                let timestamp_ms = cursor.u64().ok_or_else(|| corrupt("value shorter than its header"))?;
+                if count == 0 {
+                    return Err(corrupt("holds no records"));
+                }
+                (count, timestamp_ms, false)
+            }
+            Some(LEGACY_FORMAT) => {
+                let timestamp_ms = cursor.u64().ok_or_else(|| corrupt("value shorter than its header"))?;
+                (1, timestamp_ms, true)
+            }
+            Some(version) => return Err(corrupt(&format!("unknown format {version}"))),
+            None => return Err(corrupt("empty value")),
+        };
+        if first.checked_add(u64::from(count)).is_none() {
+            return Err(corrupt(&format!("{count} records overflow the offsets")));
+        }
+        Ok(StoredBatch { first, count, timestamp_ms, legacy, body: cursor.bytes })
+    }
+
+    /// The offset after the batch's last record.
+    fn end(&self) -> u64 {
+        // `decode` checked this does not overflow.
+        self.first + u64::from(self.count)
+    }
+
+    /// The batch's records from its first on.
+    fn records(&self) -> BatchRecords<'a> {
+        BatchRecords {
+            first: self.first,
+            next: self.first,
+            left: self.count,
+            legacy: self.legacy,
+            cursor: Cursor { bytes: self.body },
+        }
+    }
+
+    /// Appends the batch's records in `[from, upto)` to `out` until it holds `max`.
+    fn read_into(&self, from: u64, upto: u64, max: usize, out: &mut Vec<StoredRecord>) -> Result<(), EmbeddedError> {
+        for record in self.records() {
+            let (offset, key, value) = record?;
+            if offset >= upto || out.len() >= max {
+                break;
+            }
+            if offset >= from {
+                out.push(StoredRecord {
+                    offset,
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    timestamp_ms: self.timestamp_ms,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The records of a [`StoredBatch`] as `(offset, key, value)`; stops after the first error.
+struct BatchRecords<'a> {
+    first: u64,
+    next: u64,
+    left: u32,
+    legacy: bool,
+    cursor: Cursor<'a>,
+}
+
+impl<'a> BatchRecords<'a> {
+    fn decode_next(&mut self) -> Result<(&'a [u8], &'a [u8]), EmbeddedError> {
+        let (first, offset) = (self.first, self.next);
+        let short =
+            || EmbeddedError::corrupt("records", format!("batch at offset {first}: record {offset} is truncated"));
+        let key_len = self.cursor.u32().ok_or_else(short)? as usize;
+        let key = self.cursor.take(key_len).ok_or_else(short)?;
+        let value = if self.legacy {
+            std::mem::take(&mut self.cursor.bytes)
+        } else {
+            let value_len = self.cursor.u32().ok_or_else(short)? as usize;
+            self.cursor.take(value_len).ok_or_else(short)?
+        };
+        if self.left == 1 && !self.cursor.bytes.is_empty() {
+            return Err(EmbeddedError::corrupt(
+                "records",
+                format!("batch at offset {first}: {} bytes after its last record", self.cursor.bytes.len()),
+            ));
+        }
+        Ok((key, value))
+    }
+}
+
+impl<'a> Iterator for BatchRecords<'a> {
+    type Item = Result<(u64, &'a [u8], &'a [u8]), EmbeddedError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        match self.decode_next() {
+            Ok((key, value)) => {
+                let offset = self.next;
+                self.left -= 1;
+                self.next += 1;
+                Some(Ok((offset, key, value)))
+            }
+            Err(error) => {
+                self.left = 0;
+                Some(Err(error))
+            }
+        }
+    }
 }
 
 /// Rebuilds the in-memory topics from disk: metadata, then each partition's start and end.
@@ -182,11 +403,13 @@ pub(crate) fn recover_topics(ks: &Keyspaces) -> Result<HashMap<String, Arc<Topic
                 Some(bytes) => be_u64(&bytes, "log_starts")?,
                 None => 0,
             };
-            let last = match ks.records.prefix(prefix).next_back() {
-                Some(guard) => Some(offset_of(&guard.key()?)?),
-                None => None,
+            let end = match ks.records.prefix(prefix).next_back() {
+                Some(guard) => {
+                    let (key, value) = guard.into_inner()?;
+                    StoredBatch::decode(&key, &value)?.end().max(start)
+                }
+                None => start,
             };
-            let end = last.map_or(start, |last| last.saturating_add(1).max(start));
             tracing::debug!(topic = %name, partition, start, end, "recovered partition");
             partitions.push(Arc::new(PartitionState::new(start, end)));
         }
@@ -218,10 +441,32 @@ impl Inner {
         }
     }
 
-    /// Writes every part in one batch under the partitions' locks (taken in key order, so
-    /// concurrent appends cannot deadlock), and queues the batch for the group commit, which
-    /// publishes the new ends once durable. Returns each part's first offset.
-    fn write_appends(&self, parts: Vec<ResolvedPart>) -> Result<(Vec<u64>, super::commit::Ticket), EmbeddedError> {
+    /// Appends `parts` and writes the consumer offsets `commits` (key, next offset) in one batch:
+    /// each part becomes one stored batch (several if larger than [`MAX_BATCH_BYTES`]), written
+    /// under the partitions' locks (taken in key order, so concurrent appends cannot deadlock).
+    /// Queues the write for the group commit, which publishes the new ends once durable. Returns
+    /// each part's first offset.
+    fn write_appends(
+        &self,
+        parts: Vec<ResolvedPart>,
+        commits: Vec<(Vec<u8>, u64)>,
+    ) -> Result<(Vec<u64>, super::commit::Ticket), EmbeddedError> {
+        // A stored batch does not depend on its offsets: encode before taking the locks.
+        let timestamp_ms = now_ms();
+        let encoded: Vec<Vec<(u64, Vec<u8>)>> = parts
+            .iter()
+            .map(|part| {
+                let mut stored = Vec::new();
+                let mut rest = part.records.as_slice();
+                while !rest.is_empty() {
+                    let (records, tail) = rest.split_at(next_batch_len(rest));
+                    stored.push((records.len() as u64, encode_batch(timestamp_ms, records)));
+                    rest = tail;
+                }
+                stored
+            })
+            .collect();
+
         let mut order: Vec<(u32, u32, &Arc<PartitionState>)> =
             parts.iter().map(|p| (p.topic_id, p.partition, &p.state)).collect();
         order.sort_by_key(|(topic, partition, _)| (*topic, *partition));
@@ -229,22 +474,20 @@ impl Inner {
         let mut guards: Vec<_> = order.iter().map(|(_, _, state)| hold(&state.next)).collect();
         let mut next: Vec<u64> = guards.iter().map(|guard| **guard).collect();
 
-        let timestamp_ms = now_ms();
         let mut batch = self.db.batch();
         let mut firsts = Vec::with_capacity(parts.len());
-        for part in &parts {
+        for (part, stored) in parts.iter().zip(encoded) {
             let slot = order
                 .binary_search_by_key(&(part.topic_id, part.partition), |(topic, partition, _)| (*topic, *partition))
                 .map_err(|_| EmbeddedError::corrupt("records", "append part lost its partition lock"))?;
             firsts.push(next[slot]);
-            for record in &part.records {
-                batch.insert(
-                    &self.ks.records,
-                    record_key(part.topic_id, part.partition, next[slot]),
-                    encode_record(timestamp_ms, record),
-                );
-                next[slot] += 1;
+            for (count, value) in stored {
+                batch.insert(&self.ks.records, batch_key(part.topic_id, part.partition, next[slot]), value);
+                next[slot] += count;
             }
+        }
+        for (key, next_offset) in commits {
+            batch.insert(&self.ks.offsets, key, next_offset.to_be_bytes());
         }
         if !batch.is_empty() {
             batch.commit()?;
@@ -263,7 +506,9 @@ impl Inner {
         Ok((firsts, ticket))
     }
 
-    /// Records of one partition in `[from, upto)`, at most `max`.
+    /// Records of one partition in `[from, upto)`, at most `max`, from `from` exactly when it
+    /// exists (when retention deleted it, from the first record that exists). `upto` must not be
+    /// past the visible end.
     fn scan(
         &self,
         topic_id: u32,
@@ -274,13 +519,45 @@ impl Inner {
     ) -> Result<Vec<StoredRecord>, EmbeddedError> {
         let span = usize::try_from(upto.saturating_sub(from)).unwrap_or(usize::MAX);
         let mut out = Vec::with_capacity(max.min(span));
-        let range = record_key(topic_id, partition, from)..record_key(topic_id, partition, upto);
-        for guard in self.ks.records.range(range) {
-            let (key, value) = guard.into_inner()?;
-            out.push(decode_record(offset_of(&key)?, &value)?);
-            if out.len() >= max {
+        if max == 0 || from >= upto {
+            return Ok(out);
+        }
+        let mut batches =
+            self.ks.records.range(batch_key(topic_id, partition, from)..batch_key(topic_id, partition, upto));
+        let first = batches.next().map(fjall::Guard::into_inner).transpose()?;
+        // The offset the next record must have; before any record is out, retention may have
+        // left a gap (it deletes a prefix), after that a gap is a hole.
+        let mut expected = from;
+        let starts_at_from = match &first {
+            Some((key, _)) => first_offset_of(key)? == from,
+            None => false,
+        };
+        if !starts_at_from {
+            // `from` is inside an earlier batch: the last one starting below it.
+            let before = batch_key(topic_id, partition, 0)..batch_key(topic_id, partition, from);
+            if let Some(guard) = self.ks.records.range(before).next_back() {
+                let (key, value) = guard.into_inner()?;
+                let batch = StoredBatch::decode(&key, &value)?;
+                if batch.end() > from {
+                    batch.read_into(from, upto, max, &mut out)?;
+                    expected = batch.end();
+                }
+            }
+        }
+        for item in first.into_iter().map(Ok).chain(batches.map(fjall::Guard::into_inner)) {
+            if out.len() >= max || expected >= upto {
                 break;
             }
+            let (key, value) = item?;
+            let batch = StoredBatch::decode(&key, &value)?;
+            if batch.first < expected || (batch.first > expected && !out.is_empty()) {
+                return Err(EmbeddedError::corrupt(
+                    "records",
+                    format!("batch at offset {} where offset {expected} was expected", batch.first),
+                ));
+            }
+            batch.read_into(from, upto, max, &mut out)?;
+            expected = batch.end();
         }
         Ok(out)
     }
@@ -329,8 +606,9 @@ impl Inner {
         Ok(deleted)
     }
 
-    /// Deletes the partition's records from its start up to `bound` (exclusive), stopping at the
-    /// first one appended after `cutoff`; moves the partition's start past what it deleted.
+    /// Deletes the partition's stored batches from its start while all their records are below
+    /// `bound` (a batch straddling it is kept whole), stopping at the first one appended after
+    /// `cutoff`; moves the partition's start past what it deleted. Returns the records deleted.
     fn trim_partition(
         &self,
         topic: &TopicState,
@@ -354,16 +632,16 @@ impl Inner {
             state.start.store(new_start, Ordering::Release);
             Ok(())
         };
-        for guard in
-            self.ks.records.range(record_key(topic.id, partition, start)..record_key(topic.id, partition, bound))
+        for guard in self.ks.records.range(batch_key(topic.id, partition, start)..batch_key(topic.id, partition, bound))
         {
             let (key, value) = guard.into_inner()?;
-            if record_timestamp(&value)? > cutoff {
+            let stored = StoredBatch::decode(&key, &value)?;
+            if stored.end() > bound || stored.timestamp_ms > cutoff {
                 break;
             }
-            new_start = offset_of(&key)? + 1;
+            new_start = stored.end();
             batch.remove(&self.ks.records, key);
-            deleted += 1;
+            deleted += u64::from(stored.count);
             if batch.len() >= RETENTION_CHUNK {
                 flush(std::mem::replace(&mut batch, self.db.batch()), new_start)?;
             }
@@ -434,16 +712,28 @@ impl TopicLog for EmbeddedDb {
     }
 
     async fn append(&self, parts: Vec<Append>) -> Result<Vec<u64>, LogError> {
+        self.append_and_commit(parts, Vec::new()).await
+    }
+
+    /// One write batch and one group-commit fsync for the records and the offsets.
+    async fn append_and_commit(&self, parts: Vec<Append>, commits: Vec<Commit>) -> Result<Vec<u64>, LogError> {
+        check_record_sizes(&parts)?;
         let mut resolved = Vec::with_capacity(parts.len());
         for part in parts {
             let topic = self.inner.resolve(&part.topic)?;
             let state = Arc::clone(topic.partition(part.partition)?);
             resolved.push(ResolvedPart { topic_id: topic.id, partition: part.partition, state, records: part.records });
         }
-        if resolved.is_empty() {
+        let mut offsets = Vec::with_capacity(commits.len());
+        for c in commits {
+            let topic = self.inner.resolve(&c.topic)?;
+            topic.partition(c.partition)?;
+            offsets.push((offset_key(topic.id, c.partition, &c.group), c.next_offset));
+        }
+        if resolved.is_empty() && offsets.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.write_durable(move |inner| inner.write_appends(resolved)).await?)
+        Ok(self.write_durable(move |inner| inner.write_appends(resolved, offsets)).await?)
     }
 
     async fn read(
@@ -727,10 +1017,10 @@ mod tests {
             let db = open(dir.path());
             db.ensure_topic("t", 2).await.unwrap();
             db.ensure_topic("lonely", 1).await.unwrap();
-            let records = (0..10).map(|i| rec("k", vec![i])).collect::<Vec<_>>();
-            db.append(vec![part("t", 0, records.clone()), part("t", 1, records.clone()), part("lonely", 0, records)])
-                .await
-                .unwrap();
+            // One stored batch per record (one part each), so retention can stop at any offset.
+            let records =
+                |topic: &'static str, partition| (0..10).map(move |i| part(topic, partition, vec![rec("k", vec![i])]));
+            db.append(records("t", 0).chain(records("t", 1)).chain(records("lonely", 0)).collect()).await.unwrap();
             db.commit("fast", "t", 0, 8).await.unwrap();
             db.commit("slow", "t", 0, 5).await.unwrap();
             db.commit("fast", "t", 1, 10).await.unwrap();
@@ -850,17 +1140,353 @@ mod tests {
         });
     }
 
+    /// The stored batches of a partition, as `(first offset, record count)`.
+    fn stored_batches(db: &EmbeddedDb, topic: &str, partition: u32) -> Vec<(u64, u32)> {
+        let id = db.inner.topic(topic).unwrap().id;
+        db.inner
+            .ks
+            .records
+            .prefix(partition_prefix(id, partition))
+            .map(|guard| {
+                let (key, value) = guard.into_inner().unwrap();
+                let batch = StoredBatch::decode(&key, &value).unwrap();
+                (batch.first, batch.count)
+            })
+            .collect()
+    }
+
+    fn offsets(records: &[StoredRecord]) -> Vec<u64> {
+        records.iter().map(|r| r.offset).collect()
+    }
+
+    /// Record `i` of the numbered test records: key and value both name it.
+    fn numbered(range: std::ops::Range<u64>) -> Vec<Record> {
+        range.map(|i| rec(&format!("k{i}"), format!("v{i}"))).collect()
+    }
+
+    fn assert_numbered(records: &[StoredRecord], range: std::ops::Range<u64>) {
+        assert_eq!(offsets(records), range.clone().collect::<Vec<_>>());
+        for r in records {
+            assert_eq!(r.key, format!("k{}", r.offset).into_bytes());
+            assert_eq!(r.value, format!("v{}", r.offset).into_bytes());
+        }
+    }
+
+    /// Appends the batches `sizes` (one part each) to partition 0 of a new topic `t`, numbering
+    /// records from 0.
+    async fn append_batches(db: &EmbeddedDb, sizes: &[u64]) {
+        db.ensure_topic("t", 1).await.unwrap();
+        let mut next = db.end_offset("t", 0).await.unwrap();
+        for &size in sizes {
+            assert_eq!(db.append(vec![part("t", 0, numbered(next..next + size))]).await.unwrap(), vec![next]);
+            next += size;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_part_is_one_stored_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.ensure_topic("t", 2).await.unwrap();
+        db.append(vec![part("t", 0, numbered(0..5)), part("t", 1, numbered(0..2)), part("t", 0, numbered(5..7))])
+            .await
+            .unwrap();
+        db.append(vec![part("t", 0, numbered(7..8))]).await.unwrap();
+        assert_eq!(stored_batches(&db, "t", 0), [(0, 5), (5, 2), (7, 1)]);
+        assert_eq!(stored_batches(&db, "t", 1), [(0, 2)]);
+        let read = db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap();
+        assert_numbered(&read, 0..8);
+        assert!(read.iter().all(|r| r.timestamp_ms > 0));
+    }
+
+    #[tokio::test]
+    async fn read_from_the_middle_of_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        append_batches(&db, &[10]).await;
+        assert_eq!(stored_batches(&db, "t", 0), [(0, 10)]);
+        for from in 0..10 {
+            assert_numbered(&db.read("t", 0, from, 100, Duration::ZERO).await.unwrap(), from..10);
+        }
+        assert_numbered(&db.read("t", 0, 3, 4, Duration::ZERO).await.unwrap(), 3..7);
+        assert_numbered(&db.read("t", 0, 9, 1, Duration::ZERO).await.unwrap(), 9..10);
+        assert!(db.read("t", 0, 10, 100, Duration::ZERO).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reads_span_batches_and_max_cuts_inside_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        append_batches(&db, &[3, 4, 1, 5]).await;
+        assert_eq!(stored_batches(&db, "t", 0), [(0, 3), (3, 4), (7, 1), (8, 5)]);
+        assert_numbered(&db.read("t", 0, 2, 100, Duration::ZERO).await.unwrap(), 2..13);
+        assert_numbered(&db.read("t", 0, 5, 5, Duration::ZERO).await.unwrap(), 5..10);
+        assert_numbered(&db.read("t", 0, 0, 4, Duration::ZERO).await.unwrap(), 0..4);
+        assert_numbered(&db.read("t", 0, 7, 1, Duration::ZERO).await.unwrap(), 7..8);
+        assert_numbered(&db.read("t", 0, 12, 100, Duration::ZERO).await.unwrap(), 12..13);
+        // Every (from, max) pair gives exactly the records asked for.
+        for from in 0..14 {
+            for max in 1..15 {
+                let read = db.read("t", 0, from, max, Duration::ZERO).await.unwrap();
+                assert_numbered(&read, from.min(13)..(from + max as u64).min(13));
+            }
+        }
+        // A reader taking 2 at a time walks across every batch boundary.
+        let mut all = Vec::new();
+        loop {
+            let from = all.last().map_or(0, |r: &StoredRecord| r.offset + 1);
+            let read = db.read("t", 0, from, 2, Duration::ZERO).await.unwrap();
+            if read.is_empty() {
+                break;
+            }
+            assert!(read.len() <= 2);
+            all.extend(read);
+        }
+        assert_numbered(&all, 0..13);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_waiting_inside_a_batch_wakes_at_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        append_batches(&db, &[4]).await;
+        let reader = {
+            let db = db.clone();
+            tokio::spawn(async move { db.read("t", 0, 6, 10, Duration::from_secs(10)).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        db.append(vec![part("t", 0, numbered(4..9))]).await.unwrap();
+        assert_numbered(&reader.await.unwrap(), 6..9);
+    }
+
+    #[tokio::test]
+    async fn reopen_recovers_end_offsets_from_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(dir.path());
+            db.ensure_topic("t", 3).await.unwrap();
+            db.append(vec![part("t", 0, numbered(0..7)), part("t", 1, numbered(0..1))]).await.unwrap();
+            db.append(vec![part("t", 0, numbered(7..10))]).await.unwrap();
+        }
+        let db = open(dir.path());
+        assert_eq!(db.end_offset("t", 0).await.unwrap(), 10);
+        assert_eq!(db.end_offset("t", 1).await.unwrap(), 1);
+        assert_eq!(db.end_offset("t", 2).await.unwrap(), 0);
+        assert_eq!(db.append(vec![part("t", 0, numbered(10..12))]).await.unwrap(), vec![10]);
+        assert_eq!(db.append(vec![part("t", 2, numbered(0..3))]).await.unwrap(), vec![0]);
+        assert_eq!(stored_batches(&db, "t", 0), [(0, 7), (7, 3), (10, 2)]);
+        assert_numbered(&db.read("t", 0, 5, 100, Duration::ZERO).await.unwrap(), 5..12);
+        assert_numbered(&read_all(&db, "t", 2).await, 0..3);
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_a_batch_straddling_the_committed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions { retention: Duration::ZERO, ..EmbeddedOptions::default() };
+        {
+            let db = EmbeddedDb::open(dir.path(), options.clone()).unwrap();
+            append_batches(&db, &[4, 4, 4]).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Nothing committed: nothing goes. Committed inside the first batch: it stays whole.
+            assert_eq!(db.apply_retention().unwrap(), 0);
+            db.commit("g", "t", 0, 3).await.unwrap();
+            assert_eq!(db.apply_retention().unwrap(), 0);
+            assert_numbered(&db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap(), 0..12);
+            // Committed inside the second batch: only the first goes.
+            db.commit("g", "t", 0, 6).await.unwrap();
+            assert_eq!(db.apply_retention().unwrap(), 4);
+            assert_eq!(stored_batches(&db, "t", 0), [(4, 4), (8, 4)]);
+            // Reads from below the start begin at the start; reads above it are exact, even the
+            // consumed records of the kept batch.
+            assert_numbered(&db.read("t", 0, 0, 3, Duration::ZERO).await.unwrap(), 4..7);
+            assert_numbered(&db.read("t", 0, 5, 100, Duration::ZERO).await.unwrap(), 5..12);
+            // Committed at a batch boundary: the batch below it goes.
+            db.commit("g", "t", 0, 8).await.unwrap();
+            assert_eq!(db.apply_retention().unwrap(), 4);
+            assert_eq!(stored_batches(&db, "t", 0), [(8, 4)]);
+            db.commit("g", "t", 0, 11).await.unwrap();
+            assert_eq!(db.apply_retention().unwrap(), 0);
+            db.persist().unwrap();
+        }
+        let db = EmbeddedDb::open(dir.path(), options).unwrap();
+        assert_eq!(db.end_offset("t", 0).await.unwrap(), 12);
+        assert_numbered(&db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap(), 8..12);
+        assert_numbered(&db.read("t", 0, 9, 100, Duration::ZERO).await.unwrap(), 9..12);
+        db.commit("g", "t", 0, 12).await.unwrap();
+        assert_eq!(db.apply_retention().unwrap(), 4);
+        assert!(stored_batches(&db, "t", 0).is_empty());
+        assert!(db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap().is_empty());
+        assert_eq!(db.append(vec![part("t", 0, numbered(12..13))]).await.unwrap(), vec![12]);
+        assert_numbered(&db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap(), 12..13);
+    }
+
+    #[tokio::test]
+    async fn a_large_append_is_split_but_stays_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.ensure_topic("t", 1).await.unwrap();
+        let big = |i: u8| Record { key: vec![i], value: vec![i; MAX_BATCH_BYTES / 4] };
+        let before = db.commit_stats();
+        let firsts = db
+            .append_and_commit(
+                vec![part("t", 0, (0..10).map(big).collect())],
+                vec![Commit { group: "g".into(), topic: "t".into(), partition: 0, next_offset: 3 }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(firsts, vec![0]);
+        assert_eq!(db.commit_stats().waiters, before.waiters + 1);
+        // Records of a quarter of the batch limit (plus their lengths): 3 fit in a stored batch.
+        assert_eq!(stored_batches(&db, "t", 0), [(0, 3), (3, 3), (6, 3), (9, 1)]);
+        assert_eq!(db.committed("g", "t", 0).await.unwrap(), 3);
+        for from in [0, 2, 3, 4, 8, 9] {
+            let read = db.read("t", 0, from, 3, Duration::ZERO).await.unwrap();
+            assert_eq!(offsets(&read), (from..(from + 3).min(10)).collect::<Vec<_>>());
+            assert!(
+                read.iter().all(|r| r.key == [r.offset as u8] && r.value == vec![r.offset as u8; MAX_BATCH_BYTES / 4])
+            );
+        }
+        // A record larger than the batch limit gets a batch of its own.
+        let huge = Record { key: b"h".to_vec(), value: vec![7; MAX_BATCH_BYTES + 1] };
+        db.append(vec![part("t", 0, vec![rec("a", "1"), huge.clone(), rec("b", "2")])]).await.unwrap();
+        assert_eq!(stored_batches(&db, "t", 0)[4..], [(10, 1), (11, 1), (12, 1)]);
+        assert_eq!(db.read("t", 0, 11, 1, Duration::ZERO).await.unwrap()[0].value, huge.value);
+    }
+
+    /// Writes a value in the one-record format used before batches.
+    fn insert_legacy(db: &EmbeddedDb, topic: &str, partition: u32, offset: u64, timestamp_ms: u64, record: &Record) {
+        let mut value = timestamp_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(&(record.key.len() as u32).to_be_bytes());
+        value.extend_from_slice(&record.key);
+        value.extend_from_slice(&record.value);
+        let id = db.inner.topic(topic).unwrap().id;
+        db.inner.ks.records.insert(batch_key(id, partition, offset), value).unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_record_values_from_before_batches_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(dir.path());
+            db.ensure_topic("t", 1).await.unwrap();
+            for (offset, record) in numbered(0..3).iter().enumerate() {
+                insert_legacy(&db, "t", 0, offset as u64, now_ms(), record);
+            }
+            db.persist().unwrap();
+        }
+        let options = EmbeddedOptions { retention: Duration::ZERO, ..EmbeddedOptions::default() };
+        let db = EmbeddedDb::open(dir.path(), options).unwrap();
+        assert_eq!(db.end_offset("t", 0).await.unwrap(), 3);
+        assert_eq!(db.append(vec![part("t", 0, numbered(3..6))]).await.unwrap(), vec![3]);
+        assert_eq!(stored_batches(&db, "t", 0), [(0, 1), (1, 1), (2, 1), (3, 3)]);
+        assert_numbered(&read_all(&db, "t", 0).await, 0..6);
+        assert_numbered(&db.read("t", 0, 2, 2, Duration::ZERO).await.unwrap(), 2..4);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        db.commit("g", "t", 0, 4).await.unwrap();
+        assert_eq!(db.apply_retention().unwrap(), 3);
+        assert_numbered(&db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap(), 3..6);
+    }
+
+    #[tokio::test]
+    async fn corrupt_batches_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        append_batches(&db, &[3]).await;
+        let id = db.inner.topic("t").unwrap().id;
+        let good = encode_batch(1, &numbered(0..3));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut zero_count = good.clone();
+        zero_count[1..5].copy_from_slice(&0u32.to_be_bytes());
+        let mut too_many = good.clone();
+        too_many[1..5].copy_from_slice(&4u32.to_be_bytes());
+        let mut long_key = good.clone();
+        long_key[BATCH_HEADER..BATCH_HEADER + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("unknown format", vec![9; 20]),
+            ("short header", good[..7].to_vec()),
+            ("truncated record", good[..good.len() - 1].to_vec()),
+            ("trailing bytes", trailing),
+            ("zero records", zero_count),
+            ("count past the records", too_many),
+            ("key length past the end", long_key),
+            ("short legacy", vec![0, 0, 0, 1]),
+        ];
+        for (case, value) in cases {
+            db.inner.ks.records.insert(batch_key(id, 0, 0), value).unwrap();
+            let err = db.read("t", 0, 0, 10, Duration::ZERO).await.unwrap_err();
+            assert!(err.to_string().contains("corrupt"), "{case}: {err}");
+            assert!(matches!(err, LogError::Backend(_)), "{case}: {err:?}");
+        }
+        // Batches that overlap, or leave a hole, inside what a read covers.
+        db.inner.ks.records.insert(batch_key(id, 0, 0), good.clone()).unwrap();
+        db.append(vec![part("t", 0, numbered(3..6))]).await.unwrap();
+        db.append(vec![part("t", 0, numbered(6..9))]).await.unwrap();
+        assert_numbered(&db.read("t", 0, 4, 10, Duration::ZERO).await.unwrap(), 4..9);
+        db.inner.ks.records.insert(batch_key(id, 0, 2), encode_batch(1, &numbered(2..3))).unwrap();
+        let err = db.read("t", 0, 0, 10, Duration::ZERO).await.unwrap_err();
+        assert!(err.to_string().contains("where offset 3 was expected"), "{err}");
+        db.inner.ks.records.remove(batch_key(id, 0, 2)).unwrap();
+        db.inner.ks.records.remove(batch_key(id, 0, 3)).unwrap();
+        let err = db.read("t", 0, 1, 10, Duration::ZERO).await.unwrap_err();
+        assert!(err.to_string().contains("batch at offset 6 where offset 3 was expected"), "{err}");
+        // A batch whose count overflows the offsets; a key too short.
+        let overflow = [0u8; 16].iter().copied().chain(u64::MAX.to_be_bytes()).collect::<Vec<_>>();
+        assert!(StoredBatch::decode(&overflow[8..], &good).is_err());
+        assert!(StoredBatch::decode(b"short", &good).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any bytes, as a value or after a valid header, decode to an error or to records, never
+        /// a panic.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+            count in 0u32..5,
+            first in any::<u64>(),
+        ) {
+            let key = batch_key(1, 0, first);
+            let mut framed = vec![BATCH_FORMAT];
+            framed.extend_from_slice(&count.to_be_bytes());
+            framed.extend_from_slice(&7u64.to_be_bytes());
+            framed.extend_from_slice(&bytes);
+            for value in [&bytes, &framed] {
+                if let Ok(batch) = StoredBatch::decode(&key, value) {
+                    let mut out = Vec::new();
+                    let _ = batch.read_into(first, u64::MAX, usize::MAX, &mut out);
+                    prop_assert!(out.len() <= batch.count as usize);
+                    prop_assert!(batch.records().count() <= batch.count as usize);
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
-        /// Random appends (partition, batch of values), then drop and reopen: every partition
-        /// holds exactly what was appended to it, in order, at the offsets append returned.
+        /// Random appends (one or more parts, each a partition and a batch of values of random
+        /// sizes, some large enough to be split), then drop and reopen: every partition holds
+        /// exactly what was appended to it, in order, at the offsets append returned, and a read
+        /// from any offset with any `max` returns exactly the records from there.
         #[test]
         fn recovery_yields_exactly_the_appended_records(
             appends in prop::collection::vec(
-                (0u32..3, prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..20)),
+                prop::collection::vec(
+                    (0u32..3, prop::collection::vec(
+                        prop_oneof![
+                            8 => prop::collection::vec(any::<u8>(), 0..64),
+                            1 => (0usize..(MAX_BATCH_BYTES / 2)).prop_map(|len| vec![0x5A; len]),
+                        ],
+                        0..20,
+                    )),
+                    1..3,
+                ),
                 1..12,
-            )
+            ),
+            reads in prop::collection::vec((0u32..3, any::<prop::sample::Index>(), 1usize..40), 1..20),
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let dir = tempfile::tempdir().unwrap();
@@ -868,12 +1494,19 @@ mod tests {
             runtime.block_on(async {
                 let db = open(dir.path());
                 db.ensure_topic("p", 3).await.unwrap();
-                for (partition, values) in &appends {
-                    let records = values.iter().map(|v| rec("k", v.clone())).collect();
-                    let first = db.append(vec![part("p", *partition, records)]).await.unwrap()[0];
-                    let slot = &mut expected[*partition as usize];
-                    prop_assert_eq!(first, slot.len() as u64);
-                    slot.extend(values.iter().cloned().enumerate().map(|(i, v)| (first + i as u64, v)));
+                for parts in &appends {
+                    let append = parts
+                        .iter()
+                        .map(|(partition, values)| {
+                            part("p", *partition, values.iter().map(|v| rec("k", v.clone())).collect())
+                        })
+                        .collect();
+                    let firsts = db.append(append).await.unwrap();
+                    for ((partition, values), first) in parts.iter().zip(firsts) {
+                        let slot = &mut expected[*partition as usize];
+                        prop_assert_eq!(first, slot.len() as u64);
+                        slot.extend(values.iter().cloned().enumerate().map(|(i, v)| (first + i as u64, v)));
+                    }
                 }
                 Ok(())
             })?;
@@ -884,6 +1517,18 @@ mod tests {
                         read_all(&db, "p", partition as u32).await.into_iter().map(|r| (r.offset, r.value)).collect();
                     prop_assert_eq!(&got, want);
                     prop_assert_eq!(db.end_offset("p", partition as u32).await.unwrap(), want.len() as u64);
+                }
+                for (partition, from, max) in &reads {
+                    let want = &expected[*partition as usize];
+                    let from = from.index(want.len() + 1);
+                    let got: Vec<(u64, Vec<u8>)> = db
+                        .read("p", *partition, from as u64, *max, Duration::ZERO)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|r| (r.offset, r.value))
+                        .collect();
+                    prop_assert_eq!(&got[..], &want[from..(from + max).min(want.len())]);
                 }
                 Ok(())
             })?;

@@ -21,8 +21,8 @@
 //!   a replay recording the same notification again (even at another time) counts once.
 //! - ledger: delivery id → state byte; sinks: sink name → position, written in the ledger's batch.
 //! - api_keys: hash → `ApiKeyRecord`.
-//! - timeline: `len | notification id | event id` → `DeliveryEvent`; the first copy of an event id
-//!   is kept.
+//! - timeline: `len | notification id | event id` → `DeliveryEvent`; an event id is kept once (the
+//!   last copy written: a replay re-emits the same event with a later `at_ms`).
 
 use super::EmbeddedError;
 use super::db::{EmbeddedDb, Inner, hold};
@@ -118,14 +118,16 @@ fn expiry_key(expires_at_ms: u64, key: &str) -> Vec<u8> {
 fn encode_state(state: LedgerState) -> [u8; 1] {
     match state {
         LedgerState::InFlight => [1],
-        LedgerState::Done => [2],
+        LedgerState::Sent => [2],
+        LedgerState::Failed => [3],
     }
 }
 
 fn decode_state(bytes: &[u8]) -> Result<LedgerState, EmbeddedError> {
     match bytes {
         [1] => Ok(LedgerState::InFlight),
-        [2] => Ok(LedgerState::Done),
+        [2] => Ok(LedgerState::Sent),
+        [3] => Ok(LedgerState::Failed),
         other => Err(EmbeddedError::corrupt("ledger", format!("unknown state bytes {other:?}"))),
     }
 }
@@ -254,7 +256,7 @@ impl DedupStore for EmbeddedDb {
     async fn claim(&self, claims: &[DedupClaim], now_ms: u64) -> Result<Vec<DedupDecision>, StoreError> {
         let claims = claims.to_vec();
         Ok(self
-            .write_durable(move |inner| {
+            .blocking(move |inner| {
                 let _serial = hold(&inner.locks.dedup);
                 let mut batch = inner.db.batch();
                 // Claims made earlier in this call, which later ones must see.
@@ -291,7 +293,8 @@ impl DedupStore for EmbeddedDb {
                     };
                     decisions.push(decision);
                 }
-                Ok((decisions, inner.commit_batch(batch, None)?))
+                inner.commit_ordered(batch)?;
+                Ok(decisions)
             })
             .await?)
     }
@@ -325,9 +328,9 @@ impl ThrottleStore for EmbeddedDb {
 
     /// Forgets hits before `prune_before_ms` of the keys this call touches (the only keys a cap
     /// check will read next); a hit already older than that is not recorded at all.
-    async fn record(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError> {
+    async fn record_hits(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError> {
         let hits = hits.to_vec();
-        self.write_durable(move |inner| {
+        self.blocking(move |inner| {
             let _serial = hold(&inner.locks.throttle);
             let mut batch = inner.db.batch();
             let mut written = HashSet::new();
@@ -350,7 +353,7 @@ impl ThrottleStore for EmbeddedDb {
                     }
                 }
             }
-            Ok(((), inner.commit_batch(batch, None)?))
+            inner.commit_ordered(batch)
         })
         .await?;
         Ok(())
@@ -374,13 +377,13 @@ impl LedgerStore for EmbeddedDb {
     }
 
     /// Last write wins per delivery; the dispatcher reads states before it writes.
-    async fn record(
+    async fn record_deliveries(
         &self,
         entries: &[(DeliveryId, LedgerState)],
         sink: Option<SinkPosition>,
     ) -> Result<(), StoreError> {
         let entries = entries.to_vec();
-        self.write_durable(move |inner| {
+        self.blocking(move |inner| {
             let mut batch = inner.db.batch();
             for (id, state) in &entries {
                 batch.insert(&inner.ks.ledger, id.0.as_bytes(), encode_state(*state));
@@ -388,7 +391,7 @@ impl LedgerStore for EmbeddedDb {
             if let Some(sink) = &sink {
                 batch.insert(&inner.ks.sinks, sink.sink.as_bytes(), sink.position.to_be_bytes());
             }
-            Ok(((), inner.commit_batch(batch, None)?))
+            inner.commit_ordered(batch)
         })
         .await?;
         Ok(())
@@ -426,21 +429,17 @@ impl KeyStore for EmbeddedDb {
 
 #[async_trait]
 impl TimelineStore for EmbeddedDb {
+    /// Blind writes keyed by (notification id, event id): an event written again (a replay) lands
+    /// on the same key, so it is kept once without a read per event.
     async fn add_events(&self, events: &[DeliveryEvent]) -> Result<(), StoreError> {
         let events = events.to_vec();
-        self.write_durable(move |inner| {
-            let _serial = hold(&inner.locks.timeline);
+        self.blocking(move |inner| {
             let mut batch = inner.db.batch();
-            let mut written = HashSet::new();
             for event in &events {
                 let key = joined(&event.notification_id.0, &event.event_id);
-                if written.contains(&key) || inner.ks.timeline.contains_key(&key)? {
-                    continue;
-                }
-                batch.insert(&inner.ks.timeline, key.clone(), to_json("timeline", event)?);
-                written.insert(key);
+                batch.insert(&inner.ks.timeline, key, to_json("timeline", event)?);
             }
-            Ok(((), inner.commit_batch(batch, None)?))
+            inner.commit_ordered(batch)
         })
         .await?;
         Ok(())
@@ -543,12 +542,11 @@ mod tests {
         let db = open(dir.path());
         let (a, b, c) = (DeliveryId("a".into()), DeliveryId("b".into()), DeliveryId("c".into()));
         assert_eq!(db.sink_position("outbox-sms").await.unwrap(), None);
-        LedgerStore::record(&db, &[(a.clone(), LedgerState::InFlight), (b.clone(), LedgerState::InFlight)], None)
+        db.record_deliveries(&[(a.clone(), LedgerState::InFlight), (b.clone(), LedgerState::InFlight)], None)
             .await
             .unwrap();
-        LedgerStore::record(
-            &db,
-            &[(a.clone(), LedgerState::Done)],
+        db.record_deliveries(
+            &[(a.clone(), LedgerState::Sent)],
             Some(SinkPosition { sink: "outbox-sms".into(), position: 42 }),
         )
         .await
@@ -557,7 +555,7 @@ mod tests {
         let db = open(dir.path());
         assert_eq!(
             db.states(&[a, b, c]).await.unwrap(),
-            vec![Some(LedgerState::Done), Some(LedgerState::InFlight), None]
+            vec![Some(LedgerState::Sent), Some(LedgerState::InFlight), None]
         );
         assert_eq!(db.sink_position("outbox-sms").await.unwrap(), Some(42));
         assert_eq!(db.sink_position("outbox-email").await.unwrap(), None);
@@ -569,9 +567,9 @@ mod tests {
         let db = open(dir.path());
         let key = "u1/marketing".to_string();
         let hit = |n: &str, at_ms| (key.clone(), CapHit { notification: nid(n), at_ms });
-        ThrottleStore::record(&db, &[hit("n1", 100), hit("n2", 200), hit("n1", 100)], 0).await.unwrap();
+        db.record_hits(&[hit("n1", 100), hit("n2", 200), hit("n1", 100)], 0).await.unwrap();
         // A replay of n1 at another time still counts once, at its first time.
-        ThrottleStore::record(&db, &[hit("n1", 250)], 0).await.unwrap();
+        db.record_hits(&[hit("n1", 250)], 0).await.unwrap();
         let hits = db.hits(&[key.clone(), "u2/marketing".into()], 0).await.unwrap();
         assert_eq!(
             hits[0],
@@ -580,12 +578,10 @@ mod tests {
         assert!(hits[1].is_empty());
         assert_eq!(db.hits(std::slice::from_ref(&key), 150).await.unwrap()[0].len(), 1);
         // Keys are exact: a key that extends another is not mixed in.
-        ThrottleStore::record(&db, &[("u1/marketing2".into(), CapHit { notification: nid("n9"), at_ms: 100 })], 0)
-            .await
-            .unwrap();
+        db.record_hits(&[("u1/marketing2".into(), CapHit { notification: nid("n9"), at_ms: 100 })], 0).await.unwrap();
         assert_eq!(db.hits(std::slice::from_ref(&key), 0).await.unwrap()[0].len(), 2);
         // Pruning forgets old hits of touched keys.
-        ThrottleStore::record(&db, &[hit("n3", 300)], 150).await.unwrap();
+        db.record_hits(&[hit("n3", 300)], 150).await.unwrap();
         let hits = db.hits(std::slice::from_ref(&key), 0).await.unwrap();
         assert_eq!(hits[0].iter().map(|h| h.notification.0.as_str()).collect::<Vec<_>>(), ["n2", "n3"]);
     }
@@ -602,8 +598,8 @@ mod tests {
         db.add_events(&[event("n1", EventKind::Accepted, 5), sent.clone(), event("n2", EventKind::Accepted, 1)])
             .await
             .unwrap();
-        // A replay emits the same ids (at another time): kept once, the first copy.
-        db.add_events(&[event("n1", EventKind::Accepted, 7), event("n1", EventKind::Accepted, 8)]).await.unwrap();
+        // A replay emits the same ids (at another time): kept once, the last copy.
+        db.add_events(&[event("n1", EventKind::Accepted, 7), event("n1", EventKind::Accepted, 5)]).await.unwrap();
         // Same time: ordered by kind.
         db.add_events(&[event("n1", EventKind::Throttled, 5)]).await.unwrap();
         let timeline = db.timeline(&nid("n1")).await.unwrap();

@@ -39,15 +39,11 @@ pub struct BenchReport {
     pub throughput_per_s: f64,
     pub deliveries_per_s: f64,
     pub ingest_seconds: f64,
-    /// Busy time per stage (ms) and records it saw.
-    pub stages: Vec<StageTime>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct StageTime {
-    pub stage: &'static str,
-    pub records: u64,
-    pub busy_ms: f64,
+    /// Batches, records and busy time (ms) per stage.
+    pub stages: Vec<telemetry::StageTotal>,
+    /// Durable writes (fsyncs) and the writes they covered, for the embedded backend.
+    pub fsyncs: Option<u64>,
+    pub durable_writes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,10 +148,8 @@ pub async fn run(app: App, options: BenchOptions) -> Result<BenchReport, BenchEr
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     runtime.stop().await;
-    let stages = telemetry::stage_totals()
-        .into_iter()
-        .map(|(stage, records, busy)| StageTime { stage, records, busy_ms: busy.as_secs_f64() * 1e3 })
-        .collect();
+    let stages = telemetry::stage_totals();
+    let stats = app.backends.embedded.as_ref().map(|db| db.commit_stats());
     Ok(BenchReport {
         notifications: n,
         deliveries: delivered,
@@ -164,6 +158,8 @@ pub async fn run(app: App, options: BenchOptions) -> Result<BenchReport, BenchEr
         deliveries_per_s: delivered as f64 / seconds,
         ingest_seconds: ingest_time.as_secs_f64(),
         stages,
+        fsyncs: stats.map(|s| s.syncs),
+        durable_writes: stats.map(|s| s.waiters),
     })
 }
 

@@ -2,22 +2,28 @@
 //!
 //! A dispatcher consumes every partition of its routes' topics and sends
 //! through one [`Channel`]. For each batch, in order:
-//! 1. deliveries already `Done` in the ledger are skipped (a replay);
+//! 1. deliveries the ledger has as finished are not sent again (a replay),
+//!    and a delivery id met twice in the batch is taken once; a finished
+//!    delivery's event is emitted again, with the same event id, since it may
+//!    not have reached the log before the crash;
 //! 2. the rest go to the channel;
-//! 3. `sent` / `failed` events are appended durably;
-//! 4. the ledger records the finished deliveries, atomically with the
+//! 3. the ledger records the finished deliveries, atomically with the
 //!    channel's sink position when the channel is a sink Herald owns;
-//! 5. the batch's offset is committed.
+//! 4. `sent` / `failed` events and the batch's offset are appended and
+//!    committed in one durable write, which also makes step 3 durable
+//!    (ordered durability, see `herald_schemas::store`).
 //!
 //! On start the channel is told the position last committed with the
 //! ledger, so a file outbox cuts whatever it wrote after it (a torn line, or
-//! lines whose ledger entries were not recorded and will be sent again).
+//! lines whose ledger entries were not recorded and will be written again).
+//! A reader following the outbox while Herald runs can therefore see a line
+//! twice across a crash; after a restart the file holds each delivery once.
 //! Event ids are derived, so events appended twice across a crash are kept
 //! once by their consumers.
 //!
 //! A retryable outcome stops the dispatcher after recording the rest of the
 //! batch: the supervisor restarts it and the replay sends only what is not
-//! `Done`.
+//! finished.
 
 use super::queue::{QueueRx, queue};
 use super::reader::{ReaderSpec, run_reader};
@@ -30,6 +36,7 @@ use herald_schemas::job::Route;
 use herald_schemas::store::{LedgerState, LedgerStore, SinkPosition};
 use herald_schemas::topic::{StoredRecord, TopicLog};
 use herald_schemas::{DeliveryEvent, DeliveryJob, EventKind, stage::now_ms};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -51,6 +58,7 @@ pub struct Dispatcher {
     pub batch_size: usize,
     pub read_wait: Duration,
     pub queue_records: usize,
+    pub linger: Duration,
 }
 
 /// A retryable outcome: the dispatcher restarts and the replay sends it again.
@@ -94,40 +102,48 @@ impl Dispatcher {
         let committed = self.ledger.sink_position(name).await.map_err(|e| TaskFailed::new(name, e))?;
         channel.recover(committed).await.map_err(|e| TaskFailed::new(name, e))?;
         let group = self.group();
-        while let Some(batch) = rx.recv().await {
+        while let Some(batch) = rx.recv_merged(self.batch_size, self.linger).await {
             let started = Instant::now();
+            let commits = batch.commits(&group);
             let ids: Vec<_> = batch.items.iter().map(|j| j.delivery_id.clone()).collect();
             let states = self.ledger.states(&ids).await.map_err(|e| TaskFailed::new(name, e))?;
-            let fresh: Vec<DeliveryJob> = batch
-                .items
-                .into_iter()
-                .zip(states)
-                .filter(|(_, state)| *state != Some(LedgerState::Done))
-                .map(|(job, _)| job)
-                .collect();
-            let skipped = ids.len() - fresh.len();
+            let now = now_ms();
+            let mut events = Vec::with_capacity(ids.len());
+            let mut fresh = Vec::with_capacity(ids.len());
+            // A job can be in a topic twice (a producer's replay on a backend whose append and
+            // commit are two steps); both copies can land in one batch, before either is in the ledger.
+            let mut seen = HashSet::with_capacity(ids.len());
+            for (job, state) in batch.items.into_iter().zip(states) {
+                if !seen.insert(job.delivery_id.clone()) {
+                    continue;
+                }
+                match state {
+                    Some(LedgerState::Sent) => events.push(job_event(&job, EventKind::Sent, None, now)),
+                    Some(LedgerState::Failed) => events.push(job_event(&job, EventKind::Failed, None, now)),
+                    Some(LedgerState::InFlight) | None => fresh.push(job),
+                }
+            }
+            let skipped = seen.len() - fresh.len();
             let outcomes = if fresh.is_empty() {
                 Vec::new()
             } else {
                 channel.send(&fresh).await.map_err(|e| TaskFailed::new(name, e))?
             };
-            let now = now_ms();
-            let mut events = Vec::with_capacity(fresh.len());
             let mut done = Vec::with_capacity(fresh.len());
             let (mut delivered, mut failed, mut retry) = (0, 0, None::<RetryLater>);
             for (job, outcome) in fresh.iter().zip(&outcomes) {
-                let (kind, reason) = match outcome {
+                let (state, reason) = match outcome {
                     SendOutcome::Delivered { .. } => {
                         delivered += 1;
-                        (EventKind::Sent, None)
+                        (LedgerState::Sent, None)
                     }
                     SendOutcome::Permanent { reason } => {
                         failed += 1;
-                        (EventKind::Failed, Some(format!("permanent:{reason}")))
+                        (LedgerState::Failed, Some(format!("permanent:{reason}")))
                     }
                     SendOutcome::BadAddress { reason } => {
                         failed += 1;
-                        (EventKind::Failed, Some(format!("bad_address:{reason}")))
+                        (LedgerState::Failed, Some(format!("bad_address:{reason}")))
                     }
                     SendOutcome::Retryable { reason, .. } => {
                         let r = retry.get_or_insert(RetryLater { count: 0, reason: reason.clone() });
@@ -135,18 +151,16 @@ impl Dispatcher {
                         continue;
                     }
                 };
+                let kind = if state == LedgerState::Sent { EventKind::Sent } else { EventKind::Failed };
                 events.push(job_event(job, kind, reason, now));
-                done.push((job.delivery_id.clone(), LedgerState::Done));
+                done.push((job.delivery_id.clone(), state));
             }
-            if !events.is_empty() {
-                self.log
-                    .append(event_appends(&events, self.event_partitions))
-                    .await
-                    .map_err(|e| TaskFailed::new(name, e))?;
-            }
+            // The ledger (with the sink position) is written before the durable append that
+            // commits the batch, so it is durable no later than the commit; should it be
+            // durable without the commit, the replay finds the deliveries finished.
             let sink = channel.position().map(|position| SinkPosition { sink: name.to_string(), position });
             if !done.is_empty() {
-                self.ledger.record(&done, sink).await.map_err(|e| TaskFailed::new(name, e))?;
+                self.ledger.record_deliveries(&done, sink).await.map_err(|e| TaskFailed::new(name, e))?;
             }
             ChannelBatchSent {
                 channel: channel.name(),
@@ -157,14 +171,15 @@ impl Dispatcher {
                 elapsed: started.elapsed(),
             }
             .emit();
+            // A retryable outcome: record what finished, leave the offset, and replay.
+            let commits = if retry.is_some() { Vec::new() } else { commits };
+            self.log
+                .append_and_commit(event_appends(&events, self.event_partitions), commits)
+                .await
+                .map_err(|e| TaskFailed::new(name, e))?;
             if let Some(retry) = retry {
                 return Err(TaskFailed::new(name, retry));
             }
-            let source = &batch.source;
-            self.log
-                .commit(&group, &source.topic, source.partition, source.next_offset)
-                .await
-                .map_err(|e| TaskFailed::new(name, e))?;
         }
         Ok(())
     }
@@ -176,4 +191,93 @@ fn job_event(job: &DeliveryJob, kind: EventKind, reason: Option<String>, at_ms: 
         job.target.route(),
         job.attempt,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::supervise::supervise;
+    use herald_connectors::channels::outbox::FileOutbox;
+    use herald_connectors::embedded::{EmbeddedDb, EmbeddedOptions};
+    use herald_schemas::contacts::Platform;
+    use herald_schemas::topic::{Append, Record};
+    use herald_schemas::{DeliveryId, NotificationId, RenderedContent, Target, topic};
+
+    fn job(n: &str) -> DeliveryJob {
+        let target = Target::Device { device_id: "d".into(), platform: Platform::Ios, token: format!("tok-{n}") };
+        let notification_id = NotificationId(n.into());
+        DeliveryJob {
+            delivery_id: DeliveryId::derive(&notification_id, "apns", target.address()),
+            notification_id,
+            client_id: "c".into(),
+            user_id: "u".into(),
+            category: "transactional".into(),
+            template: "t".into(),
+            locale: "en".into(),
+            target,
+            content: RenderedContent::Push { title: "t".into(), body: n.into() },
+            attempt: 1,
+            requested_at_ms: 0,
+        }
+    }
+
+    fn lines(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+    }
+
+    /// A job present twice in a topic (even in one batch) and a replay of a
+    /// whole batch reach the outbox once.
+    #[tokio::test]
+    async fn each_delivery_reaches_the_outbox_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
+        for route in Route::ALL {
+            db.ensure_topic(route.topic(), 1).await.unwrap();
+        }
+        db.ensure_topic(topic::EVENTS, 1).await.unwrap();
+        let record = |j: &DeliveryJob| Record { key: b"u".to_vec(), value: codec::encode(j) };
+        let (a, b) = (job("a"), job("b"));
+        let records = vec![record(&a), record(&a), record(&b)];
+        db.append(vec![Append { topic: Route::Apns.topic().into(), partition: 0, records }]).await.unwrap();
+
+        let path = dir.path().join("push.jsonl");
+        let outbox = path.clone();
+        let dispatcher = Dispatcher {
+            name: "push",
+            routes: vec![Route::Apns],
+            log: db.clone(),
+            ledger: db.clone(),
+            channel: Arc::new(move || {
+                FileOutbox::open(outbox.clone(), "outbox-push")
+                    .map(|o| Box::new(o) as Box<dyn Channel>)
+                    .map_err(|e| ChannelError::Unavailable { channel: "outbox-push".into(), detail: e.to_string() })
+            }),
+            route_partitions: 1,
+            event_partitions: 1,
+            batch_size: 100,
+            read_wait: Duration::from_millis(20),
+            queue_records: 100,
+            linger: Duration::ZERO,
+        };
+        let run = |d: Dispatcher| async move {
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            let task = tokio::spawn(supervise("push", shutdown, move |t, set| d.start(t, set)));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+            task.await.unwrap();
+        };
+        run(dispatcher.clone()).await;
+        assert_eq!(lines(&path).len(), 2, "{:?}", lines(&path));
+
+        // The same job appended again (a producer's replay) is not written again.
+        db.append(vec![Append { topic: Route::Apns.topic().into(), partition: 0, records: vec![record(&b)] }])
+            .await
+            .unwrap();
+        run(dispatcher).await;
+        assert_eq!(lines(&path).len(), 2);
+        let sent = db.end_offset(topic::EVENTS, 0).await.unwrap();
+        // One `sent` per first send, and one re-emitted for the replayed copy of b.
+        assert_eq!(sent, 3);
+    }
 }

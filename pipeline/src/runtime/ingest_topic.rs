@@ -61,7 +61,9 @@ impl IngestConsumer {
 
     async fn run(self, mut rx: QueueRx<IngestRecord>) -> TaskResult {
         while let Some(batch) = rx.recv().await {
-            let partition = batch.source.partition;
+            let commits = batch.commits(GROUP);
+            // Not merged: one batch, one partition.
+            let partition = batch.sources.first().map_or(0, |s| s.partition);
             let items = batch
                 .items
                 .into_iter()
@@ -73,10 +75,8 @@ impl IngestConsumer {
                     raw: serde_json::from_slice(&r.value).map_err(|e| format!("record is not JSON: {e}")),
                 })
                 .collect();
-            self.ingestor.submit(&self.client_id, items).await.map_err(|e| TaskFailed::new("ingest", e))?;
-            let s = &batch.source;
-            self.log
-                .commit(GROUP, &s.topic, s.partition, s.next_offset)
+            self.ingestor
+                .submit_and_commit(&self.client_id, items, commits)
                 .await
                 .map_err(|e| TaskFailed::new("ingest", e))?;
         }

@@ -67,6 +67,7 @@ impl Runtime {
             batch_size,
             read_wait: cfg.read_wait,
             queue_records,
+            linger: cfg.linger,
         };
         tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
 
@@ -92,6 +93,7 @@ impl Runtime {
                 batch_size,
                 read_wait: cfg.read_wait,
                 queue_records,
+                linger: cfg.linger,
             };
             for route in &dispatcher.routes {
                 watches.push(Watch { group: dispatcher.group(), topic: route.topic().into(), partitions });
@@ -106,6 +108,7 @@ impl Runtime {
             batch_size,
             read_wait: cfg.read_wait,
             queue_records,
+            linger: cfg.linger,
         };
         tasks.push(tokio::spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
 

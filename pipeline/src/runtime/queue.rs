@@ -8,8 +8,10 @@
 //! disk in the topic, never in memory.
 
 use herald_schemas::DeliveryEvent;
+use herald_schemas::topic::Commit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Where a batch came from: committing `next_offset` acknowledges it.
@@ -21,18 +23,44 @@ pub struct Source {
     pub next_offset: u64,
 }
 
-/// Records of one partition on their way through a chain of stages, with the
-/// events stages emitted for the ones that stopped.
+/// Records on their way through a chain of stages, with the events stages
+/// emitted for the ones that stopped, and the positions they came from.
+///
+/// A batch read from one partition has one source; [`QueueRx::recv_merged`]
+/// joins queued batches into one, keeping each partition's records in order.
 #[derive(Debug)]
 pub struct Batch<T> {
-    pub source: Source,
+    pub sources: Vec<Source>,
     pub items: Vec<T>,
     pub events: Vec<DeliveryEvent>,
 }
 
 impl<T> Batch<T> {
     pub fn new(source: Source, items: Vec<T>) -> Self {
-        Self { source, items, events: Vec::new() }
+        Self { sources: vec![source], items, events: Vec::new() }
+    }
+
+    /// The offsets that acknowledge this batch for `group`: one per partition, the furthest.
+    pub fn commits(&self, group: &str) -> Vec<Commit> {
+        let mut commits: Vec<Commit> = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            match commits.iter_mut().find(|c| c.topic == s.topic && c.partition == s.partition) {
+                Some(c) => c.next_offset = c.next_offset.max(s.next_offset),
+                None => commits.push(Commit {
+                    group: group.to_string(),
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                    next_offset: s.next_offset,
+                }),
+            }
+        }
+        commits
+    }
+
+    fn absorb(&mut self, other: Batch<T>) {
+        self.sources.extend(other.sources);
+        self.items.extend(other.items);
+        self.events.extend(other.events);
     }
 }
 
@@ -95,6 +123,35 @@ impl<T> QueueRx<T> {
         Some(batch)
     }
 
+    /// The next batch joined with the batches that follow it, up to
+    /// `max_records` records, waiting at most `linger` after the first for
+    /// more to arrive (zero: only what is already queued). Under load this
+    /// turns many small per-partition batches into few large ones, and every
+    /// batch costs one durable write downstream; when idle it adds at most
+    /// `linger` of latency.
+    pub async fn recv_merged(&mut self, max_records: usize, linger: Duration) -> Option<Batch<T>> {
+        let mut batch = self.recv().await?;
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.items.len() < max_records {
+            let next = match self.rx.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                        Ok(Some(next)) => next,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+            let (next, permit, _) = next;
+            drop(permit);
+            let queued = self.shared.queued.fetch_sub(next.items.len(), Ordering::Relaxed) - next.items.len();
+            crate::telemetry::queue_depth(self.shared.name, queued);
+            batch.absorb(next);
+        }
+        Some(batch)
+    }
+
     /// Records currently waiting.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
@@ -104,7 +161,6 @@ impl<T> QueueRx<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn src() -> Source {
         Source { topic: "t".into(), partition: 0, next_offset: 1 }
@@ -123,6 +179,22 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().items.len(), 6);
         blocked.await.unwrap().unwrap();
         assert_eq!(rx.recv().await.unwrap().items.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn merged_batches_keep_order_and_commit_the_furthest_offset_per_partition() {
+        let (tx, mut rx) = queue::<u32>("test", 100);
+        for (i, p) in [(1u64, 0u32), (2, 1), (3, 0)] {
+            let source = Source { topic: "t".into(), partition: p, next_offset: i * 10 };
+            tx.send(Batch::new(source, vec![i as u32; 3])).await.unwrap();
+        }
+        let batch = rx.recv_merged(7, Duration::ZERO).await.unwrap();
+        assert_eq!(batch.items, vec![1, 1, 1, 2, 2, 2, 3, 3, 3]);
+        let commits = batch.commits("g");
+        assert_eq!(commits.len(), 2);
+        assert_eq!(commits.iter().find(|c| c.partition == 0).unwrap().next_offset, 30);
+        assert_eq!(commits.iter().find(|c| c.partition == 1).unwrap().next_offset, 20);
+        assert_eq!(rx.queued(), 0);
     }
 
     #[tokio::test]

@@ -44,6 +44,8 @@ pub struct RequestChain {
     pub batch_size: usize,
     pub read_wait: Duration,
     pub queue_records: usize,
+    /// How long the chain's head waits to fill a batch (see [`QueueRx::recv_merged`]).
+    pub linger: Duration,
 }
 
 fn decode_request(record: &StoredRecord) -> Result<WorkItem, CodecError> {
@@ -67,9 +69,11 @@ impl RequestChain {
         drop(tx);
         let stages = (self.stages)();
         let names: Vec<&'static str> = stages.iter().map(|s| s.name()).skip(1).chain(["fanout"]).collect();
-        for (stage, next) in stages.into_iter().zip(names) {
+        for (i, (stage, next)) in stages.into_iter().zip(names).enumerate() {
             let (tx, next_rx) = queue::<WorkItem>(next, self.queue_records);
-            tasks.spawn(run_stage(stage, rx, tx));
+            // Only the head lingers; later stages join what is already queued.
+            let linger = if i == 0 { self.linger } else { Duration::ZERO };
+            tasks.spawn(run_stage(stage, rx, tx, self.batch_size, linger));
             rx = next_rx;
         }
         tasks.spawn(run_fanout(self.clone(), rx));
@@ -77,9 +81,15 @@ impl RequestChain {
 }
 
 /// Runs one stage over every batch until its input closes.
-async fn run_stage(mut stage: Box<dyn Stage>, mut rx: QueueRx<WorkItem>, tx: QueueTx<WorkItem>) -> TaskResult {
+async fn run_stage(
+    mut stage: Box<dyn Stage>,
+    mut rx: QueueRx<WorkItem>,
+    tx: QueueTx<WorkItem>,
+    merge: usize,
+    linger: Duration,
+) -> TaskResult {
     let name = stage.name();
-    while let Some(mut batch) = rx.recv().await {
+    while let Some(mut batch) = rx.recv_merged(merge, linger).await {
         let items = std::mem::take(&mut batch.items);
         let records_in = items.len();
         let started = Instant::now();
@@ -117,9 +127,10 @@ fn count_by_kind(events: &[DeliveryEvent]) -> Vec<(&'static str, usize)> {
 
 /// Appends jobs and events durably, then commits the batch's offset.
 async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResult {
-    while let Some(batch) = rx.recv().await {
+    while let Some(batch) = rx.recv_merged(chain.batch_size, Duration::ZERO).await {
         let started = Instant::now();
         let records_in = batch.items.len();
+        let commits = batch.commits(GROUP);
         let jobs = fan_out(batch.items);
         let job_count = jobs.len();
         let mut by_route: [Vec<Record>; Route::ALL.len()] = Default::default();
@@ -135,15 +146,7 @@ async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResul
             }
         }
         parts.extend(event_appends(&batch.events, chain.event_partitions));
-        if !parts.is_empty() {
-            chain.log.append(parts).await.map_err(|e| TaskFailed::new("fanout", e))?;
-        }
-        let source = &batch.source;
-        chain
-            .log
-            .commit(GROUP, &source.topic, source.partition, source.next_offset)
-            .await
-            .map_err(|e| TaskFailed::new("fanout", e))?;
+        chain.log.append_and_commit(parts, commits).await.map_err(|e| TaskFailed::new("fanout", e))?;
         StageBatchProcessed {
             stage: "fanout",
             records_in,

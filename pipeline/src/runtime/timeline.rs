@@ -26,6 +26,7 @@ pub struct TimelineSink {
     pub batch_size: usize,
     pub read_wait: Duration,
     pub queue_records: usize,
+    pub linger: Duration,
 }
 
 fn decode_event(record: &StoredRecord) -> Result<DeliveryEvent, CodecError> {
@@ -50,13 +51,12 @@ impl TimelineSink {
     }
 
     async fn run(self, mut rx: QueueRx<DeliveryEvent>) -> TaskResult {
-        while let Some(batch) = rx.recv().await {
+        while let Some(batch) = rx.recv_merged(self.batch_size, self.linger).await {
             if !batch.items.is_empty() {
                 self.store.add_events(&batch.items).await.map_err(|e| TaskFailed::new("timeline", e))?;
             }
-            let s = &batch.source;
             self.log
-                .commit(GROUP, &s.topic, s.partition, s.next_offset)
+                .append_and_commit(Vec::new(), batch.commits(GROUP))
                 .await
                 .map_err(|e| TaskFailed::new("timeline", e))?;
         }
