@@ -114,6 +114,9 @@ enum Command {
         /// Distinct recipients.
         #[arg(long, default_value_t = 10_000)]
         users: u64,
+        /// Concurrent submitters, as concurrent API connections (their appends share fsyncs).
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
@@ -285,12 +288,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
-        Command::Bench { common, notifications, users, timeout_secs, json } => {
+        Command::Bench { common, notifications, users, clients, timeout_secs, json } => {
             herald::telemetry::prometheus();
             let (config, dir) = common.load()?;
             let app = commands::open_for_command(config, dir, "run bench on another data directory").await?;
-            let options =
-                bench::BenchOptions { notifications, users, timeout: std::time::Duration::from_secs(timeout_secs) };
+            let options = bench::BenchOptions {
+                notifications,
+                users,
+                clients,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            };
             let report = bench::run(app, options).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -140,9 +140,75 @@ impl DeliveryEvent {
     }
 }
 
+/// An event as it travels on `herald-events`, still encoded: its ids come
+/// from the record key, so a consumer that only stores events (the timeline)
+/// never decodes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEvent {
+    pub notification_id: NotificationId,
+    pub event_id: String,
+    /// [`codec`](crate::codec) bytes of the [`DeliveryEvent`].
+    pub bytes: Vec<u8>,
+}
+
+impl EncodedEvent {
+    pub fn encode(event: &DeliveryEvent) -> Self {
+        Self {
+            notification_id: event.notification_id.clone(),
+            event_id: event.event_id.clone(),
+            bytes: crate::codec::encode(event),
+        }
+    }
+
+    /// The record key: notification id, 0x1f, event id. The partition is
+    /// chosen from the notification id alone ([`EncodedEvent::partition`]), so
+    /// a notification's events stay in one partition, in order.
+    pub fn record_key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.notification_id.0.len() + 1 + self.event_id.len());
+        key.extend_from_slice(self.notification_id.0.as_bytes());
+        key.push(KEY_SEPARATOR);
+        key.extend_from_slice(self.event_id.as_bytes());
+        key
+    }
+
+    pub fn partition(&self, partitions: u32) -> u32 {
+        crate::topic::partition_for_key(self.notification_id.0.as_bytes(), partitions)
+    }
+
+    /// Rebuilds it from a record of `herald-events`; `None` for a key not made by [`record_key`](Self::record_key).
+    pub fn from_record(key: &[u8], value: Vec<u8>) -> Option<Self> {
+        let at = key.iter().position(|&b| b == KEY_SEPARATOR)?;
+        let notification = std::str::from_utf8(&key[..at]).ok()?;
+        let event = std::str::from_utf8(&key[at + 1..]).ok()?;
+        Some(Self {
+            notification_id: NotificationId(notification.to_string()),
+            event_id: event.to_string(),
+            bytes: value,
+        })
+    }
+
+    pub fn decode(&self) -> Result<DeliveryEvent, crate::codec::CodecError> {
+        crate::codec::decode(&self.bytes)
+    }
+}
+
+const KEY_SEPARATOR: u8 = 0x1f;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_events_round_trip_through_a_record() {
+        let n = NotificationId("n-1".into());
+        let e = DeliveryEvent::new(&n, "c", "u", EventKind::Accepted, None, None, 1);
+        let enc = EncodedEvent::encode(&e);
+        let back = EncodedEvent::from_record(&enc.record_key(), enc.bytes.clone()).unwrap();
+        assert_eq!(back, enc);
+        assert_eq!(back.decode().unwrap(), e);
+        assert_eq!(enc.partition(8), crate::topic::partition_for_key(b"n-1", 8));
+        assert!(EncodedEvent::from_record(b"no-separator", vec![]).is_none());
+    }
 
     #[test]
     fn event_ids_follow_content_not_time() {

@@ -33,7 +33,7 @@ pub mod work;
 
 pub use channel::{Channel, SendOutcome};
 pub use contacts::{Device, OptOut, Platform, Preferences, User};
-pub use event::{DeliveryEvent, EventKind};
+pub use event::{DeliveryEvent, EncodedEvent, EventKind};
 pub use ids::{DeliveryId, NotificationId};
 pub use job::{DeliveryJob, Route, Target};
 pub use request::{ChannelKind, NotificationRequest, RequestEnvelope};

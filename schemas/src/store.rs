@@ -17,7 +17,7 @@
 //! loses at most a suffix of writes whose batches are then replayed.
 
 use crate::contacts::User;
-use crate::event::DeliveryEvent;
+use crate::event::{DeliveryEvent, EncodedEvent};
 use crate::ids::{DeliveryId, NotificationId};
 use crate::template::Template;
 use async_trait::async_trait;
@@ -191,8 +191,8 @@ pub trait KeyStore: Send + Sync + 'static {
 /// Per-notification event history, for `GET /v1/notifications/{id}`.
 #[async_trait]
 pub trait TimelineStore: Send + Sync + 'static {
-    /// Adds events (an event id already present is kept once).
-    async fn add_events(&self, events: &[DeliveryEvent]) -> Result<(), StoreError>;
+    /// Adds events as they are on `herald-events` (an event id already present is kept once).
+    async fn add_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError>;
     /// Events of the notification in time order.
     async fn timeline(&self, id: &NotificationId) -> Result<Vec<DeliveryEvent>, StoreError>;
 }

@@ -115,6 +115,18 @@ pub trait TopicLog: Send + Sync + 'static {
         Ok(firsts)
     }
 
+    /// Records positions without waiting for them to be durable: they become
+    /// durable no later than the next durable append or commit (ordered
+    /// durability, see `store`). For a consumer whose outputs are themselves
+    /// ordered store writes (the timeline), losing the commit only replays
+    /// idempotent writes. The default commits durably.
+    async fn commit_ordered(&self, commits: Vec<Commit>) -> Result<(), LogError> {
+        for c in &commits {
+            self.commit(&c.group, &c.topic, c.partition, c.next_offset).await?;
+        }
+        Ok(())
+    }
+
     /// Records `next_offset` as the group's position in the partition.
     async fn commit(&self, group: &str, topic: &str, partition: u32, next_offset: u64) -> Result<(), LogError>;
 
@@ -145,9 +157,13 @@ pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
 
 /// Groups keyed records into per-partition appends for `topic`, keeping order.
 pub fn keyed_appends(topic: &str, partitions: u32, records: Vec<Record>) -> Vec<Append> {
+    partitioned_appends(topic, records.into_iter().map(|r| (partition_for_key(&r.key, partitions), r)))
+}
+
+/// Groups records whose partition the caller chose into per-partition appends, keeping order.
+pub fn partitioned_appends(topic: &str, records: impl IntoIterator<Item = (u32, Record)>) -> Vec<Append> {
     let mut parts: Vec<Append> = Vec::new();
-    for record in records {
-        let partition = partition_for_key(&record.key, partitions);
+    for (partition, record) in records {
         match parts.iter_mut().find(|a| a.partition == partition) {
             Some(a) => a.records.push(record),
             None => parts.push(Append { topic: topic.to_string(), partition, records: vec![record] }),

@@ -767,6 +767,28 @@ impl TopicLog for EmbeddedDb {
         Ok(self.blocking(move |inner| inner.scan(topic_id, partition, from, upto, max)).await?)
     }
 
+    /// One write batch, not waiting for the group commit: the next persist covers it.
+    async fn commit_ordered(&self, commits: Vec<Commit>) -> Result<(), LogError> {
+        let mut offsets = Vec::with_capacity(commits.len());
+        for c in commits {
+            let topic = self.inner.resolve(&c.topic)?;
+            topic.partition(c.partition)?;
+            offsets.push((offset_key(topic.id, c.partition, &c.group), c.next_offset));
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |inner| {
+            let mut batch = inner.db.batch();
+            for (key, next_offset) in offsets {
+                batch.insert(&inner.ks.offsets, key, next_offset.to_be_bytes());
+            }
+            inner.commit_ordered(batch)
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn commit(&self, group: &str, topic: &str, partition: u32, next_offset: u64) -> Result<(), LogError> {
         let topic = self.inner.resolve(topic)?;
         let state = topic.partition(partition)?;

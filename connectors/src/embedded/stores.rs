@@ -28,8 +28,9 @@ use super::EmbeddedError;
 use super::db::{EmbeddedDb, Inner, hold};
 use async_trait::async_trait;
 use fjall::Keyspace;
+use herald_schemas::codec;
 use herald_schemas::contacts::User;
-use herald_schemas::event::DeliveryEvent;
+use herald_schemas::event::{DeliveryEvent, EncodedEvent};
 use herald_schemas::ids::{DeliveryId, NotificationId};
 use herald_schemas::store::{
     ApiKeyRecord, CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, KeyStore, LedgerState, LedgerStore,
@@ -431,13 +432,13 @@ impl KeyStore for EmbeddedDb {
 impl TimelineStore for EmbeddedDb {
     /// Blind writes keyed by (notification id, event id): an event written again (a replay) lands
     /// on the same key, so it is kept once without a read per event.
-    async fn add_events(&self, events: &[DeliveryEvent]) -> Result<(), StoreError> {
+    async fn add_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
         let events = events.to_vec();
         self.blocking(move |inner| {
             let mut batch = inner.db.batch();
-            for event in &events {
+            for event in events {
                 let key = joined(&event.notification_id.0, &event.event_id);
-                batch.insert(&inner.ks.timeline, key, to_json("timeline", event)?);
+                batch.insert(&inner.ks.timeline, key, event.bytes);
             }
             inner.commit_ordered(batch)
         })
@@ -454,7 +455,11 @@ impl TimelineStore for EmbeddedDb {
                     .ks
                     .timeline
                     .prefix(prefix)
-                    .map(|guard| from_json("timeline", &guard.value()?))
+                    .map(|guard| {
+                        let bytes = guard.value()?;
+                        codec::decode::<DeliveryEvent>(&bytes)
+                            .map_err(|e| EmbeddedError::corrupt("timeline", e.to_string()))
+                    })
                     .collect::<Result<Vec<DeliveryEvent>, EmbeddedError>>()?;
                 events.sort_by(|a, b| (a.at_ms, a.kind, &a.event_id).cmp(&(b.at_ms, b.kind, &b.event_id)));
                 Ok(events)
@@ -590,18 +595,22 @@ mod tests {
         DeliveryEvent::new(&nid(n), "client", "u1", kind, None, None, at_ms)
     }
 
+    fn enc(events: &[DeliveryEvent]) -> Vec<EncodedEvent> {
+        events.iter().map(EncodedEvent::encode).collect()
+    }
+
     #[tokio::test]
     async fn timeline_keeps_each_event_once_in_time_order() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
         let sent = event("n1", EventKind::Sent, 10).for_delivery(&DeliveryId("d".into()), Route::Sms, 1);
-        db.add_events(&[event("n1", EventKind::Accepted, 5), sent.clone(), event("n2", EventKind::Accepted, 1)])
+        db.add_events(&enc(&[event("n1", EventKind::Accepted, 5), sent.clone(), event("n2", EventKind::Accepted, 1)]))
             .await
             .unwrap();
         // A replay emits the same ids (at another time): kept once, the last copy.
-        db.add_events(&[event("n1", EventKind::Accepted, 7), event("n1", EventKind::Accepted, 5)]).await.unwrap();
+        db.add_events(&enc(&[event("n1", EventKind::Accepted, 7), event("n1", EventKind::Accepted, 5)])).await.unwrap();
         // Same time: ordered by kind.
-        db.add_events(&[event("n1", EventKind::Throttled, 5)]).await.unwrap();
+        db.add_events(&enc(&[event("n1", EventKind::Throttled, 5)])).await.unwrap();
         let timeline = db.timeline(&nid("n1")).await.unwrap();
         let kinds: Vec<(EventKind, u64)> = timeline.iter().map(|e| (e.kind, e.at_ms)).collect();
         assert_eq!(kinds, [(EventKind::Accepted, 5), (EventKind::Throttled, 5), (EventKind::Sent, 10)]);

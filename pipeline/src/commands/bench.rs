@@ -27,6 +27,8 @@ const SUBMIT_BATCH: usize = 1000;
 pub struct BenchOptions {
     pub notifications: u64,
     pub users: u64,
+    /// Concurrent submitters (like concurrent API connections).
+    pub clients: u32,
     /// Give up waiting for deliveries after this long.
     pub timeout: Duration,
 }
@@ -85,34 +87,47 @@ pub async fn run(app: App, options: BenchOptions) -> Result<BenchReport, BenchEr
     let ingestor = app.ingestor.clone();
     let users = options.users.max(1);
     let n = options.notifications;
+    // Several submitters, as several API connections would be: their appends share fsyncs.
+    let clients = options.clients.max(1) as u64;
+    let batches = n.div_ceil(SUBMIT_BATCH as u64);
+    let submitters: Vec<_> = (0..clients)
+        .map(|client| {
+            let ingestor = ingestor.clone();
+            let run_id = run_id.clone();
+            tokio::spawn(async move {
+                for b in (client..batches).step_by(clients as usize) {
+                    let (from, to) = (b * SUBMIT_BATCH as u64, ((b + 1) * SUBMIT_BATCH as u64).min(n));
+                    let batch: Vec<Submission> = (from..to)
+                        .map(|k| {
+                            Submission::json(json!({
+                                "user_id": format!("bench-{}", k % users),
+                                "template": "bench",
+                                "data": {"n": k, "name": "Ada"},
+                                "channels": [channels_of(k).0],
+                                "category": "transactional",
+                                "idempotency_key": format!("{run_id}-{k}"),
+                            }))
+                        })
+                        .collect();
+                    let outcomes = ingestor.submit("bench", batch).await?;
+                    let rejected: Vec<_> = outcomes
+                        .iter()
+                        .filter_map(|o| match o {
+                            ItemOutcome::Rejected(_, r) => Some(r.message.clone()),
+                            ItemOutcome::Accepted(_) => None,
+                        })
+                        .collect();
+                    if let Some(first) = rejected.first() {
+                        return Err(BenchError::Rejected(rejected.len(), first.clone()));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
     let submit = tokio::spawn(async move {
-        let mut i = 0u64;
-        while i < n {
-            let end = (i + SUBMIT_BATCH as u64).min(n);
-            let batch: Vec<Submission> = (i..end)
-                .map(|k| {
-                    Submission::json(json!({
-                        "user_id": format!("bench-{}", k % users),
-                        "template": "bench",
-                        "data": {"n": k, "name": "Ada"},
-                        "channels": [channels_of(k).0],
-                        "category": "transactional",
-                        "idempotency_key": format!("{run_id}-{k}"),
-                    }))
-                })
-                .collect();
-            let outcomes = ingestor.submit("bench", batch).await?;
-            let rejected: Vec<_> = outcomes
-                .iter()
-                .filter_map(|o| match o {
-                    ItemOutcome::Rejected(_, r) => Some(r.message.clone()),
-                    ItemOutcome::Accepted(_) => None,
-                })
-                .collect();
-            if let Some(first) = rejected.first() {
-                return Err(BenchError::Rejected(rejected.len(), first.clone()));
-            }
-            i = end;
+        for s in submitters {
+            s.await.map_err(|e| BenchError::Rejected(0, format!("submitter failed: {e}")))??;
         }
         Ok::<Duration, BenchError>(Instant::now().duration_since(started))
     });

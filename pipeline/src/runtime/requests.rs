@@ -20,7 +20,7 @@ use crate::telemetry::StageBatchProcessed;
 use herald_schemas::codec::{self, CodecError};
 use herald_schemas::job::Route;
 use herald_schemas::topic::{self, Append, Record, StoredRecord, TopicLog};
-use herald_schemas::{DeliveryEvent, RequestEnvelope, Stage, StageOutput, WorkItem};
+use herald_schemas::{DeliveryEvent, EncodedEvent, RequestEnvelope, Stage, StageOutput, WorkItem};
 use herald_stages::fanout::fan_out;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,7 +146,9 @@ async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResul
             }
         }
         parts.extend(event_appends(&batch.events, chain.event_partitions));
+        let write = Instant::now();
         chain.log.append_and_commit(parts, commits).await.map_err(|e| TaskFailed::new("fanout", e))?;
+        crate::telemetry::durable_write("fanout.write", records_in, write.elapsed());
         StageBatchProcessed {
             stage: "fanout",
             records_in,
@@ -159,15 +161,16 @@ async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResul
     Ok(())
 }
 
-/// Events as appends to `herald-events`, keyed by notification id so one
-/// notification's timeline stays in one partition, in order.
+/// Events as appends to `herald-events`, partitioned by notification id so
+/// one notification's timeline stays in one partition, in order (see
+/// [`EncodedEvent::record_key`]).
 pub fn event_appends(events: &[DeliveryEvent], partitions: u32) -> Vec<Append> {
     if events.is_empty() {
         return Vec::new();
     }
-    let records = events
-        .iter()
-        .map(|e| Record { key: e.notification_id.0.as_bytes().to_vec(), value: codec::encode(e) })
-        .collect();
-    topic::keyed_appends(topic::EVENTS, partitions, records)
+    let records = events.iter().map(|e| {
+        let encoded = EncodedEvent::encode(e);
+        (encoded.partition(partitions), Record { key: encoded.record_key(), value: encoded.bytes })
+    });
+    topic::partitioned_appends(topic::EVENTS, records)
 }

@@ -2,13 +2,16 @@
 //! `GET /v1/notifications/{id}`.
 //!
 //! The store keeps an event id once, so a replay after a crash (events
-//! written, offset not committed) changes nothing.
+//! written, offset not committed) changes nothing. That is also why neither
+//! the store writes nor the offset commit wait for an fsync: both are
+//! ordered writes, durable with the next durable write of anyone, and losing
+//! them replays writes that change nothing.
 
 use super::queue::{QueueRx, queue};
 use super::reader::{ReaderSpec, run_reader};
 use super::supervise::{TaskFailed, TaskResult};
-use herald_schemas::DeliveryEvent;
-use herald_schemas::codec::{self, CodecError};
+use herald_schemas::EncodedEvent;
+use herald_schemas::codec::CodecError;
 use herald_schemas::store::TimelineStore;
 use herald_schemas::topic::{self, StoredRecord, TopicLog};
 use std::sync::Arc;
@@ -29,13 +32,14 @@ pub struct TimelineSink {
     pub linger: Duration,
 }
 
-fn decode_event(record: &StoredRecord) -> Result<DeliveryEvent, CodecError> {
-    codec::decode(&record.value)
+/// Only the ids, from the record key: the timeline stores the bytes as they are.
+fn decode_event(record: &StoredRecord) -> Result<EncodedEvent, CodecError> {
+    EncodedEvent::from_record(&record.key, record.value.clone()).ok_or(CodecError::Empty)
 }
 
 impl TimelineSink {
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let (tx, rx) = queue::<DeliveryEvent>("timeline", self.queue_records);
+        let (tx, rx) = queue::<EncodedEvent>("timeline", self.queue_records);
         for partition in 0..self.event_partitions {
             let spec = ReaderSpec {
                 topic: topic::EVENTS.to_string(),
@@ -50,15 +54,14 @@ impl TimelineSink {
         tasks.spawn(self.clone().run(rx));
     }
 
-    async fn run(self, mut rx: QueueRx<DeliveryEvent>) -> TaskResult {
+    async fn run(self, mut rx: QueueRx<EncodedEvent>) -> TaskResult {
         while let Some(batch) = rx.recv_merged(self.batch_size, self.linger).await {
             if !batch.items.is_empty() {
                 self.store.add_events(&batch.items).await.map_err(|e| TaskFailed::new("timeline", e))?;
             }
-            self.log
-                .append_and_commit(Vec::new(), batch.commits(GROUP))
-                .await
-                .map_err(|e| TaskFailed::new("timeline", e))?;
+            // Both writes are ordered, not waited for: a crash that loses the commit
+            // replays blind, idempotent timeline writes.
+            self.log.commit_ordered(batch.commits(GROUP)).await.map_err(|e| TaskFailed::new("timeline", e))?;
         }
         Ok(())
     }
