@@ -79,6 +79,9 @@ impl Default for ApiConfig {
 pub struct PipelineConfig {
     /// Partitions of every topic created on first start (later changes are refused).
     pub partitions: NonZeroU32,
+    /// Request chains run side by side, each over its share of the partitions
+    /// (partition p goes to lane p mod lanes); more lanes use more cores.
+    pub lanes: NonZeroU32,
     /// Most records carried as one batch (one durable write per batch downstream).
     pub batch_size: NonZeroU32,
     /// How long the head of a chain waits to fill a batch from several
@@ -105,9 +108,10 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             partitions: NonZeroU32::new(8).expect("8 > 0"),
-            batch_size: NonZeroU32::new(2000).expect("2000 > 0"),
-            linger: Duration::from_millis(5),
-            queue_records: NonZeroU32::new(16384).expect("16384 > 0"),
+            lanes: NonZeroU32::new(1).expect("1 > 0"),
+            batch_size: NonZeroU32::new(8000).expect("8000 > 0"),
+            linger: Duration::from_millis(10),
+            queue_records: NonZeroU32::new(32000).expect("32000 > 0"),
             read_wait: Duration::from_millis(200),
             monitor_interval: Duration::from_millis(250),
             retention_interval: Duration::from_secs(30),

@@ -10,7 +10,7 @@
 use crate::runtime::requests::event_appends;
 use herald_schemas::codec;
 use herald_schemas::stage::Clock;
-use herald_schemas::topic::{self, Commit, LogError, Record, TopicLog};
+use herald_schemas::topic::{self, Append, Commit, LogError, Record, TopicLog};
 use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope};
 use herald_stages::validate::{Rejection, Validator};
 use std::sync::Arc;
@@ -70,17 +70,31 @@ pub struct Ingestor {
 impl Ingestor {
     /// Validates and durably appends; one outcome per item, in order.
     pub async fn submit(&self, client_id: &str, items: Vec<Submission>) -> Result<Vec<ItemOutcome>, IngestError> {
-        self.submit_and_commit(client_id, items, Vec::new()).await
+        let (outcomes, parts) = self.prepare(client_id, items).await?;
+        self.log.append_and_commit(parts, Vec::new()).await?;
+        Ok(outcomes)
     }
 
-    /// [`submit`](Self::submit), recording `commits` in the same durable write
-    /// (the `herald-ingest` consumer acknowledges the records it read).
+    /// Validates and appends with `commits` in the same write, ordered rather
+    /// than waited for: for the `herald-ingest` consumer, whose source is
+    /// durable and whose replay derives the same notification ids.
     pub async fn submit_and_commit(
         &self,
         client_id: &str,
         items: Vec<Submission>,
         commits: Vec<Commit>,
     ) -> Result<Vec<ItemOutcome>, IngestError> {
+        let (outcomes, parts) = self.prepare(client_id, items).await?;
+        self.log.append_and_commit_ordered(parts, commits).await?;
+        Ok(outcomes)
+    }
+
+    /// Validates every item: the outcomes, and the appends that carry them.
+    async fn prepare(
+        &self,
+        client_id: &str,
+        items: Vec<Submission>,
+    ) -> Result<(Vec<ItemOutcome>, Vec<Append>), IngestError> {
         let now = self.clock.now_ms();
         let mut outcomes = Vec::with_capacity(items.len());
         let mut records = Vec::with_capacity(items.len());
@@ -128,7 +142,6 @@ impl Ingestor {
         }
         let mut parts = topic::keyed_appends(topic::REQUESTS, self.request_partitions, records);
         parts.extend(event_appends(&events, self.event_partitions));
-        self.log.append_and_commit(parts, commits).await?;
-        Ok(outcomes)
+        Ok((outcomes, parts))
     }
 }

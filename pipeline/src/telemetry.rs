@@ -25,7 +25,7 @@ pub const API_REQUESTS: &str = "herald_api_requests_total";
 pub const API_NOTIFICATIONS: &str = "herald_api_notifications_total";
 pub const API_OVERLOADED: &str = "herald_api_overloaded_total";
 pub const RETENTION_DELETED: &str = "herald_log_retention_deleted_total";
-pub const DURABLE_WRITE_SECONDS: &str = "herald_durable_write_seconds";
+pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
 pub const RECORDS_UNDECODABLE: &str = "herald_records_undecodable_total";
 
@@ -81,9 +81,9 @@ impl StageBatchProcessed<'_> {
     }
 }
 
-/// A component waited for a durable write (append and commit) to finish.
-pub fn durable_write(component: &'static str, records: usize, elapsed: Duration) {
-    histogram!(DURABLE_WRITE_SECONDS, "component" => component).record(elapsed.as_secs_f64());
+/// A component's write to the topic log (append and commit) returned.
+pub fn log_write(component: &'static str, records: usize, elapsed: Duration) {
+    histogram!(LOG_WRITE_SECONDS, "component" => component).record(elapsed.as_secs_f64());
     record_stage_time(component, records, elapsed);
 }
 

@@ -31,14 +31,18 @@ impl fmt::Display for NotificationId {
 ///
 /// Derived from the notification id, the route and the target address, so a
 /// replay of the same notification yields the same delivery ids and the
-/// dispatcher ledger recognises them.
+/// dispatcher ledger recognises them. It starts with the notification id
+/// (time-ordered), so ledger keys arrive in near order and the LSM under the
+/// embedded ledger flushes and compacts them cheaply; the tail is a hash of
+/// route and address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DeliveryId(pub String);
 
 impl DeliveryId {
     pub fn derive(notification: &NotificationId, route: &str, address: &str) -> Self {
-        Self(hash_hex(&[notification.0.as_bytes(), route.as_bytes(), address.as_bytes()]))
+        let tail = hash_hex(&[route.as_bytes(), address.as_bytes()]);
+        Self(format!("{}.{}", notification.0, &tail[..16]))
     }
 }
 
@@ -67,6 +71,11 @@ mod tests {
         let n = NotificationId("n1".into());
         assert_eq!(DeliveryId::derive(&n, "apns", "t1"), DeliveryId::derive(&n, "apns", "t1"));
         assert_ne!(DeliveryId::derive(&n, "apns", "t1"), DeliveryId::derive(&n, "fcm", "t1"));
+        assert_ne!(
+            DeliveryId::derive(&n, "apns", "t1"),
+            DeliveryId::derive(&NotificationId("n2".into()), "apns", "t1")
+        );
+        assert!(DeliveryId::derive(&n, "apns", "t1").0.starts_with("n1."));
         assert_ne!(hash_hex(&[b"ab", b"c"]), hash_hex(&[b"a", b"bc"]));
     }
 

@@ -115,6 +115,18 @@ pub trait TopicLog: Send + Sync + 'static {
         Ok(firsts)
     }
 
+    /// [`append_and_commit`](Self::append_and_commit) without waiting for
+    /// durability ("ordered durability"): the write is ordered after every
+    /// earlier one and becomes durable with the next group commit; readers see
+    /// the records only then, and a crash loses at most a suffix of such writes,
+    /// commits included, which the consumer then replays. For consumers whose
+    /// source is durable and whose outputs are idempotent: everything but the
+    /// API's accept path, which must answer only after durability. The default
+    /// waits.
+    async fn append_and_commit_ordered(&self, parts: Vec<Append>, commits: Vec<Commit>) -> Result<(), LogError> {
+        self.append_and_commit(parts, commits).await.map(|_| ())
+    }
+
     /// Records positions without waiting for them to be durable: they become
     /// durable no later than the next durable append or commit (ordered
     /// durability, see `store`). For a consumer whose outputs are themselves

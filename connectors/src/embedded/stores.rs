@@ -21,8 +21,9 @@
 //!   a replay recording the same notification again (even at another time) counts once.
 //! - ledger: delivery id → state byte; sinks: sink name → position, written in the ledger's batch.
 //! - api_keys: hash → `ApiKeyRecord`.
-//! - timeline: `len | notification id | event id` → `DeliveryEvent`; an event id is kept once (the
-//!   last copy written: a replay re-emits the same event with a later `at_ms`).
+//! - timeline: `len | notification id | hash of the event ids` → the notification's events of one
+//!   write, as encoded on `herald-events`; reads keep an event id once (the last copy written: a
+//!   replay re-emits the same event with a later `at_ms`).
 
 use super::EmbeddedError;
 use super::db::{EmbeddedDb, Inner, hold};
@@ -31,7 +32,7 @@ use fjall::Keyspace;
 use herald_schemas::codec;
 use herald_schemas::contacts::User;
 use herald_schemas::event::{DeliveryEvent, EncodedEvent};
-use herald_schemas::ids::{DeliveryId, NotificationId};
+use herald_schemas::ids::{DeliveryId, NotificationId, hash_hex};
 use herald_schemas::store::{
     ApiKeyRecord, CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, KeyStore, LedgerState, LedgerStore,
     SinkPosition, StoreError, TemplateStore, ThrottleStore, TimelineStore,
@@ -430,15 +431,33 @@ impl KeyStore for EmbeddedDb {
 
 #[async_trait]
 impl TimelineStore for EmbeddedDb {
-    /// Blind writes keyed by (notification id, event id): an event written again (a replay) lands
-    /// on the same key, so it is kept once without a read per event.
+    /// One blind write per notification per call, keyed by (notification id, a hash of the event
+    /// ids it holds), holding that notification's events of the call. A replay may store an event
+    /// again in another group; reads keep each event id once.
     async fn add_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
-        let events = events.to_vec();
+        // (notification id, event ids, value) per notification, in first-seen order.
+        let mut groups: Vec<(&str, Vec<&[u8]>, Vec<u8>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for event in events {
+            let nid = event.notification_id.0.as_str();
+            let slot = *index.entry(nid).or_insert_with(|| {
+                groups.push((nid, Vec::new(), vec![TIMELINE_GROUP]));
+                groups.len() - 1
+            });
+            let (_, ids, value) = &mut groups[slot];
+            ids.push(event.event_id.as_bytes());
+            // Exact: an event is far smaller than 4 GiB.
+            value.extend_from_slice(&(event.bytes.len() as u32).to_be_bytes());
+            value.extend_from_slice(&event.bytes);
+        }
+        // The key names the group's events, so writing the same group again (a replay) lands on
+        // the same key, and another group never overwrites this one.
+        let groups: Vec<(Vec<u8>, Vec<u8>)> =
+            groups.into_iter().map(|(nid, ids, value)| (joined(nid, &hash_hex(&ids)), value)).collect();
         self.blocking(move |inner| {
             let mut batch = inner.db.batch();
-            for event in events {
-                let key = joined(&event.notification_id.0, &event.event_id);
-                batch.insert(&inner.ks.timeline, key, event.bytes);
+            for (key, value) in groups {
+                batch.insert(&inner.ks.timeline, key, value);
             }
             inner.commit_ordered(batch)
         })
@@ -451,21 +470,45 @@ impl TimelineStore for EmbeddedDb {
         let prefix = prefixed(&id.0);
         Ok(self
             .blocking(move |inner| {
-                let mut events = inner
-                    .ks
-                    .timeline
-                    .prefix(prefix)
-                    .map(|guard| {
-                        let bytes = guard.value()?;
-                        codec::decode::<DeliveryEvent>(&bytes)
-                            .map_err(|e| EmbeddedError::corrupt("timeline", e.to_string()))
-                    })
-                    .collect::<Result<Vec<DeliveryEvent>, EmbeddedError>>()?;
+                let mut by_id: HashMap<String, DeliveryEvent> = HashMap::new();
+                for guard in inner.ks.timeline.prefix(prefix) {
+                    let value = guard.value()?;
+                    for bytes in timeline_events(&value)? {
+                        let event = codec::decode::<DeliveryEvent>(bytes)
+                            .map_err(|e| EmbeddedError::corrupt("timeline", e.to_string()))?;
+                        by_id.insert(event.event_id.clone(), event);
+                    }
+                }
+                let mut events: Vec<DeliveryEvent> = by_id.into_values().collect();
                 events.sort_by(|a, b| (a.at_ms, a.kind, &a.event_id).cmp(&(b.at_ms, b.kind, &b.event_id)));
                 Ok(events)
             })
             .await?)
     }
+}
+
+/// First byte of a timeline value holding a group of events (`len u32 | event` repeated). A value
+/// starting otherwise is one encoded event, as stored before groups.
+const TIMELINE_GROUP: u8 = 0xf0;
+
+/// The encoded events in a timeline value.
+fn timeline_events(value: &[u8]) -> Result<Vec<&[u8]>, EmbeddedError> {
+    let Some((&TIMELINE_GROUP, mut rest)) = value.split_first() else {
+        return Ok(vec![value]);
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) =
+            rest.split_first_chunk::<4>().ok_or_else(|| EmbeddedError::corrupt("timeline", "truncated group"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > tail.len() {
+            return Err(EmbeddedError::corrupt("timeline", "event longer than its group"));
+        }
+        let (event, tail) = tail.split_at(len);
+        out.push(event);
+        rest = tail;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -616,6 +659,20 @@ mod tests {
         assert_eq!(kinds, [(EventKind::Accepted, 5), (EventKind::Throttled, 5), (EventKind::Sent, 10)]);
         assert_eq!(timeline[2], sent);
         assert!(db.timeline(&nid("n3")).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn timeline_groups_parse_and_corrupt_groups_are_errors() {
+        let mut value = vec![TIMELINE_GROUP];
+        for event in [&b"ab"[..], b"c"] {
+            value.extend_from_slice(&(event.len() as u32).to_be_bytes());
+            value.extend_from_slice(event);
+        }
+        assert_eq!(timeline_events(&value).unwrap(), vec![&b"ab"[..], b"c"]);
+        // A value from before groups is one event.
+        assert_eq!(timeline_events(&[2, 9]).unwrap(), vec![&[2u8, 9][..]]);
+        assert!(timeline_events(&value[..value.len() - 1]).is_err());
+        assert!(timeline_events(&[TIMELINE_GROUP, 0, 0]).is_err());
     }
 
     #[tokio::test]

@@ -10,8 +10,9 @@
 //! 3. the ledger records the finished deliveries, atomically with the
 //!    channel's sink position when the channel is a sink Herald owns;
 //! 4. `sent` / `failed` events and the batch's offset are appended and
-//!    committed in one durable write, which also makes step 3 durable
-//!    (ordered durability, see `herald_schemas::store`).
+//!    committed in one write, after step 3 in the journal (ordered
+//!    durability, see `herald_schemas::store`): a crash loses a suffix of
+//!    these writes, never step 3's alone without what came before it.
 //!
 //! On start the channel is told the position last committed with the
 //! ledger, so a file outbox cuts whatever it wrote after it (a torn line, or
@@ -174,7 +175,7 @@ impl Dispatcher {
             // A retryable outcome: record what finished, leave the offset, and replay.
             let commits = if retry.is_some() { Vec::new() } else { commits };
             self.log
-                .append_and_commit(event_appends(&events, self.event_partitions), commits)
+                .append_and_commit_ordered(event_appends(&events, self.event_partitions), commits)
                 .await
                 .map_err(|e| TaskFailed::new(name, e))?;
             if let Some(retry) = retry {

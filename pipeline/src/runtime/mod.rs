@@ -1,6 +1,6 @@
 //! The runtime: the long-running tasks of a Herald worker.
 //!
-//! - the request chain ([`requests`]) over the worker's partitions of `herald-requests`;
+//! - the request chains ([`requests`]), one per lane, over the worker's partitions of `herald-requests`;
 //! - one dispatcher per channel ([`dispatch`]) over the delivery topics;
 //! - the timeline sink ([`timeline`]) over `herald-events`;
 //! - the `herald-ingest` consumer ([`ingest_topic`]);
@@ -58,18 +58,23 @@ impl Runtime {
         let log = app.backends.log.clone();
         let mut tasks = Vec::new();
 
-        let chain = RequestChain {
-            log: log.clone(),
-            stages: stage_factory(app),
-            partitions: (0..partitions).collect(),
-            route_partitions: partitions,
-            event_partitions: partitions,
-            batch_size,
-            read_wait: cfg.read_wait,
-            queue_records,
-            linger: cfg.linger,
-        };
-        tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
+        // Lanes: independent request chains, each over its share of the partitions. A user's
+        // partition belongs to one lane, so per-user order and state stay in one chain.
+        let lanes = cfg.lanes.get().min(partitions);
+        for lane in 0..lanes {
+            let chain = RequestChain {
+                log: log.clone(),
+                stages: stage_factory(app),
+                partitions: (0..partitions).filter(|p| p % lanes == lane).collect(),
+                route_partitions: partitions,
+                event_partitions: partitions,
+                batch_size,
+                read_wait: cfg.read_wait,
+                queue_records,
+                linger: cfg.linger,
+            };
+            tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
+        }
 
         let mut watches = vec![
             Watch { group: requests::GROUP.into(), topic: topic::REQUESTS.into(), partitions },

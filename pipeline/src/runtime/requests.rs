@@ -147,8 +147,10 @@ async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResul
         }
         parts.extend(event_appends(&batch.events, chain.event_partitions));
         let write = Instant::now();
-        chain.log.append_and_commit(parts, commits).await.map_err(|e| TaskFailed::new("fanout", e))?;
-        crate::telemetry::durable_write("fanout.write", records_in, write.elapsed());
+        // Ordered, not waited for: readers see the jobs once a group commit made them durable,
+        // and a crash before it replays this batch from `herald-requests`.
+        chain.log.append_and_commit_ordered(parts, commits).await.map_err(|e| TaskFailed::new("fanout", e))?;
+        crate::telemetry::log_write("fanout.write", records_in, write.elapsed());
         StageBatchProcessed {
             stage: "fanout",
             records_in,
