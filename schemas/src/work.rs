@@ -32,7 +32,7 @@ impl WorkItem {
 
 /// A message rendered for one channel, as plain strings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "channel", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum RenderedContent {
     Push { title: String, body: String },
     Sms { text: String },
