@@ -26,8 +26,8 @@
 //! batch: the supervisor restarts it and the replay sends only what is not
 //! finished.
 
-use super::queue::{QueueRx, queue};
-use super::reader::{ReaderSpec, run_reader};
+use super::queue::QueueRx;
+use super::reader::{ReadSettings, spawn_readers};
 use super::requests::event_appends;
 use super::supervise::{TaskFailed, TaskResult};
 use crate::telemetry::ChannelBatchSent;
@@ -39,7 +39,7 @@ use herald_schemas::topic::{StoredRecord, TopicLog};
 use herald_schemas::{DeliveryEvent, DeliveryJob, EventKind, stage::now_ms};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,10 +56,7 @@ pub struct Dispatcher {
     pub channel: ChannelFactory,
     pub route_partitions: u32,
     pub event_partitions: u32,
-    pub batch_size: usize,
-    pub read_wait: Duration,
-    pub queue_records: usize,
-    pub linger: Duration,
+    pub read: ReadSettings,
 }
 
 /// A retryable outcome: the dispatcher restarts and the replay sends it again.
@@ -80,20 +77,12 @@ impl Dispatcher {
     }
 
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let (tx, rx) = queue::<DeliveryJob>(self.name, self.queue_records);
-        for route in &self.routes {
-            for partition in 0..self.route_partitions {
-                let spec = ReaderSpec {
-                    topic: route.topic().to_string(),
-                    partition,
-                    group: self.group(),
-                    batch_size: self.batch_size,
-                    wait: self.read_wait,
-                };
-                tasks.spawn(run_reader(self.log.clone(), spec, decode_job, tx.clone(), token.clone()));
-            }
-        }
-        drop(tx);
+        let sources: Vec<(String, u32)> = self
+            .routes
+            .iter()
+            .flat_map(|route| (0..self.route_partitions).map(move |p| (route.topic().to_string(), p)))
+            .collect();
+        let rx = spawn_readers(self.name, &self.log, sources, &self.group(), &self.read, decode_job, &token, tasks);
         tasks.spawn(self.clone().run(rx));
     }
 
@@ -103,7 +92,7 @@ impl Dispatcher {
         let committed = self.ledger.sink_position(name).await.map_err(|e| TaskFailed::new(name, e))?;
         channel.recover(committed).await.map_err(|e| TaskFailed::new(name, e))?;
         let group = self.group();
-        while let Some(batch) = rx.recv_merged(self.batch_size, self.linger).await {
+        while let Some(batch) = rx.recv_merged(self.read.batch_size, self.read.linger).await {
             let started = Instant::now();
             let commits = batch.commits(&group);
             let ids: Vec<_> = batch.items.iter().map(|j| j.delivery_id.clone()).collect();
@@ -203,6 +192,7 @@ mod tests {
     use herald_schemas::contacts::Platform;
     use herald_schemas::topic::{Append, Record};
     use herald_schemas::{DeliveryId, NotificationId, RenderedContent, Target, topic};
+    use std::time::Duration;
 
     fn job(n: &str) -> DeliveryJob {
         let target = Target::Device { device_id: "d".into(), platform: Platform::Ios, token: format!("tok-{n}") };
@@ -255,10 +245,12 @@ mod tests {
             }),
             route_partitions: 1,
             event_partitions: 1,
-            batch_size: 100,
-            read_wait: Duration::from_millis(20),
-            queue_records: 100,
-            linger: Duration::ZERO,
+            read: ReadSettings {
+                batch_size: 100,
+                read_wait: Duration::from_millis(20),
+                queue_records: 100,
+                linger: Duration::ZERO,
+            },
         };
         let run = |d: Dispatcher| async move {
             let shutdown = CancellationToken::new();

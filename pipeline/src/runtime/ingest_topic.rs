@@ -7,8 +7,8 @@
 //! replaying a batch after a crash produces the same ids, which the dedup
 //! stage recognises as replays and the ledger absorbs downstream.
 
-use super::queue::{QueueRx, queue};
-use super::reader::{ReaderSpec, run_reader};
+use super::queue::QueueRx;
+use super::reader::{ReadSettings, spawn_readers};
 use super::supervise::{TaskFailed, TaskResult};
 use crate::ingest::{Ingestor, Submission};
 use herald_schemas::NotificationId;
@@ -16,7 +16,6 @@ use herald_schemas::codec::CodecError;
 use herald_schemas::ids::hash_hex;
 use herald_schemas::topic::{self, StoredRecord, TopicLog};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -28,9 +27,7 @@ pub struct IngestConsumer {
     pub ingestor: Arc<Ingestor>,
     pub client_id: String,
     pub partitions: u32,
-    pub batch_size: usize,
-    pub read_wait: Duration,
-    pub queue_records: usize,
+    pub read: ReadSettings,
 }
 
 struct IngestRecord {
@@ -44,18 +41,8 @@ fn decode_ingest(record: &StoredRecord) -> Result<IngestRecord, CodecError> {
 
 impl IngestConsumer {
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let (tx, rx) = queue::<IngestRecord>("ingest", self.queue_records);
-        for partition in 0..self.partitions {
-            let spec = ReaderSpec {
-                topic: topic::INGEST.to_string(),
-                partition,
-                group: GROUP.to_string(),
-                batch_size: self.batch_size,
-                wait: self.read_wait,
-            };
-            tasks.spawn(run_reader(self.log.clone(), spec, decode_ingest, tx.clone(), token.clone()));
-        }
-        drop(tx);
+        let sources = (0..self.partitions).map(|p| (topic::INGEST.to_string(), p));
+        let rx = spawn_readers("ingest", &self.log, sources, GROUP, &self.read, decode_ingest, &token, tasks);
         tasks.spawn(self.clone().run(rx));
     }
 

@@ -32,6 +32,7 @@ use herald_stages::render::RenderStage;
 use herald_stages::throttle::ThrottleStage;
 use herald_stages::validate::ValidateStage;
 use monitor::{Monitor, Watch};
+use reader::ReadSettings;
 use requests::{RequestChain, StageFactory};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -53,8 +54,12 @@ impl Runtime {
         let request_lag = Arc::new(AtomicU64::new(0));
         let cfg = &app.config.pipeline;
         let partitions = app.partitions();
-        let batch_size = cfg.batch_size.get() as usize;
-        let queue_records = cfg.queue_records.get() as usize;
+        let read = ReadSettings {
+            batch_size: cfg.batch_size.get() as usize,
+            read_wait: cfg.read_wait,
+            queue_records: cfg.queue_records.get() as usize,
+            linger: cfg.linger,
+        };
         let log = app.backends.log.clone();
         let mut tasks = Vec::new();
 
@@ -68,10 +73,7 @@ impl Runtime {
                 partitions: (0..partitions).filter(|p| p % lanes == lane).collect(),
                 route_partitions: partitions,
                 event_partitions: partitions,
-                batch_size,
-                read_wait: cfg.read_wait,
-                queue_records,
-                linger: cfg.linger,
+                read: read.clone(),
             };
             tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
         }
@@ -95,10 +97,7 @@ impl Runtime {
                 channel: factory,
                 route_partitions: partitions,
                 event_partitions: partitions,
-                batch_size,
-                read_wait: cfg.read_wait,
-                queue_records,
-                linger: cfg.linger,
+                read: read.clone(),
             };
             for route in &dispatcher.routes {
                 watches.push(Watch { group: dispatcher.group(), topic: route.topic().into(), partitions });
@@ -110,10 +109,7 @@ impl Runtime {
             log: log.clone(),
             store: app.backends.timeline.clone(),
             event_partitions: partitions,
-            batch_size,
-            read_wait: cfg.read_wait,
-            queue_records,
-            linger: cfg.linger,
+            read: read.clone(),
         };
         tasks.push(tokio::spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
 
@@ -123,9 +119,7 @@ impl Runtime {
                 ingestor: app.ingestor.clone(),
                 client_id: app.config.ingest.client_id.clone(),
                 partitions,
-                batch_size,
-                read_wait: cfg.read_wait,
-                queue_records,
+                read: read.clone(),
             };
             watches.push(Watch { group: ingest_topic::GROUP.into(), topic: topic::INGEST.into(), partitions });
             tasks.push(tokio::spawn(supervise("ingest", shutdown.clone(), move |t, set| consumer.start(t, set))));

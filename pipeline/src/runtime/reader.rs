@@ -7,14 +7,55 @@
 //! decoded (a bug or a foreign writer) is logged and skipped so it cannot
 //! wedge its partition; its offset is still covered by the batch's commit.
 
-use super::queue::{Batch, QueueTx, Source};
+use super::queue::{Batch, QueueRx, QueueTx, Source, queue};
 use super::supervise::{TaskFailed, TaskResult};
 use crate::telemetry::RecordUndecodable;
 use herald_schemas::codec::CodecError;
 use herald_schemas::topic::{StoredRecord, TopicLog};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// How every component reads and batches (from `[pipeline]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct ReadSettings {
+    /// Most records per read and per merged batch.
+    pub batch_size: usize,
+    /// How long a reader waits for new records before looking again.
+    pub read_wait: Duration,
+    /// Records a queue between two tasks holds.
+    pub queue_records: usize,
+    /// How long a component's head waits to fill a batch (see [`QueueRx::recv_merged`]).
+    pub linger: Duration,
+}
+
+/// Spawns one reader per `(topic, partition)` into `tasks`, all feeding one
+/// queue named `name`, and returns its receiving end.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_readers<T: Send + 'static>(
+    name: &'static str,
+    log: &Arc<dyn TopicLog>,
+    sources: impl IntoIterator<Item = (String, u32)>,
+    group: &str,
+    settings: &ReadSettings,
+    decode: Decoder<T>,
+    token: &CancellationToken,
+    tasks: &mut JoinSet<TaskResult>,
+) -> QueueRx<T> {
+    let (tx, rx) = queue::<T>(name, settings.queue_records);
+    for (topic, partition) in sources {
+        let spec = ReaderSpec {
+            topic,
+            partition,
+            group: group.to_string(),
+            batch_size: settings.batch_size,
+            wait: settings.read_wait,
+        };
+        tasks.spawn(run_reader(log.clone(), spec, decode, tx.clone(), token.clone()));
+    }
+    rx
+}
 
 /// What a reader reads and how.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@
 //! ledger absorbs the repeated jobs.
 
 use super::queue::{QueueRx, QueueTx, queue};
-use super::reader::{ReaderSpec, run_reader};
+use super::reader::{ReadSettings, spawn_readers};
 use super::supervise::{TaskFailed, TaskResult};
 use crate::telemetry::StageBatchProcessed;
 use herald_schemas::codec::{self, CodecError};
@@ -41,11 +41,7 @@ pub struct RequestChain {
     pub partitions: Vec<u32>,
     pub route_partitions: u32,
     pub event_partitions: u32,
-    pub batch_size: usize,
-    pub read_wait: Duration,
-    pub queue_records: usize,
-    /// How long the chain's head waits to fill a batch (see [`QueueRx::recv_merged`]).
-    pub linger: Duration,
+    pub read: ReadSettings,
 }
 
 fn decode_request(record: &StoredRecord) -> Result<WorkItem, CodecError> {
@@ -55,25 +51,15 @@ fn decode_request(record: &StoredRecord) -> Result<WorkItem, CodecError> {
 impl RequestChain {
     /// Spawns readers, stages and the fan-out sink into `tasks`.
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let (tx, mut rx) = queue::<WorkItem>("validate", self.queue_records);
-        for &partition in &self.partitions {
-            let spec = ReaderSpec {
-                topic: topic::REQUESTS.to_string(),
-                partition,
-                group: GROUP.to_string(),
-                batch_size: self.batch_size,
-                wait: self.read_wait,
-            };
-            tasks.spawn(run_reader(self.log.clone(), spec, decode_request, tx.clone(), token.clone()));
-        }
-        drop(tx);
+        let sources = self.partitions.iter().map(|&p| (topic::REQUESTS.to_string(), p));
+        let mut rx = spawn_readers("validate", &self.log, sources, GROUP, &self.read, decode_request, &token, tasks);
         let stages = (self.stages)();
         let names: Vec<&'static str> = stages.iter().map(|s| s.name()).skip(1).chain(["fanout"]).collect();
         for (i, (stage, next)) in stages.into_iter().zip(names).enumerate() {
-            let (tx, next_rx) = queue::<WorkItem>(next, self.queue_records);
+            let (tx, next_rx) = queue::<WorkItem>(next, self.read.queue_records);
             // Only the head lingers; later stages join what is already queued.
-            let linger = if i == 0 { self.linger } else { Duration::ZERO };
-            tasks.spawn(run_stage(stage, rx, tx, self.batch_size, linger));
+            let linger = if i == 0 { self.read.linger } else { Duration::ZERO };
+            tasks.spawn(run_stage(stage, rx, tx, self.read.batch_size, linger));
             rx = next_rx;
         }
         tasks.spawn(run_fanout(self.clone(), rx));
@@ -127,7 +113,7 @@ fn count_by_kind(events: &[DeliveryEvent]) -> Vec<(&'static str, usize)> {
 
 /// Appends jobs and events durably, then commits the batch's offset.
 async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResult {
-    while let Some(batch) = rx.recv_merged(chain.batch_size, Duration::ZERO).await {
+    while let Some(batch) = rx.recv_merged(chain.read.batch_size, Duration::ZERO).await {
         let started = Instant::now();
         let records_in = batch.items.len();
         let commits = batch.commits(GROUP);

@@ -7,15 +7,14 @@
 //! ordered writes, durable with the next durable write of anyone, and losing
 //! them replays writes that change nothing.
 
-use super::queue::{QueueRx, queue};
-use super::reader::{ReaderSpec, run_reader};
+use super::queue::QueueRx;
+use super::reader::{ReadSettings, spawn_readers};
 use super::supervise::{TaskFailed, TaskResult};
 use herald_schemas::EncodedEvent;
 use herald_schemas::codec::CodecError;
 use herald_schemas::store::TimelineStore;
 use herald_schemas::topic::{self, StoredRecord, TopicLog};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -26,10 +25,7 @@ pub struct TimelineSink {
     pub log: Arc<dyn TopicLog>,
     pub store: Arc<dyn TimelineStore>,
     pub event_partitions: u32,
-    pub batch_size: usize,
-    pub read_wait: Duration,
-    pub queue_records: usize,
-    pub linger: Duration,
+    pub read: ReadSettings,
 }
 
 /// Only the ids, from the record key: the timeline stores the bytes as they are.
@@ -39,23 +35,13 @@ fn decode_event(record: &StoredRecord) -> Result<EncodedEvent, CodecError> {
 
 impl TimelineSink {
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let (tx, rx) = queue::<EncodedEvent>("timeline", self.queue_records);
-        for partition in 0..self.event_partitions {
-            let spec = ReaderSpec {
-                topic: topic::EVENTS.to_string(),
-                partition,
-                group: GROUP.to_string(),
-                batch_size: self.batch_size,
-                wait: self.read_wait,
-            };
-            tasks.spawn(run_reader(self.log.clone(), spec, decode_event, tx.clone(), token.clone()));
-        }
-        drop(tx);
+        let sources = (0..self.event_partitions).map(|p| (topic::EVENTS.to_string(), p));
+        let rx = spawn_readers("timeline", &self.log, sources, GROUP, &self.read, decode_event, &token, tasks);
         tasks.spawn(self.clone().run(rx));
     }
 
     async fn run(self, mut rx: QueueRx<EncodedEvent>) -> TaskResult {
-        while let Some(batch) = rx.recv_merged(self.batch_size, self.linger).await {
+        while let Some(batch) = rx.recv_merged(self.read.batch_size, self.read.linger).await {
             if !batch.items.is_empty() {
                 self.store.add_events(&batch.items).await.map_err(|e| TaskFailed::new("timeline", e))?;
             }
