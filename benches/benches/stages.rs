@@ -13,7 +13,7 @@ use herald_schemas::store::{ContactStore, TemplateStore};
 use herald_schemas::template::{EmailPart, PushPart, SmsPart, Template};
 use herald_schemas::{NotificationId, WorkItem, codec};
 use herald_stages::dedup::DedupStage;
-use herald_stages::enrich::{ContactCache, EnrichStage};
+use herald_stages::enrich::{ContactCacheConfig, EnrichStage};
 use herald_stages::fanout::fan_out;
 use herald_stages::render::{RenderLimits, RenderStage};
 use herald_stages::throttle::{ThrottleConfig, ThrottleStage};
@@ -89,7 +89,11 @@ fn stage_chain(c: &mut Criterion) {
     let validator = Arc::new(Validator::new(db.clone(), ValidateLimits::default()));
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(ValidateStage::with_clock(validator, clock.clone())),
-        Box::new(EnrichStage::new(db.clone(), Arc::new(ContactCache::default()), clock.clone())),
+        Box::new(EnrichStage::new(
+            db.clone(),
+            Arc::new(ContactCacheConfig::default().build(clock.clone())),
+            clock.clone(),
+        )),
         Box::new(DedupStage::new(db.clone(), Duration::from_secs(86_400), clock.clone())),
         Box::new(ThrottleStage::new(db.clone(), ThrottleConfig::default(), clock.clone())),
         Box::new(RenderStage::new(db.clone(), RenderLimits::default())),

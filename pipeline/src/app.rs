@@ -110,7 +110,7 @@ impl App {
             config,
             data_dir,
             backends,
-            contact_cache: Arc::new(ContactCache::new(ContactCacheConfig::default(), clock.clone())),
+            contact_cache: Arc::new(ContactCacheConfig::default().build(clock.clone())),
             template_cache: Arc::new(TemplateCache::new(limits.cache_capacity, limits.cache_ttl, clock.clone())),
             clock,
             validator,

@@ -13,16 +13,16 @@
 //! - The cache may serve a contact record up to its TTL old; the API calls
 //!   [`ContactCache::invalidate`] after a write so its own changes are seen at once.
 
+use crate::cache::ExpiringCache;
 use crate::{short_answer, store_error};
 use async_trait::async_trait;
 use herald_schemas::store::ContactStore;
 use herald_schemas::{
-    ChannelKind, Clock, DeliveryEvent, EventKind, Stage, StageError, StageOutput, SystemClock, Target, User, WorkItem,
+    ChannelKind, Clock, DeliveryEvent, EventKind, Stage, StageError, StageOutput, Target, User, WorkItem,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Sizing of the [`ContactCache`].
@@ -43,120 +43,14 @@ impl Default for ContactCacheConfig {
     }
 }
 
-/// A bounded cache of contact records with a TTL, shared by the enrich stage(s) and the API.
-///
-/// Unknown users are cached too (as `None`), so a burst for a missing id does
-/// not reach the store once per record. When full, the oldest entry goes first.
-pub struct ContactCache {
-    config: ContactCacheConfig,
-    clock: Arc<dyn Clock>,
-    inner: Mutex<CacheInner>,
-}
+/// Contact records by user id (`None`: known not to exist, so a burst for a
+/// missing id does not reach the store once per record).
+pub type ContactCache = ExpiringCache<Option<User>>;
 
-#[derive(Default)]
-struct CacheInner {
-    map: HashMap<String, CacheEntry>,
-    /// Insertion order; an entry whose stamp no longer matches the map's is stale.
-    order: VecDeque<(String, u64)>,
-    next_stamp: u64,
-}
-
-struct CacheEntry {
-    user: Option<User>,
-    stamp: u64,
-    at_ms: u64,
-}
-
-impl fmt::Debug for ContactCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ContactCache").field("config", &self.config).field("len", &self.len()).finish()
-    }
-}
-
-impl Default for ContactCache {
-    /// The default sizing on the system clock.
-    fn default() -> Self {
-        Self::new(ContactCacheConfig::default(), Arc::new(SystemClock))
-    }
-}
-
-impl ContactCache {
-    /// An empty cache reading time from `clock`.
-    pub fn new(config: ContactCacheConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { config, clock, inner: Mutex::new(CacheInner::default()) }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn ttl_ms(&self) -> u64 {
-        self.config.ttl.as_millis().min(u128::from(u64::MAX)) as u64
-    }
-
-    /// `Some(Some(user))`, `Some(None)` for a user known not to exist, `None` when not cached or expired.
-    pub fn get(&self, user_id: &str) -> Option<Option<User>> {
-        let now = self.clock.now_ms();
-        let ttl = self.ttl_ms();
-        let inner = self.lock();
-        let entry = inner.map.get(user_id)?;
-        (now.saturating_sub(entry.at_ms) < ttl).then(|| entry.user.clone())
-    }
-
-    /// Remembers a lookup result (`None`: no such user).
-    pub fn insert(&self, user_id: String, user: Option<User>) {
-        if self.config.capacity == 0 {
-            return;
-        }
-        let now = self.clock.now_ms();
-        let ttl = self.ttl_ms();
-        let capacity = self.config.capacity;
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        // Drop expired entries and, when full, the oldest, from the front.
-        while let Some((key, stamp)) = inner.order.front() {
-            let live = inner.map.get(key).filter(|e| e.stamp == *stamp);
-            let expired = live.is_some_and(|e| now.saturating_sub(e.at_ms) >= ttl);
-            let full = inner.map.len() >= capacity && !inner.map.contains_key(&user_id);
-            if live.is_some() && !expired && !full {
-                break;
-            }
-            if live.is_some() {
-                inner.map.remove(key);
-            }
-            inner.order.pop_front();
-        }
-        let stamp = inner.next_stamp;
-        inner.next_stamp += 1;
-        inner.order.push_back((user_id.clone(), stamp));
-        inner.map.insert(user_id, CacheEntry { user, stamp, at_ms: now });
-        // Re-inserting a key leaves stale order entries behind; compact them now and then.
-        if inner.order.len() > 2 * capacity + 1024 {
-            let map = &inner.map;
-            inner.order.retain(|(k, s)| map.get(k).is_some_and(|e| e.stamp == *s));
-        }
-    }
-
-    /// Forgets a user, so the next lookup reads the store (call after a contact write).
-    pub fn invalidate(&self, user_id: &str) {
-        self.lock().map.remove(user_id);
-    }
-
-    /// Forgets everything.
-    pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.map.clear();
-        inner.order.clear();
-    }
-
-    /// Entries held (some may be expired).
-    pub fn len(&self) -> usize {
-        self.lock().map.len()
-    }
-
-    /// True when nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+impl ContactCacheConfig {
+    /// An empty cache of this size reading time from `clock`.
+    pub fn build(&self, clock: Arc<dyn Clock>) -> ContactCache {
+        ContactCache::new(self.capacity, self.ttl, clock)
     }
 }
 
@@ -294,7 +188,7 @@ mod tests {
     fn setup(users: Vec<User>) -> Setup {
         let clock = ManualClock::new(1_000_000);
         let contacts = Arc::new(Contacts::with(users));
-        let cache = Arc::new(ContactCache::new(ContactCacheConfig::default(), Arc::new(clock.clone())));
+        let cache = Arc::new(ContactCacheConfig::default().build(Arc::new(clock.clone())));
         let stage = EnrichStage::new(contacts.clone(), cache.clone(), Arc::new(clock.clone()));
         Setup { contacts, cache, clock, stage }
     }
@@ -397,34 +291,5 @@ mod tests {
         let err = s.stage.process(vec![fakes::item("n1", fakes::request("u1", "t", &[ChannelKind::Sms]))], &mut out);
         assert!(err.await.unwrap_err().is_retryable());
         assert!(out.items.is_empty() && out.events.is_empty());
-    }
-
-    #[test]
-    fn the_cache_is_bounded_and_evicts_the_oldest() {
-        let clock = ManualClock::new(0);
-        let cache =
-            ContactCache::new(ContactCacheConfig { capacity: 3, ttl: Duration::from_secs(5) }, Arc::new(clock.clone()));
-        for i in 0..5 {
-            cache.insert(format!("u{i}"), None);
-            clock.advance_ms(1);
-        }
-        assert_eq!(cache.len(), 3);
-        assert!(cache.get("u0").is_none() && cache.get("u1").is_none());
-        assert_eq!(cache.get("u4"), Some(None));
-        // Re-inserting a key many times keeps the order queue bounded.
-        for _ in 0..10_000 {
-            cache.insert("u4".into(), Some(fakes::full_user("u4")));
-        }
-        assert!(cache.lock().order.len() <= 2 * 3 + 1024 + 1);
-        assert_eq!(cache.len(), 3);
-        clock.advance_ms(5_000);
-        assert!(cache.get("u4").is_none(), "expired");
-        cache.insert("u9".into(), None);
-        assert_eq!(cache.len(), 1, "expired entries are dropped on insert");
-        cache.clear();
-        assert!(cache.is_empty());
-        let off = ContactCache::new(ContactCacheConfig { capacity: 0, ..Default::default() }, Arc::new(clock));
-        off.insert("u".into(), None);
-        assert!(off.is_empty());
     }
 }

@@ -15,7 +15,9 @@
 //! - [`throttle`]: opt-outs, then per-category frequency caps.
 //! - [`render`]: minijinja rendering with strict variables, a fuel budget and size limits.
 //! - [`fanout`]: one delivery job per target.
+//! - [`cache`]: the bounded TTL cache behind contacts and compiled templates.
 
+pub mod cache;
 pub mod dedup;
 pub mod enrich;
 pub mod fanout;

@@ -26,6 +26,7 @@
 //! - Compiled templates are cached per id for a short TTL in a [`TemplateCache`]
 //!   that the API invalidates after a template write.
 
+use crate::cache::ExpiringCache;
 use crate::store_error;
 use crate::validate::is_locale_tag;
 use async_trait::async_trait;
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Part names, as used in errors and as template names inside the engine.
@@ -406,86 +407,9 @@ impl CompiledTemplate {
     }
 }
 
-/// Compiled templates by id, bounded and with a TTL; shared with the API for [`invalidate`](Self::invalidate).
-pub struct TemplateCache {
-    capacity: usize,
-    ttl_ms: u64,
-    clock: Arc<dyn Clock>,
-    map: Mutex<HashMap<String, (Arc<CompiledTemplate>, u64)>>,
-}
-
-impl fmt::Debug for TemplateCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TemplateCache")
-            .field("capacity", &self.capacity)
-            .field("ttl_ms", &self.ttl_ms)
-            .field("len", &self.len())
-            .finish()
-    }
-}
-
-impl TemplateCache {
-    /// An empty cache of at most `capacity` ids, each used for `ttl` after loading.
-    pub fn new(capacity: usize, ttl: Duration, clock: Arc<dyn Clock>) -> Self {
-        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
-        Self { capacity, ttl_ms, clock, map: Mutex::new(HashMap::new()) }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<CompiledTemplate>, u64)>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The compiled template if loaded less than the TTL ago.
-    pub fn get(&self, id: &str) -> Option<Arc<CompiledTemplate>> {
-        let now = self.clock.now_ms();
-        let map = self.lock();
-        let (compiled, at) = map.get(id)?;
-        (now.saturating_sub(*at) < self.ttl_ms).then(|| compiled.clone())
-    }
-
-    /// Keeps a compiled template; when full, expired entries go first, then the oldest.
-    pub fn insert(&self, id: String, compiled: Arc<CompiledTemplate>) {
-        if self.capacity == 0 {
-            return;
-        }
-        let now = self.clock.now_ms();
-        let mut map = self.lock();
-        if map.len() >= self.capacity && !map.contains_key(&id) {
-            map.retain(|_, (_, at)| now.saturating_sub(*at) < self.ttl_ms);
-            if map.len() >= self.capacity
-                && let Some(oldest) = map.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(id, (compiled, now));
-    }
-
-    /// Forgets a template (call after it is stored or changed).
-    pub fn invalidate(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    /// Forgets every template.
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
-
-    /// Ids held (some may be expired).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The clock the TTL is measured with.
-    pub fn clock(&self) -> Arc<dyn Clock> {
-        self.clock.clone()
-    }
-}
+/// Compiled templates by id, bounded and with a TTL; shared with the API,
+/// which invalidates an id after storing a variant of it.
+pub type TemplateCache = ExpiringCache<Arc<CompiledTemplate>>;
 
 /// Renders every item's channels.
 pub struct RenderStage {
