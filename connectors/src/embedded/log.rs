@@ -819,7 +819,7 @@ impl TopicLog for EmbeddedDb {
         };
         let upto = end.min(from.saturating_add(max as u64));
         let (topic_id, partition) = (topic.id, partition);
-        Ok(self.blocking(move |inner| inner.scan(topic_id, partition, from, upto, max)).await?)
+        Ok(self.call(move |inner| inner.scan(topic_id, partition, from, upto, max)).await?)
     }
 
     /// One write batch, not waiting for the group commit: the next persist covers it.
@@ -833,7 +833,7 @@ impl TopicLog for EmbeddedDb {
         if offsets.is_empty() {
             return Ok(());
         }
-        self.blocking(move |inner| {
+        self.call(move |inner| {
             let mut batch = inner.db.batch();
             for (key, next_offset) in offsets {
                 batch.insert(&inner.ks.offsets, key, next_offset.to_be_bytes());
@@ -866,7 +866,7 @@ impl TopicLog for EmbeddedDb {
         topic.partition(partition)?;
         let key = offset_key(topic.id, partition, group);
         Ok(self
-            .blocking(move |inner| match inner.ks.offsets.get(key)? {
+            .call(move |inner| match inner.ks.offsets.get(key)? {
                 Some(bytes) => be_u64(&bytes, "offsets"),
                 None => Ok(0),
             })

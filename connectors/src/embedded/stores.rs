@@ -174,7 +174,7 @@ impl ContactStore for EmbeddedDb {
     async fn get_users(&self, ids: &[String]) -> Result<Vec<Option<User>>, StoreError> {
         let ids = ids.to_vec();
         Ok(self
-            .blocking(move |inner| {
+            .call(move |inner| {
                 ids.iter().map(|id| get_json(&inner.ks.contacts, "contacts", id.as_bytes())).collect()
             })
             .await?)
@@ -242,7 +242,7 @@ impl TemplateStore for EmbeddedDb {
     async fn get_template(&self, id: &str) -> Result<Vec<Template>, StoreError> {
         let prefix = prefixed(id);
         Ok(self
-            .blocking(move |inner| {
+            .call(move |inner| {
                 inner.ks.templates.prefix(prefix).map(|guard| from_json("templates", &guard.value()?)).collect::<Result<
                     Vec<Template>,
                     EmbeddedError,
@@ -258,7 +258,7 @@ impl DedupStore for EmbeddedDb {
     async fn claim(&self, claims: &[DedupClaim], now_ms: u64) -> Result<Vec<DedupDecision>, StoreError> {
         let claims = claims.to_vec();
         Ok(self
-            .blocking(move |inner| {
+            .call(move |inner| {
                 let _serial = hold(&inner.locks.dedup);
                 let mut batch = inner.db.batch();
                 // Claims made earlier in this call, which later ones must see.
@@ -307,7 +307,7 @@ impl ThrottleStore for EmbeddedDb {
     async fn hits(&self, keys: &[String], since_ms: u64) -> Result<Vec<Vec<CapHit>>, StoreError> {
         let keys = keys.to_vec();
         Ok(self
-            .blocking(move |inner| {
+            .call(move |inner| {
                 keys.iter()
                     .map(|key| {
                         let prefix = prefixed(key);
@@ -332,7 +332,7 @@ impl ThrottleStore for EmbeddedDb {
     /// check will read next); a hit already older than that is not recorded at all.
     async fn record_hits(&self, hits: &[(String, CapHit)], prune_before_ms: u64) -> Result<(), StoreError> {
         let hits = hits.to_vec();
-        self.blocking(move |inner| {
+        self.call(move |inner| {
             let _serial = hold(&inner.locks.throttle);
             let mut batch = inner.db.batch();
             let mut written = HashSet::new();
@@ -367,7 +367,7 @@ impl LedgerStore for EmbeddedDb {
     async fn states(&self, ids: &[DeliveryId]) -> Result<Vec<Option<LedgerState>>, StoreError> {
         let ids = ids.to_vec();
         Ok(self
-            .blocking(move |inner| {
+            .call(move |inner| {
                 ids.iter()
                     .map(|id| match inner.ks.ledger.get(id.0.as_bytes())? {
                         Some(bytes) => decode_state(&bytes).map(Some),
@@ -385,7 +385,7 @@ impl LedgerStore for EmbeddedDb {
         sink: Option<SinkPosition>,
     ) -> Result<(), StoreError> {
         let entries = entries.to_vec();
-        self.blocking(move |inner| {
+        self.call(move |inner| {
             let mut batch = inner.db.batch();
             for (id, state) in &entries {
                 batch.insert(&inner.ks.ledger, id.0.as_bytes(), encode_state(*state));
@@ -402,7 +402,7 @@ impl LedgerStore for EmbeddedDb {
     async fn sink_position(&self, sink: &str) -> Result<Option<u64>, StoreError> {
         let sink = sink.to_string();
         Ok(self
-            .blocking(move |inner| match inner.ks.sinks.get(sink.as_bytes())? {
+            .call(move |inner| match inner.ks.sinks.get(sink.as_bytes())? {
                 Some(bytes) => be_u64("sinks", &bytes).map(Some),
                 None => Ok(None),
             })
@@ -425,7 +425,7 @@ impl KeyStore for EmbeddedDb {
 
     async fn get_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         let hash = hash.to_string();
-        Ok(self.blocking(move |inner| get_json(&inner.ks.api_keys, "api_keys", hash.as_bytes())).await?)
+        Ok(self.call(move |inner| get_json(&inner.ks.api_keys, "api_keys", hash.as_bytes())).await?)
     }
 }
 
@@ -454,7 +454,7 @@ impl TimelineStore for EmbeddedDb {
         // the same key, and another group never overwrites this one.
         let groups: Vec<(Vec<u8>, Vec<u8>)> =
             groups.into_iter().map(|(nid, ids, value)| (joined(nid, &hash_hex(&ids)), value)).collect();
-        self.blocking(move |inner| {
+        self.call(move |inner| {
             let mut batch = inner.db.batch();
             for (key, value) in groups {
                 batch.insert(&inner.ks.timeline, key, value);
@@ -469,7 +469,7 @@ impl TimelineStore for EmbeddedDb {
     async fn timeline(&self, id: &NotificationId) -> Result<Vec<DeliveryEvent>, StoreError> {
         let prefix = prefixed(&id.0);
         Ok(self
-            .blocking(move |inner| {
+            .call(move |inner| {
                 let mut by_id: HashMap<String, DeliveryEvent> = HashMap::new();
                 for guard in inner.ks.timeline.prefix(prefix) {
                     let value = guard.value()?;
