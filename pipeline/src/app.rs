@@ -11,7 +11,7 @@ use herald_connectors::embedded::{EmbeddedDb, EmbeddedError, EmbeddedOptions};
 use herald_schemas::job::Route;
 use herald_schemas::stage::{Clock, SystemClock};
 use herald_schemas::store::{
-    ContactStore, DedupStore, KeyStore, LedgerStore, TemplateStore, ThrottleStore, TimelineStore,
+    ContactStore, DedupStore, KeyStore, LedgerStore, TemplateStore, ThrottleStore, TimelineFeed, TimelineStore,
 };
 use herald_schemas::topic::{self, LogError, TopicLog};
 use herald_stages::enrich::{ContactCache, ContactCacheConfig};
@@ -31,6 +31,9 @@ pub struct Backends {
     pub ledger: Arc<dyn LedgerStore>,
     pub keys: Arc<dyn KeyStore>,
     pub timeline: Arc<dyn TimelineStore>,
+    /// Where the timeline sink writes `herald-events`; `None` when the timeline store reads the
+    /// events log itself (embedded), and then no sink runs.
+    pub timeline_feed: Option<Arc<dyn TimelineFeed>>,
     /// The embedded database when it is the backend (for retention and flush).
     pub embedded: Option<EmbeddedDb>,
 }
@@ -41,6 +44,7 @@ impl Backends {
         let options = EmbeddedOptions {
             default_partitions: config.pipeline.partitions.get(),
             retention: config.pipeline.retention,
+            indexed_retention: config.pipeline.timeline_retention,
             ..EmbeddedOptions::default()
         };
         let db = EmbeddedDb::open(dir, options)?;
@@ -54,6 +58,7 @@ impl Backends {
             ledger: shared.clone(),
             keys: shared.clone(),
             timeline: shared,
+            timeline_feed: None,
             embedded: Some(db),
         })
     }

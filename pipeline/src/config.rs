@@ -102,6 +102,10 @@ pub struct PipelineConfig {
     /// Consumed records are kept at least this long.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// How long `GET /v1/notifications/{id}` shows a notification's events. The embedded
+    /// backend reads them from `herald-events`, so it keeps that topic this long.
+    #[serde(with = "humantime_serde")]
+    pub timeline_retention: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -116,6 +120,7 @@ impl Default for PipelineConfig {
             monitor_interval: Duration::from_millis(250),
             retention_interval: Duration::from_secs(30),
             retention: Duration::from_secs(3600),
+            timeline_retention: Duration::from_secs(72 * 3600),
         }
     }
 }

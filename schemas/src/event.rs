@@ -192,7 +192,7 @@ impl EncodedEvent {
     }
 }
 
-const KEY_SEPARATOR: u8 = 0x1f;
+const KEY_SEPARATOR: u8 = crate::topic::KEY_GROUP_SEPARATOR;
 
 #[cfg(test)]
 mod tests {

@@ -191,8 +191,15 @@ pub trait KeyStore: Send + Sync + 'static {
 /// Per-notification event history, for `GET /v1/notifications/{id}`.
 #[async_trait]
 pub trait TimelineStore: Send + Sync + 'static {
+    /// Events of the notification in time order, each event id once.
+    async fn timeline(&self, id: &NotificationId) -> Result<Vec<DeliveryEvent>, StoreError>;
+}
+
+/// A timeline store that keeps its own copy of the events, fed from `herald-events` by the
+/// runtime's timeline sink. A store that reads the events log itself (the embedded one, through
+/// the log's key index) has no feed and no sink runs for it.
+#[async_trait]
+pub trait TimelineFeed: Send + Sync + 'static {
     /// Adds events as they are on `herald-events` (an event id already present is kept once).
     async fn add_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError>;
-    /// Events of the notification in time order.
-    async fn timeline(&self, id: &NotificationId) -> Result<Vec<DeliveryEvent>, StoreError>;
 }

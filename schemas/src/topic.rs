@@ -21,6 +21,10 @@ pub const INGEST: &str = "herald-ingest";
 pub const REQUESTS: &str = "herald-requests";
 pub const EVENTS: &str = "herald-events";
 
+/// Ends the *group* a record key may start with: an event's key is `notification id 0x1f event
+/// id`. A log may index records by group (the embedded one does, for `herald-events`).
+pub const KEY_GROUP_SEPARATOR: u8 = 0x1f;
+
 /// A record to append. The key picks the partition (see [`partition_for_key`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -24,11 +24,29 @@ pub struct EmbeddedOptions {
     pub retention: Duration,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
+    /// Topics whose records are indexed by key group (see `index.rs`): `herald-events`, which the
+    /// timeline reads that way.
+    pub indexed_topics: Vec<String>,
+    /// How long an indexed topic's records are kept after their append (at least `retention`,
+    /// and never before every consumer group has read them).
+    pub indexed_retention: Duration,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { default_partitions: 8, retention: Duration::from_secs(3600), cache_bytes: 64 << 20 }
+        EmbeddedOptions {
+            default_partitions: 8,
+            retention: Duration::from_secs(3600),
+            cache_bytes: 64 << 20,
+            indexed_topics: vec![herald_schemas::topic::EVENTS.to_string()],
+            indexed_retention: Duration::from_secs(3 * 24 * 3600),
+        }
+    }
+}
+
+impl EmbeddedOptions {
+    pub(crate) fn indexes(&self, topic: &str) -> bool {
+        self.indexed_topics.iter().any(|t| t == topic)
     }
 }
 
@@ -52,7 +70,8 @@ pub(crate) struct Keyspaces {
     /// Sink name → position committed with the ledger.
     pub(crate) sinks: Keyspace,
     pub(crate) api_keys: Keyspace,
-    pub(crate) timeline: Keyspace,
+    /// Key-group index of the indexed topics (see `index.rs`).
+    pub(crate) index: Keyspace,
 }
 
 impl Keyspaces {
@@ -71,7 +90,7 @@ impl Keyspaces {
             ledger: ks("ledger")?,
             sinks: ks("sinks")?,
             api_keys: ks("api_keys")?,
-            timeline: ks("timeline")?,
+            index: ks("log_index")?,
         })
     }
 }
@@ -206,7 +225,7 @@ impl EmbeddedDb {
         let lock = DirLock::acquire(dir)?;
         let db = Database::builder(dir.join("db")).cache_size(options.cache_bytes).open()?;
         let ks = Keyspaces::open(&db)?;
-        let topics = super::log::recover_topics(&ks)?;
+        let topics = super::log::recover_topics(&ks, &options)?;
         let committer_db = db.clone();
         let mut journal = JournalSync::new(dir.join("db"));
         let commit = GroupCommit::start(move || journal.persist(&committer_db))

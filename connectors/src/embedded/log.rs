@@ -39,7 +39,8 @@
 //!   offsets are what retention respects.
 
 use super::EmbeddedError;
-use super::db::{EmbeddedDb, Inner, Keyspaces, hold, now_ms};
+use super::db::{EmbeddedDb, EmbeddedOptions, Inner, Keyspaces, hold, now_ms};
+use super::index;
 use async_trait::async_trait;
 use herald_schemas::topic::{Append, Commit, LogError, Record, StoredRecord, TopicLog, validate_topic_name};
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,8 @@ pub(crate) struct TopicState {
     pub(crate) id: u32,
     pub(crate) name: String,
     pub(crate) partitions: Vec<Arc<PartitionState>>,
+    /// Appends write key-index entries (see `index.rs`).
+    pub(crate) indexed: bool,
 }
 
 impl TopicState {
@@ -149,7 +152,7 @@ fn partition_prefix(topic_id: u32, partition: u32) -> [u8; 8] {
 }
 
 /// Key of the stored batch whose first record is at `offset`.
-fn batch_key(topic_id: u32, partition: u32, offset: u64) -> [u8; 16] {
+pub(crate) fn batch_key(topic_id: u32, partition: u32, offset: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&partition_prefix(topic_id, partition));
     key[8..].copy_from_slice(&offset.to_be_bytes());
@@ -163,14 +166,14 @@ fn offset_key(topic_id: u32, partition: u32, group: &str) -> Vec<u8> {
     key
 }
 
-fn be_u64(bytes: &[u8], what: &'static str) -> Result<u64, EmbeddedError> {
+pub(crate) fn be_u64(bytes: &[u8], what: &'static str) -> Result<u64, EmbeddedError> {
     let array: [u8; 8] = bytes
         .try_into()
         .map_err(|_| EmbeddedError::corrupt(what, format!("expected 8 bytes, found {}", bytes.len())))?;
     Ok(u64::from_be_bytes(array))
 }
 
-fn be_u32(bytes: &[u8], what: &'static str) -> Result<u32, EmbeddedError> {
+pub(crate) fn be_u32(bytes: &[u8], what: &'static str) -> Result<u32, EmbeddedError> {
     let array: [u8; 4] = bytes
         .try_into()
         .map_err(|_| EmbeddedError::corrupt(what, format!("expected 4 bytes, found {}", bytes.len())))?;
@@ -280,17 +283,17 @@ impl<'a> Cursor<'a> {
 
 /// One stored batch, decoded lazily from its key and value: the header at once, the records as
 /// they are iterated.
-struct StoredBatch<'a> {
+pub(crate) struct StoredBatch<'a> {
     first: u64,
     count: u32,
-    timestamp_ms: u64,
+    pub(crate) timestamp_ms: u64,
     legacy: bool,
     /// The records, after the header (decompressed when stored compressed).
     body: Cow<'a, [u8]>,
 }
 
 impl<'a> StoredBatch<'a> {
-    fn decode(key: &[u8], value: &'a [u8]) -> Result<StoredBatch<'a>, EmbeddedError> {
+    pub(crate) fn decode(key: &[u8], value: &'a [u8]) -> Result<StoredBatch<'a>, EmbeddedError> {
         let first = first_offset_of(key)?;
         let corrupt = |detail: &str| EmbeddedError::corrupt("records", format!("batch at offset {first}: {detail}"));
         let mut cursor = Cursor { bytes: value };
@@ -338,7 +341,7 @@ impl<'a> StoredBatch<'a> {
     }
 
     /// The batch's records from its first on.
-    fn records(&self) -> BatchRecords<'_> {
+    pub(crate) fn records(&self) -> BatchRecords<'_> {
         BatchRecords {
             first: self.first,
             next: self.first,
@@ -369,7 +372,7 @@ impl<'a> StoredBatch<'a> {
 }
 
 /// The records of a [`StoredBatch`] as `(offset, key, value)`; stops after the first error.
-struct BatchRecords<'a> {
+pub(crate) struct BatchRecords<'a> {
     first: u64,
     next: u64,
     left: u32,
@@ -423,7 +426,10 @@ impl<'a> Iterator for BatchRecords<'a> {
 }
 
 /// Rebuilds the in-memory topics from disk: metadata, then each partition's start and end.
-pub(crate) fn recover_topics(ks: &Keyspaces) -> Result<HashMap<String, Arc<TopicState>>, EmbeddedError> {
+pub(crate) fn recover_topics(
+    ks: &Keyspaces,
+    options: &EmbeddedOptions,
+) -> Result<HashMap<String, Arc<TopicState>>, EmbeddedError> {
     let mut topics = HashMap::new();
     for guard in ks.topics.iter() {
         let (name, meta) = guard.into_inner()?;
@@ -447,14 +453,20 @@ pub(crate) fn recover_topics(ks: &Keyspaces) -> Result<HashMap<String, Arc<Topic
             tracing::debug!(topic = %name, partition, start, end, "recovered partition");
             partitions.push(Arc::new(PartitionState::new(start, end)));
         }
-        topics.insert(name.clone(), Arc::new(TopicState { id: meta.id, name, partitions }));
+        let indexed = options.indexes(&name);
+        topics.insert(name.clone(), Arc::new(TopicState { id: meta.id, name, partitions, indexed }));
     }
     Ok(topics)
 }
 
+/// A stored batch ready to write: record count, value, and the key buckets to index (none when
+/// the topic is not indexed).
+type EncodedBatch<'a> = (u64, Vec<u8>, Vec<&'a [u8]>);
+
 /// One part of an append, resolved to its partition.
 struct ResolvedPart {
     topic_id: u32,
+    indexed: bool,
     partition: u32,
     state: Arc<PartitionState>,
     records: Vec<Record>,
@@ -487,14 +499,18 @@ impl Inner {
     ) -> Result<(Vec<u64>, super::commit::Ticket), EmbeddedError> {
         // A stored batch does not depend on its offsets: encode before taking the locks.
         let timestamp_ms = now_ms();
-        let encoded: Vec<Vec<(u64, Vec<u8>)>> = parts
+        let encoded: Vec<Vec<EncodedBatch>> = parts
             .iter()
             .map(|part| {
                 let mut stored = Vec::new();
                 let mut rest = part.records.as_slice();
                 while !rest.is_empty() {
                     let (records, tail) = rest.split_at(next_batch_len(rest));
-                    stored.push((records.len() as u64, encode_batch(timestamp_ms, records)));
+                    let buckets = match part.indexed {
+                        true => index::distinct_buckets(records.iter().map(|r| r.key.as_slice())),
+                        false => Vec::new(),
+                    };
+                    stored.push((records.len() as u64, encode_batch(timestamp_ms, records), buckets));
                     rest = tail;
                 }
                 stored
@@ -515,8 +531,12 @@ impl Inner {
                 .binary_search_by_key(&(part.topic_id, part.partition), |(topic, partition, _)| (*topic, *partition))
                 .map_err(|_| EmbeddedError::corrupt("records", "append part lost its partition lock"))?;
             firsts.push(next[slot]);
-            for (count, value) in stored {
-                batch.insert(&self.ks.records, batch_key(part.topic_id, part.partition, next[slot]), value);
+            for (count, value, buckets) in stored {
+                let first = next[slot];
+                batch.insert(&self.ks.records, batch_key(part.topic_id, part.partition, first), value);
+                for entry in index::entries(part.topic_id, part.partition, first, buckets) {
+                    batch.insert(&self.ks.index, entry, []);
+                }
                 next[slot] += count;
             }
         }
@@ -617,19 +637,26 @@ impl Inner {
 
     /// See [`EmbeddedDb::apply_retention`].
     pub(crate) fn apply_log_retention(&self, now_ms: u64) -> Result<u64, EmbeddedError> {
-        let retention_ms = u64::try_from(self.options.retention.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = now_ms.saturating_sub(retention_ms);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let topics: Vec<Arc<TopicState>> =
             self.topics.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         let mut deleted = 0;
         for topic in topics {
+            let retention = match topic.indexed {
+                true => self.options.retention.max(self.options.indexed_retention),
+                false => self.options.retention,
+            };
+            let cutoff = now_ms.saturating_sub(millis(retention));
             let groups = self.group_positions(&topic)?;
             for (index, state) in topic.partitions.iter().enumerate() {
-                // A topic no group ever committed on keeps everything.
-                let Some(consumed) = groups.values().map(|slots| slots.get(index).copied().unwrap_or(0)).min() else {
-                    continue;
+                let consumed = groups.values().map(|slots| slots.get(index).copied().unwrap_or(0)).min();
+                let bound = match (consumed, topic.indexed) {
+                    (Some(consumed), _) => consumed.min(state.visible_end()),
+                    // An indexed topic is a store of its own: with no consumer, age alone decides.
+                    (None, true) => state.visible_end(),
+                    // A topic no group ever committed on keeps everything.
+                    (None, false) => continue,
                 };
-                let bound = consumed.min(state.visible_end());
                 let trimmed = self.trim_partition(&topic, index as u32, state, bound, cutoff)?;
                 if trimmed > 0 {
                     tracing::debug!(topic = %topic.name, partition = index, records = trimmed, start = state.start(), "retention trimmed partition");
@@ -674,6 +701,14 @@ impl Inner {
                 break;
             }
             new_start = stored.end();
+            if topic.indexed {
+                let keys: Vec<&[u8]> = stored.records().map(|r| r.map(|(_, key, _)| key)).collect::<Result<_, _>>()?;
+                for entry in
+                    index::entries(topic.id, partition, stored.first, index::distinct_buckets(keys.into_iter()))
+                {
+                    batch.remove(&self.ks.index, entry);
+                }
+            }
             batch.remove(&self.ks.records, key);
             deleted += u64::from(stored.count);
             if batch.len() >= RETENTION_CHUNK {
@@ -691,6 +726,18 @@ impl Inner {
 type ResolvedWrite = (Vec<ResolvedPart>, Vec<(Vec<u8>, u64)>);
 
 impl EmbeddedDb {
+    /// The records of an indexed topic whose key starts with `group` (see `index.rs`), in
+    /// (partition, offset) order, only those durable and visible to readers.
+    pub(crate) async fn lookup_group(&self, topic: &str, group: &[u8]) -> Result<Vec<StoredRecord>, EmbeddedError> {
+        // A topic not created yet holds nothing.
+        let Some(topic) = self.inner.topic(topic) else { return Ok(Vec::new()) };
+        if !topic.indexed {
+            return Err(EmbeddedError::InvalidOptions(format!("topic {} is not indexed", topic.name)));
+        }
+        let visible = |partition: u32| topic.partitions.get(partition as usize).map_or(0, |p| p.visible_end());
+        self.call(|inner| inner.lookup(topic.id, group, visible)).await
+    }
+
     /// Checks and resolves an append; `None` when there is nothing to write.
     fn resolve_write(&self, parts: Vec<Append>, commits: Vec<Commit>) -> Result<Option<ResolvedWrite>, LogError> {
         check_record_sizes(&parts)?;
@@ -698,7 +745,13 @@ impl EmbeddedDb {
         for part in parts {
             let topic = self.inner.resolve(&part.topic)?;
             let state = Arc::clone(topic.partition(part.partition)?);
-            resolved.push(ResolvedPart { topic_id: topic.id, partition: part.partition, state, records: part.records });
+            resolved.push(ResolvedPart {
+                topic_id: topic.id,
+                indexed: topic.indexed,
+                partition: part.partition,
+                state,
+                records: part.records,
+            });
         }
         let mut offsets = Vec::with_capacity(commits.len());
         for c in commits {
@@ -748,7 +801,8 @@ impl TopicLog for EmbeddedDb {
                     // Records appended from now on follow the metadata in the journal, so any
                     // persist covering them covers the topic too.
                     let partitions = (0..requested).map(|_| Arc::new(PartitionState::new(0, 0))).collect();
-                    let state = Arc::new(TopicState { id, name: name.clone(), partitions });
+                    let indexed = inner.options.indexes(&name);
+                    let state = Arc::new(TopicState { id, name: name.clone(), partitions, indexed });
                     inner
                         .topics
                         .write()
@@ -1132,6 +1186,57 @@ mod tests {
         assert!(read_all(&db, "t", 0).await.is_empty());
         assert_eq!(db.append(vec![part("t", 0, vec![rec("k", "new")])]).await.unwrap(), vec![10]);
         assert_eq!(db.read("t", 0, 0, 10, Duration::ZERO).await.unwrap()[0].offset, 10);
+    }
+
+    #[tokio::test]
+    async fn indexed_topic_finds_groups_and_retention_drops_batches_with_their_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let indexed = |retention: Duration| EmbeddedOptions {
+            indexed_topics: vec!["ev".into()],
+            indexed_retention: retention,
+            retention: Duration::ZERO,
+            ..EmbeddedOptions::default()
+        };
+        let group_of = |records: &[StoredRecord]| -> Vec<(u64, Vec<u8>)> {
+            records.iter().map(|r| (r.offset, r.value.clone())).collect()
+        };
+        let db = EmbeddedDb::open(dir.path(), indexed(Duration::from_secs(3600))).unwrap();
+        db.ensure_topic("ev", 2).await.unwrap();
+        db.ensure_topic("plain", 1).await.unwrap();
+        // Two groups of one millisecond bucket, one group elsewhere, a key with no separator.
+        let (a, b, c) = ("01a217b2-fa1c-7aaa", "01a217b2-fa1c-7bbb", "01a217b2-ffff-7ccc");
+        let key = |group: &str, event: &str| format!("{group}\x1f{event}");
+        db.append(vec![
+            part("ev", 0, vec![rec(&key(a, "1"), "a1"), rec(&key(b, "1"), "b1"), rec(&key(c, "1"), "c1")]),
+            part("ev", 1, vec![rec(&key(a, "2"), "a2"), rec("bare", "x")]),
+        ])
+        .await
+        .unwrap();
+        db.append(vec![part("ev", 0, vec![rec(&key(a, "3"), "a3")])]).await.unwrap();
+        db.append(vec![part("plain", 0, vec![rec(&key(a, "9"), "p")])]).await.unwrap();
+
+        let found = db.lookup_group("ev", a.as_bytes()).await.unwrap();
+        assert_eq!(group_of(&found), [(0, b"a1".to_vec()), (3, b"a3".to_vec()), (0, b"a2".to_vec())]);
+        assert_eq!(group_of(&db.lookup_group("ev", b"bare").await.unwrap()), [(1, b"x".to_vec())]);
+        assert!(db.lookup_group("ev", b"01a217b2-fa1c-7ddd").await.unwrap().is_empty());
+        assert!(db.lookup_group("plain", a.as_bytes()).await.is_err(), "only indexed topics answer");
+        assert!(db.lookup_group("missing", a.as_bytes()).await.unwrap().is_empty());
+
+        // Younger than the indexed retention: kept although no group ever consumed it.
+        assert_eq!(db.apply_retention().unwrap(), 0);
+        drop(db);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let db = EmbeddedDb::open(dir.path(), indexed(Duration::ZERO)).unwrap();
+        // Found after reopen; a consumer's position still protects what it has not read.
+        assert_eq!(db.lookup_group("ev", a.as_bytes()).await.unwrap().len(), 3);
+        db.commit("reader", "ev", 0, 3).await.unwrap();
+        db.commit("reader", "ev", 1, 2).await.unwrap();
+        // Partition 0's first batch (3 records) and partition 1's batch (2) go, with their entries.
+        assert_eq!(db.apply_retention().unwrap(), 5);
+        assert_eq!(group_of(&db.lookup_group("ev", a.as_bytes()).await.unwrap()), [(3, b"a3".to_vec())]);
+        assert!(db.lookup_group("ev", b"bare").await.unwrap().is_empty());
+        let left: Vec<Vec<u8>> = db.inner.ks.index.iter().map(|g| g.key().unwrap().to_vec()).collect();
+        assert_eq!(left.len(), 1, "one entry left, for the batch at offset 3: {left:?}");
     }
 
     const CRASH_CHILD_DIR: &str = "HERALD_TEST_CRASH_CHILD_DIR";

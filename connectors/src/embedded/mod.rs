@@ -11,8 +11,8 @@
 //!   (group commit, performed by one dedicated thread).
 //! - **Atomic per call.** A call's writes go in one fjall write batch: after a crash either all of
 //!   them are there or none.
-//! - **Never blocks the async runtime.** fjall calls run on tokio's blocking pool, and the fsync on
-//!   the committer thread.
+//! - **Short calls in place, long waits off the runtime.** fjall calls (microseconds) run on the
+//!   calling task; the fsync runs on the committer thread and retention on the blocking pool.
 //! - **Readers see only durable records**, in offset order, with no gaps below what they see.
 //!
 //! Retention is not automatic: the runtime calls [`EmbeddedDb::apply_retention`] periodically
@@ -25,10 +25,13 @@
 //! - `lock.rs`: the data-directory lock.
 //! - `commit.rs`: group commit.
 //! - `log.rs`: the topic log (keys, recovery of end offsets, reads that wait).
-//! - `stores.rs`: contacts, templates, dedup, throttle, ledger, API keys, timeline.
+//! - `index.rs`: the key-group index of `herald-events`, which the timeline reads.
+//! - `stores.rs`: contacts, templates, dedup, throttle, ledger, API keys, timeline (read from the
+//!   events log through the index).
 
 mod commit;
 mod db;
+mod index;
 mod lock;
 mod log;
 mod stores;

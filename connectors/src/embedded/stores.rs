@@ -31,13 +31,14 @@ use async_trait::async_trait;
 use fjall::Keyspace;
 use herald_schemas::codec;
 use herald_schemas::contacts::User;
-use herald_schemas::event::{DeliveryEvent, EncodedEvent};
-use herald_schemas::ids::{DeliveryId, NotificationId, hash_hex};
+use herald_schemas::event::DeliveryEvent;
+use herald_schemas::ids::{DeliveryId, NotificationId};
 use herald_schemas::store::{
     ApiKeyRecord, CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, KeyStore, LedgerState, LedgerStore,
     SinkPosition, StoreError, TemplateStore, ThrottleStore, TimelineStore,
 };
 use herald_schemas::template::Template;
+use herald_schemas::topic;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
@@ -174,9 +175,7 @@ impl ContactStore for EmbeddedDb {
     async fn get_users(&self, ids: &[String]) -> Result<Vec<Option<User>>, StoreError> {
         let ids = ids.to_vec();
         Ok(self
-            .call(move |inner| {
-                ids.iter().map(|id| get_json(&inner.ks.contacts, "contacts", id.as_bytes())).collect()
-            })
+            .call(move |inner| ids.iter().map(|id| get_json(&inner.ks.contacts, "contacts", id.as_bytes())).collect())
             .await?)
     }
 
@@ -431,84 +430,21 @@ impl KeyStore for EmbeddedDb {
 
 #[async_trait]
 impl TimelineStore for EmbeddedDb {
-    /// One blind write per notification per call, keyed by (notification id, a hash of the event
-    /// ids it holds), holding that notification's events of the call. A replay may store an event
-    /// again in another group; reads keep each event id once.
-    async fn add_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
-        // (notification id, event ids, value) per notification, in first-seen order.
-        let mut groups: Vec<(&str, Vec<&[u8]>, Vec<u8>)> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for event in events {
-            let nid = event.notification_id.0.as_str();
-            let slot = *index.entry(nid).or_insert_with(|| {
-                groups.push((nid, Vec::new(), vec![TIMELINE_GROUP]));
-                groups.len() - 1
-            });
-            let (_, ids, value) = &mut groups[slot];
-            ids.push(event.event_id.as_bytes());
-            // Exact: an event is far smaller than 4 GiB.
-            value.extend_from_slice(&(event.bytes.len() as u32).to_be_bytes());
-            value.extend_from_slice(&event.bytes);
-        }
-        // The key names the group's events, so writing the same group again (a replay) lands on
-        // the same key, and another group never overwrites this one.
-        let groups: Vec<(Vec<u8>, Vec<u8>)> =
-            groups.into_iter().map(|(nid, ids, value)| (joined(nid, &hash_hex(&ids)), value)).collect();
-        self.call(move |inner| {
-            let mut batch = inner.db.batch();
-            for (key, value) in groups {
-                batch.insert(&inner.ks.timeline, key, value);
-            }
-            inner.commit_ordered(batch)
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Sorted by `at_ms`, then kind (the order a notification goes through), then event id.
+    /// Read from `herald-events` through the log's key index: the events are stored once, in
+    /// the log. Sorted by `at_ms`, then kind (the order a notification goes through), then event
+    /// id; an event written twice (a replay after a crash) is kept once, the last copy.
     async fn timeline(&self, id: &NotificationId) -> Result<Vec<DeliveryEvent>, StoreError> {
-        let prefix = prefixed(&id.0);
-        Ok(self
-            .call(move |inner| {
-                let mut by_id: HashMap<String, DeliveryEvent> = HashMap::new();
-                for guard in inner.ks.timeline.prefix(prefix) {
-                    let value = guard.value()?;
-                    for bytes in timeline_events(&value)? {
-                        let event = codec::decode::<DeliveryEvent>(bytes)
-                            .map_err(|e| EmbeddedError::corrupt("timeline", e.to_string()))?;
-                        by_id.insert(event.event_id.clone(), event);
-                    }
-                }
-                let mut events: Vec<DeliveryEvent> = by_id.into_values().collect();
-                events.sort_by(|a, b| (a.at_ms, a.kind, &a.event_id).cmp(&(b.at_ms, b.kind, &b.event_id)));
-                Ok(events)
-            })
-            .await?)
-    }
-}
-
-/// First byte of a timeline value holding a group of events (`len u32 | event` repeated). A value
-/// starting otherwise is one encoded event, as stored before groups.
-const TIMELINE_GROUP: u8 = 0xf0;
-
-/// The encoded events in a timeline value.
-fn timeline_events(value: &[u8]) -> Result<Vec<&[u8]>, EmbeddedError> {
-    let Some((&TIMELINE_GROUP, mut rest)) = value.split_first() else {
-        return Ok(vec![value]);
-    };
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let (len, tail) =
-            rest.split_first_chunk::<4>().ok_or_else(|| EmbeddedError::corrupt("timeline", "truncated group"))?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if len > tail.len() {
-            return Err(EmbeddedError::corrupt("timeline", "event longer than its group"));
+        let records = self.lookup_group(topic::EVENTS, id.0.as_bytes()).await?;
+        let mut by_id: HashMap<String, DeliveryEvent> = HashMap::new();
+        for record in records {
+            let event = codec::decode::<DeliveryEvent>(&record.value)
+                .map_err(|e| EmbeddedError::corrupt("herald-events", format!("offset {}: {e}", record.offset)))?;
+            by_id.insert(event.event_id.clone(), event);
         }
-        let (event, tail) = tail.split_at(len);
-        out.push(event);
-        rest = tail;
+        let mut events: Vec<DeliveryEvent> = by_id.into_values().collect();
+        events.sort_by(|a, b| (a.at_ms, a.kind, &a.event_id).cmp(&(b.at_ms, b.kind, &b.event_id)));
+        Ok(events)
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -516,10 +452,11 @@ mod tests {
     use super::*;
     use crate::embedded::EmbeddedOptions;
     use herald_schemas::contacts::{Device, Platform};
-    use herald_schemas::event::EventKind;
+    use herald_schemas::event::{EncodedEvent, EventKind};
     use herald_schemas::job::Route;
     use herald_schemas::store::Scope;
     use herald_schemas::template::{PushPart, SmsPart};
+    use herald_schemas::topic::{Append, Record, TopicLog};
     use std::path::Path;
 
     fn open(dir: &Path) -> EmbeddedDb {
@@ -638,41 +575,44 @@ mod tests {
         DeliveryEvent::new(&nid(n), "client", "u1", kind, None, None, at_ms)
     }
 
-    fn enc(events: &[DeliveryEvent]) -> Vec<EncodedEvent> {
-        events.iter().map(EncodedEvent::encode).collect()
+    /// Appends events to `herald-events` the way the runtime does: keyed by notification, one
+    /// append per call.
+    async fn append_events(db: &EmbeddedDb, events: &[DeliveryEvent]) {
+        let parts = events
+            .iter()
+            .map(EncodedEvent::encode)
+            .map(|e| Append {
+                topic: topic::EVENTS.into(),
+                partition: e.partition(8),
+                records: vec![Record { key: e.record_key(), value: e.bytes }],
+            })
+            .collect();
+        db.append(parts).await.unwrap();
     }
 
     #[tokio::test]
-    async fn timeline_keeps_each_event_once_in_time_order() {
+    async fn timeline_reads_the_events_log_each_event_once_in_time_order() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
+        db.ensure_topic(topic::EVENTS, 8).await.unwrap();
         let sent = event("n1", EventKind::Sent, 10).for_delivery(&DeliveryId("d".into()), Route::Sms, 1);
-        db.add_events(&enc(&[event("n1", EventKind::Accepted, 5), sent.clone(), event("n2", EventKind::Accepted, 1)]))
-            .await
-            .unwrap();
+        append_events(&db, &[event("n1", EventKind::Accepted, 5), sent.clone(), event("n2", EventKind::Accepted, 1)])
+            .await;
         // A replay emits the same ids (at another time): kept once, the last copy.
-        db.add_events(&enc(&[event("n1", EventKind::Accepted, 7), event("n1", EventKind::Accepted, 5)])).await.unwrap();
+        append_events(&db, &[event("n1", EventKind::Accepted, 7), event("n1", EventKind::Accepted, 5)]).await;
         // Same time: ordered by kind.
-        db.add_events(&enc(&[event("n1", EventKind::Throttled, 5)])).await.unwrap();
+        append_events(&db, &[event("n1", EventKind::Throttled, 5)]).await;
+        // A notification id that extends another is not part of it.
+        append_events(&db, &[event("n10", EventKind::Accepted, 5)]).await;
         let timeline = db.timeline(&nid("n1")).await.unwrap();
         let kinds: Vec<(EventKind, u64)> = timeline.iter().map(|e| (e.kind, e.at_ms)).collect();
         assert_eq!(kinds, [(EventKind::Accepted, 5), (EventKind::Throttled, 5), (EventKind::Sent, 10)]);
         assert_eq!(timeline[2], sent);
         assert!(db.timeline(&nid("n3")).await.unwrap().is_empty());
-    }
-
-    #[test]
-    fn timeline_groups_parse_and_corrupt_groups_are_errors() {
-        let mut value = vec![TIMELINE_GROUP];
-        for event in [&b"ab"[..], b"c"] {
-            value.extend_from_slice(&(event.len() as u32).to_be_bytes());
-            value.extend_from_slice(event);
-        }
-        assert_eq!(timeline_events(&value).unwrap(), vec![&b"ab"[..], b"c"]);
-        // A value from before groups is one event.
-        assert_eq!(timeline_events(&[2, 9]).unwrap(), vec![&[2u8, 9][..]]);
-        assert!(timeline_events(&value[..value.len() - 1]).is_err());
-        assert!(timeline_events(&[TIMELINE_GROUP, 0, 0]).is_err());
+        // The index survives a reopen.
+        drop(db);
+        let db = open(dir.path());
+        assert_eq!(db.timeline(&nid("n1")).await.unwrap().len(), 3);
     }
 
     #[tokio::test]

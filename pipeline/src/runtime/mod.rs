@@ -2,7 +2,7 @@
 //!
 //! - the request chains ([`requests`]), one per lane, over the worker's partitions of `herald-requests`;
 //! - one dispatcher per channel ([`dispatch`]) over the delivery topics;
-//! - the timeline sink ([`timeline`]) over `herald-events`;
+//! - the timeline sink ([`timeline`]) over `herald-events`, when the timeline store needs a feed;
 //! - the `herald-ingest` consumer ([`ingest_topic`]);
 //! - the monitor ([`monitor`]): offsets, lag, retention.
 //!
@@ -78,10 +78,7 @@ impl Runtime {
             tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
         }
 
-        let mut watches = vec![
-            Watch { group: requests::GROUP.into(), topic: topic::REQUESTS.into(), partitions },
-            Watch { group: timeline::GROUP.into(), topic: topic::EVENTS.into(), partitions },
-        ];
+        let mut watches = vec![Watch { group: requests::GROUP.into(), topic: topic::REQUESTS.into(), partitions }];
         for (name, channel) in [("push", ChannelKind::Push), ("sms", ChannelKind::Sms), ("email", ChannelKind::Email)] {
             let path = app.outbox_dir().join(format!("{name}.jsonl"));
             let factory: ChannelFactory = Arc::new(move || {
@@ -105,13 +102,12 @@ impl Runtime {
             tasks.push(tokio::spawn(supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set))));
         }
 
-        let sink = timeline::TimelineSink {
-            log: log.clone(),
-            store: app.backends.timeline.clone(),
-            event_partitions: partitions,
-            read: read.clone(),
-        };
-        tasks.push(tokio::spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
+        if let Some(store) = app.backends.timeline_feed.clone() {
+            let sink =
+                timeline::TimelineSink { log: log.clone(), store, event_partitions: partitions, read: read.clone() };
+            watches.push(Watch { group: timeline::GROUP.into(), topic: topic::EVENTS.into(), partitions });
+            tasks.push(tokio::spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
+        }
 
         if app.config.ingest.enabled {
             let consumer = ingest_topic::IngestConsumer {

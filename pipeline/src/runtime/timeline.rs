@@ -1,5 +1,7 @@
-//! The timeline sink: `herald-events` → the timeline store behind
-//! `GET /v1/notifications/{id}`.
+//! The timeline sink: `herald-events` → a timeline store that keeps its own
+//! copy ([`TimelineFeed`]), behind `GET /v1/notifications/{id}`. It runs only
+//! for such a store: the embedded one reads the events log through its key
+//! index, and needs no sink.
 //!
 //! The store keeps an event id once, so a replay after a crash (events
 //! written, offset not committed) changes nothing. That is also why neither
@@ -12,7 +14,7 @@ use super::reader::{ReadSettings, spawn_readers};
 use super::supervise::{TaskFailed, TaskResult};
 use herald_schemas::EncodedEvent;
 use herald_schemas::codec::CodecError;
-use herald_schemas::store::TimelineStore;
+use herald_schemas::store::TimelineFeed;
 use herald_schemas::topic::{self, StoredRecord, TopicLog};
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -23,7 +25,7 @@ pub const GROUP: &str = "herald-timeline";
 #[derive(Clone)]
 pub struct TimelineSink {
     pub log: Arc<dyn TopicLog>,
-    pub store: Arc<dyn TimelineStore>,
+    pub store: Arc<dyn TimelineFeed>,
     pub event_partitions: u32,
     pub read: ReadSettings,
 }
