@@ -65,7 +65,7 @@ impl Backends {
 
     /// Creates every topic Herald uses (idempotent; a different partition count is refused).
     pub async fn ensure_topics(&self, partitions: u32) -> Result<(), LogError> {
-        let mut names = vec![topic::INGEST, topic::REQUESTS, topic::EVENTS];
+        let mut names = vec![topic::INGEST, topic::REQUESTS, topic::EVENTS, topic::RETRY, topic::DEAD];
         names.extend(Route::ALL.iter().map(|r| r.topic()));
         for name in names {
             self.log.ensure_topic(name, partitions).await?;

@@ -5,6 +5,8 @@
 //! limits before anything opens a socket or a file. `herald config check`
 //! runs exactly these two steps.
 
+use herald_schemas::request::ChannelKind;
+use herald_stages::retry::RetryPolicy;
 use herald_stages::throttle::ThrottleConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -42,6 +44,7 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub render: RenderConfig,
     pub ingest: IngestConfig,
+    pub retry: RetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +169,35 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         Self { enabled: true, client_id: "ingest".to_string() }
+    }
+}
+
+/// `[retry]`: when refused deliveries are tried again, per channel, and when they are given up
+/// (dead-lettered to `herald-dead`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Most retries the scheduler holds in memory waiting for their time; the rest wait on disk.
+    pub max_waiting: usize,
+    pub push: RetryPolicy,
+    pub sms: RetryPolicy,
+    pub email: RetryPolicy,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let email = RetryPolicy { max_age: Duration::from_secs(24 * 3600), ..RetryPolicy::default() };
+        Self { max_waiting: 200_000, push: RetryPolicy::default(), sms: RetryPolicy::default(), email }
+    }
+}
+
+impl RetryConfig {
+    pub fn policy(&self, channel: ChannelKind) -> &RetryPolicy {
+        match channel {
+            ChannelKind::Push => &self.push,
+            ChannelKind::Sms => &self.sms,
+            ChannelKind::Email => &self.email,
+        }
     }
 }
 

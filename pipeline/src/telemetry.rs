@@ -25,6 +25,8 @@ pub const API_REQUESTS: &str = "herald_api_requests_total";
 pub const API_NOTIFICATIONS: &str = "herald_api_notifications_total";
 pub const API_OVERLOADED: &str = "herald_api_overloaded_total";
 pub const RETENTION_DELETED: &str = "herald_log_retention_deleted_total";
+pub const RETRY_WAITING: &str = "herald_retry_waiting";
+pub const RETRY_RELEASED: &str = "herald_retry_released_total";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
 pub const RECORDS_UNDECODABLE: &str = "herald_records_undecodable_total";
@@ -173,6 +175,18 @@ pub fn api_notifications(accepted: usize, rejected: usize) {
 pub fn api_overloaded(lag: u64) {
     counter!(API_OVERLOADED).increment(1);
     tracing::debug!(lag, "overloaded: answering 503");
+}
+
+/// Jobs the retry scheduler holds in memory, waiting for their time.
+pub fn retry_waiting(waiting: usize) {
+    gauge!(RETRY_WAITING).set(waiting as f64);
+}
+
+/// Jobs the retry scheduler put back on their delivery topics.
+pub fn retry_released(released: usize, waiting: usize) {
+    counter!(RETRY_RELEASED).increment(released as u64);
+    retry_waiting(waiting);
+    tracing::debug!(released, waiting, "retries released");
 }
 
 pub fn retention_deleted(records: u64) {

@@ -125,3 +125,25 @@ pub struct DeliveryJob {
     pub attempt: u32,
     pub requested_at_ms: u64,
 }
+
+/// A delivery a provider refused for now, on `herald-retry` until `due_at_ms`; `job.attempt` is
+/// the attempt it will be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryJob {
+    pub job: DeliveryJob,
+    pub due_at_ms: u64,
+    /// Why the previous attempt failed.
+    pub last_error: String,
+}
+
+/// A delivery given up, on `herald-dead`: out of attempts or time, or refused for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// As last tried (`job.attempt` is the last attempt made).
+    pub job: DeliveryJob,
+    /// Why it was given up (`permanent:…`, `gave up after 12 attempts`, …).
+    pub reason: String,
+    /// The provider's answer to the last attempt.
+    pub last_error: String,
+    pub dead_at_ms: u64,
+}

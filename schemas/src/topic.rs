@@ -20,6 +20,10 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const INGEST: &str = "herald-ingest";
 pub const REQUESTS: &str = "herald-requests";
 pub const EVENTS: &str = "herald-events";
+/// Deliveries waiting for their next attempt ([`crate::job::RetryJob`]).
+pub const RETRY: &str = "herald-retry";
+/// Deliveries given up ([`crate::job::DeadLetter`]).
+pub const DEAD: &str = "herald-dead";
 
 /// Ends the *group* a record key may start with: an event's key is `notification id 0x1f event
 /// id`. A log may index records by group (the embedded one does, for `herald-events`).

@@ -16,12 +16,14 @@
 //! - [`render`]: minijinja rendering with strict variables, a fuel budget and size limits.
 //! - [`fanout`]: one delivery job per target.
 //! - [`cache`]: the bounded TTL cache behind contacts and compiled templates.
+//! - [`retry`]: backoff with full jitter and when to give up on a delivery.
 
 pub mod cache;
 pub mod dedup;
 pub mod enrich;
 pub mod fanout;
 pub mod render;
+pub mod retry;
 pub mod throttle;
 pub mod validate;
 

@@ -22,9 +22,14 @@
 //! Event ids are derived, so events appended twice across a crash are kept
 //! once by their consumers.
 //!
-//! A retryable outcome stops the dispatcher after recording the rest of the
-//! batch: the supervisor restarts it and the replay sends only what is not
-//! finished.
+//! A retryable outcome goes to `herald-retry` with the time of its next
+//! attempt (see [`herald_stages::retry`]), or, out of attempts or time, to
+//! `herald-dead`; a permanent one goes to `herald-dead`. Both are appended in
+//! the write that commits the batch, so a crash before it sends them again
+//! (they failed: nothing was delivered twice) and a crash after it finds them
+//! committed. A dead-lettered delivery is recorded as failed in the ledger
+//! only after that write, so the dead letter is never lost to a replay that
+//! finds the ledger entry.
 
 use super::queue::QueueRx;
 use super::reader::{ReadSettings, spawn_readers};
@@ -33,10 +38,11 @@ use super::supervise::{TaskFailed, TaskResult};
 use crate::telemetry::ChannelBatchSent;
 use herald_schemas::channel::{Channel, ChannelError, SendOutcome};
 use herald_schemas::codec::{self, CodecError};
-use herald_schemas::job::Route;
+use herald_schemas::job::{DeadLetter, RetryJob, Route};
 use herald_schemas::store::{LedgerState, LedgerStore, SinkPosition};
-use herald_schemas::topic::{StoredRecord, TopicLog};
+use herald_schemas::topic::{self, Record, StoredRecord, TopicLog};
 use herald_schemas::{DeliveryEvent, DeliveryJob, EventKind, stage::now_ms};
+use herald_stages::retry::{RetryDecision, RetryPolicy};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,14 +63,8 @@ pub struct Dispatcher {
     pub route_partitions: u32,
     pub event_partitions: u32,
     pub read: ReadSettings,
-}
-
-/// A retryable outcome: the dispatcher restarts and the replay sends it again.
-#[derive(Debug, thiserror::Error)]
-#[error("{count} deliveries were refused for now ({reason}); replaying")]
-struct RetryLater {
-    count: usize,
-    reason: String,
+    /// When to try a refused delivery again, and when to give up.
+    pub retry: RetryPolicy,
 }
 
 fn decode_job(record: &StoredRecord) -> Result<DeliveryJob, CodecError> {
@@ -120,30 +120,39 @@ impl Dispatcher {
                 channel.send(&fresh).await.map_err(|e| TaskFailed::new(name, e))?
             };
             let mut done = Vec::with_capacity(fresh.len());
-            let (mut delivered, mut failed, mut retry) = (0, 0, None::<RetryLater>);
+            let (mut retries, mut dead) = (Vec::new(), Vec::new());
+            let (mut delivered, mut failed) = (0, 0);
             for (job, outcome) in fresh.iter().zip(&outcomes) {
-                let (state, reason) = match outcome {
+                let (kind, reason) = match outcome {
                     SendOutcome::Delivered { .. } => {
                         delivered += 1;
-                        (LedgerState::Sent, None)
-                    }
-                    SendOutcome::Permanent { reason } => {
-                        failed += 1;
-                        (LedgerState::Failed, Some(format!("permanent:{reason}")))
+                        done.push((job.delivery_id.clone(), LedgerState::Sent));
+                        (EventKind::Sent, None)
                     }
                     SendOutcome::BadAddress { reason } => {
                         failed += 1;
-                        (LedgerState::Failed, Some(format!("bad_address:{reason}")))
+                        done.push((job.delivery_id.clone(), LedgerState::Failed));
+                        (EventKind::Failed, Some(format!("bad_address:{reason}")))
                     }
-                    SendOutcome::Retryable { reason, .. } => {
-                        let r = retry.get_or_insert(RetryLater { count: 0, reason: reason.clone() });
-                        r.count += 1;
-                        continue;
+                    SendOutcome::Permanent { reason } => {
+                        failed += 1;
+                        dead_letter(&mut dead, job, format!("permanent:{reason}"), reason, now)
+                    }
+                    SendOutcome::Retryable { reason, retry_after } => {
+                        match self.retry.decide(job.attempt, job.requested_at_ms, now, *retry_after, rand::random()) {
+                            RetryDecision::Retry { attempt, due_at_ms } => {
+                                let next = DeliveryJob { attempt, ..job.clone() };
+                                retries.push(RetryJob { job: next, due_at_ms, last_error: reason.clone() });
+                                continue;
+                            }
+                            RetryDecision::GiveUp { reason: why } => {
+                                failed += 1;
+                                dead_letter(&mut dead, job, format!("dead:{why}"), reason, now)
+                            }
+                        }
                     }
                 };
-                let kind = if state == LedgerState::Sent { EventKind::Sent } else { EventKind::Failed };
                 events.push(job_event(job, kind, reason, now));
-                done.push((job.delivery_id.clone(), state));
             }
             // The ledger (with the sink position) is written before the durable append that
             // commits the batch, so it is durable no later than the commit; should it be
@@ -156,23 +165,59 @@ impl Dispatcher {
                 channel: channel.name(),
                 delivered,
                 failed,
-                retryable: retry.as_ref().map_or(0, |r| r.count),
+                retryable: retries.len(),
                 skipped,
                 elapsed: started.elapsed(),
             }
             .emit();
-            // A retryable outcome: record what finished, leave the offset, and replay.
-            let commits = if retry.is_some() { Vec::new() } else { commits };
-            self.log
-                .append_and_commit_ordered(event_appends(&events, self.event_partitions), commits)
-                .await
-                .map_err(|e| TaskFailed::new(name, e))?;
-            if let Some(retry) = retry {
-                return Err(TaskFailed::new(name, retry));
+            let mut parts = event_appends(&events, self.event_partitions);
+            parts.extend(keyed_jobs(
+                topic::RETRY,
+                self.route_partitions,
+                retries.iter().map(|r| (&r.job, codec::encode(r))),
+            ));
+            parts.extend(keyed_jobs(
+                topic::DEAD,
+                self.route_partitions,
+                dead.iter().map(|d| (&d.job, codec::encode(d))),
+            ));
+            self.log.append_and_commit_ordered(parts, commits).await.map_err(|e| TaskFailed::new(name, e))?;
+            if !dead.is_empty() {
+                let failed: Vec<_> = dead.iter().map(|d| (d.job.delivery_id.clone(), LedgerState::Failed)).collect();
+                self.ledger.record_deliveries(&failed, None).await.map_err(|e| TaskFailed::new(name, e))?;
+                tracing::warn!(channel = name, count = dead.len(), "deliveries dead-lettered");
             }
         }
         Ok(())
     }
+}
+
+/// Adds `job`'s dead letter; the `failed` event it gets.
+fn dead_letter(
+    dead: &mut Vec<DeadLetter>,
+    job: &DeliveryJob,
+    why: String,
+    last_error: &str,
+    now: u64,
+) -> (EventKind, Option<String>) {
+    let letter =
+        DeadLetter { job: job.clone(), reason: why.clone(), last_error: last_error.to_string(), dead_at_ms: now };
+    dead.push(letter);
+    (EventKind::Failed, Some(why))
+}
+
+/// Records about jobs, keyed (and so partitioned) by user id like the delivery topics.
+pub(crate) fn keyed_jobs<'a>(
+    topic_name: &str,
+    partitions: u32,
+    records: impl Iterator<Item = (&'a DeliveryJob, Vec<u8>)>,
+) -> Vec<topic::Append> {
+    let records: Vec<Record> =
+        records.map(|(job, value)| Record { key: job.user_id.as_bytes().to_vec(), value }).collect();
+    if records.is_empty() {
+        return Vec::new();
+    }
+    topic::keyed_appends(topic_name, partitions, records)
 }
 
 fn job_event(job: &DeliveryJob, kind: EventKind, reason: Option<String>, at_ms: u64) -> DeliveryEvent {
@@ -184,7 +229,7 @@ fn job_event(job: &DeliveryJob, kind: EventKind, reason: Option<String>, at_ms: 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::runtime::supervise::supervise;
     use herald_connectors::channels::outbox::FileOutbox;
@@ -194,7 +239,8 @@ mod tests {
     use herald_schemas::{DeliveryId, NotificationId, RenderedContent, Target, topic};
     use std::time::Duration;
 
-    fn job(n: &str) -> DeliveryJob {
+    /// An iOS delivery whose body is `n` (used by the retry scheduler's tests too).
+    pub(crate) fn job(n: &str) -> DeliveryJob {
         let target = Target::Device { device_id: "d".into(), platform: Platform::Ios, token: format!("tok-{n}") };
         let notification_id = NotificationId(n.into());
         DeliveryJob {
@@ -209,6 +255,26 @@ mod tests {
             content: RenderedContent::Push { title: "t".into(), body: n.into() },
             attempt: 1,
             requested_at_ms: 0,
+        }
+    }
+
+    /// A one-partition push dispatcher over `db` sending through `channel`.
+    fn dispatcher(db: &Arc<EmbeddedDb>, channel: ChannelFactory) -> Dispatcher {
+        Dispatcher {
+            name: "push",
+            routes: vec![Route::Apns],
+            log: db.clone(),
+            ledger: db.clone(),
+            channel,
+            route_partitions: 1,
+            event_partitions: 1,
+            read: ReadSettings {
+                batch_size: 100,
+                read_wait: Duration::from_millis(20),
+                queue_records: 100,
+                linger: Duration::ZERO,
+            },
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -233,25 +299,14 @@ mod tests {
 
         let path = dir.path().join("push.jsonl");
         let outbox = path.clone();
-        let dispatcher = Dispatcher {
-            name: "push",
-            routes: vec![Route::Apns],
-            log: db.clone(),
-            ledger: db.clone(),
-            channel: Arc::new(move || {
+        let dispatcher = dispatcher(
+            &db,
+            Arc::new(move || {
                 FileOutbox::open(outbox.clone(), "outbox-push")
                     .map(|o| Box::new(o) as Box<dyn Channel>)
                     .map_err(|e| ChannelError::Unavailable { channel: "outbox-push".into(), detail: e.to_string() })
             }),
-            route_partitions: 1,
-            event_partitions: 1,
-            read: ReadSettings {
-                batch_size: 100,
-                read_wait: Duration::from_millis(20),
-                queue_records: 100,
-                linger: Duration::ZERO,
-            },
-        };
+        );
         let run = |d: Dispatcher| async move {
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
@@ -272,5 +327,71 @@ mod tests {
         let sent = db.end_offset(topic::EVENTS, 0).await.unwrap();
         // One `sent` per first send, and one re-emitted for the replayed copy of b.
         assert_eq!(sent, 3);
+    }
+
+    /// Answers by the job's body: `ok` delivered, `later` refused for now, `never` refused for good.
+    struct Scripted;
+
+    #[async_trait::async_trait]
+    impl Channel for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+
+        async fn send(&mut self, jobs: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
+            Ok(jobs
+                .iter()
+                .map(|j| match &j.content {
+                    RenderedContent::Push { body, .. } if body == "later" => {
+                        SendOutcome::Retryable { reason: "http 503".into(), retry_after: Some(Duration::from_secs(30)) }
+                    }
+                    RenderedContent::Push { body, .. } if body == "never" => {
+                        SendOutcome::Permanent { reason: "http 400 PayloadTooLarge".into() }
+                    }
+                    _ => SendOutcome::Delivered { provider_id: None },
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_deliveries_go_to_retry_or_dead_letter_and_the_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
+        for name in [Route::Apns.topic(), topic::EVENTS, topic::RETRY, topic::DEAD] {
+            db.ensure_topic(name, 1).await.unwrap();
+        }
+        // Requested now: max_age counts from the request.
+        let fresh = |n: &str| DeliveryJob { requested_at_ms: now_ms(), ..job(n) };
+        let (ok, later, never) = (fresh("ok"), fresh("later"), fresh("never"));
+        let records = [&ok, &later, &never].map(|j| Record { key: b"u".to_vec(), value: codec::encode(j) });
+        db.append(vec![Append { topic: Route::Apns.topic().into(), partition: 0, records: records.to_vec() }])
+            .await
+            .unwrap();
+        let dispatcher = dispatcher(&db, Arc::new(|| Ok(Box::new(Scripted) as Box<dyn Channel>)));
+        let before = now_ms();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(supervise("push", shutdown.clone(), move |t, set| dispatcher.start(t, set)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        // The dispatcher's writes are ordered, not waited for: any durable write publishes them.
+        db.commit("test", topic::EVENTS, 0, 0).await.unwrap();
+
+        let retry = db.read(topic::RETRY, 0, 0, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(retry.len(), 1);
+        let retry: RetryJob = codec::decode(&retry[0].value).unwrap();
+        assert_eq!((retry.job.delivery_id.clone(), retry.job.attempt), (later.delivery_id.clone(), 2));
+        assert!(retry.due_at_ms >= before + 30_000, "Retry-After is a floor");
+        assert_eq!(retry.last_error, "http 503");
+        let dead = db.read(topic::DEAD, 0, 0, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        let dead: DeadLetter = codec::decode(&dead[0].value).unwrap();
+        assert_eq!(dead.job.delivery_id, never.delivery_id);
+        assert_eq!(dead.reason, "permanent:http 400 PayloadTooLarge");
+        let states = db.states(&[ok.delivery_id, later.delivery_id, never.delivery_id]).await.unwrap();
+        assert_eq!(states, [Some(LedgerState::Sent), None, Some(LedgerState::Failed)]);
+        // The batch is committed: nothing is sent again.
+        assert_eq!(db.committed("herald-dispatch-push", Route::Apns.topic(), 0).await.unwrap(), 3);
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - the request chains ([`requests`]), one per lane, over the worker's partitions of `herald-requests`;
 //! - one dispatcher per channel ([`dispatch`]) over the delivery topics;
+//! - the retry scheduler ([`retry`]): `herald-retry` back onto the delivery topics when due;
 //! - the timeline sink ([`timeline`]) over `herald-events`, when the timeline store needs a feed;
 //! - the `herald-ingest` consumer ([`ingest_topic`]);
 //! - the monitor ([`monitor`]): offsets, lag, retention.
@@ -16,6 +17,7 @@ pub mod monitor;
 pub mod queue;
 pub mod reader;
 pub mod requests;
+pub mod retry;
 pub mod supervise;
 pub mod timeline;
 
@@ -95,12 +97,21 @@ impl Runtime {
                 route_partitions: partitions,
                 event_partitions: partitions,
                 read: read.clone(),
+                retry: app.config.retry.policy(channel).clone(),
             };
             for route in &dispatcher.routes {
                 watches.push(Watch { group: dispatcher.group(), topic: route.topic().into(), partitions });
             }
             tasks.push(tokio::spawn(supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set))));
         }
+
+        let scheduler = retry::RetryScheduler {
+            log: log.clone(),
+            partitions,
+            read: read.clone(),
+            max_waiting: app.config.retry.max_waiting,
+        };
+        tasks.push(tokio::spawn(supervise("retry", shutdown.clone(), move |t, set| scheduler.start(t, set))));
 
         if let Some(store) = app.backends.timeline_feed.clone() {
             let sink =
