@@ -33,14 +33,14 @@
 
 use super::queue::QueueRx;
 use super::reader::{ReadSettings, spawn_readers};
-use super::requests::event_appends;
+use super::requests::{event_appends, keyed_jobs};
 use super::supervise::{TaskFailed, TaskResult};
 use crate::telemetry::ChannelBatchSent;
 use herald_schemas::channel::{Channel, ChannelError, SendOutcome};
 use herald_schemas::codec::{self, CodecError};
 use herald_schemas::job::{DeadLetter, RetryJob, Route};
 use herald_schemas::store::{LedgerState, LedgerStore, SinkPosition};
-use herald_schemas::topic::{self, Record, StoredRecord, TopicLog};
+use herald_schemas::topic::{self, StoredRecord, TopicLog};
 use herald_schemas::{DeliveryEvent, DeliveryJob, EventKind, stage::now_ms};
 use herald_stages::retry::{RetryDecision, RetryPolicy};
 use std::collections::HashSet;
@@ -204,20 +204,6 @@ fn dead_letter(
         DeadLetter { job: job.clone(), reason: why.clone(), last_error: last_error.to_string(), dead_at_ms: now };
     dead.push(letter);
     (EventKind::Failed, Some(why))
-}
-
-/// Records about jobs, keyed (and so partitioned) by user id like the delivery topics.
-pub(crate) fn keyed_jobs<'a>(
-    topic_name: &str,
-    partitions: u32,
-    records: impl Iterator<Item = (&'a DeliveryJob, Vec<u8>)>,
-) -> Vec<topic::Append> {
-    let records: Vec<Record> =
-        records.map(|(job, value)| Record { key: job.user_id.as_bytes().to_vec(), value }).collect();
-    if records.is_empty() {
-        return Vec::new();
-    }
-    topic::keyed_appends(topic_name, partitions, records)
 }
 
 fn job_event(job: &DeliveryJob, kind: EventKind, reason: Option<String>, at_ms: u64) -> DeliveryEvent {

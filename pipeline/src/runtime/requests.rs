@@ -18,7 +18,7 @@ use super::reader::{ReadSettings, spawn_readers};
 use super::supervise::{TaskFailed, TaskResult};
 use crate::telemetry::StageBatchProcessed;
 use herald_schemas::codec::{self, CodecError};
-use herald_schemas::job::Route;
+use herald_schemas::job::{DeliveryJob, Route};
 use herald_schemas::topic::{self, Append, Record, StoredRecord, TopicLog};
 use herald_schemas::{DeliveryEvent, EncodedEvent, RequestEnvelope, Stage, StageOutput, WorkItem};
 use herald_stages::fanout::fan_out;
@@ -119,18 +119,7 @@ async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResul
         let commits = batch.commits(GROUP);
         let jobs = fan_out(batch.items);
         let job_count = jobs.len();
-        let mut by_route: [Vec<Record>; Route::ALL.len()] = Default::default();
-        for job in &jobs {
-            let route = job.target.route();
-            let slot = Route::ALL.iter().position(|r| *r == route).unwrap_or_default();
-            by_route[slot].push(Record { key: job.user_id.as_bytes().to_vec(), value: codec::encode(job) });
-        }
-        let mut parts: Vec<Append> = Vec::new();
-        for (route, records) in Route::ALL.iter().zip(by_route) {
-            if !records.is_empty() {
-                parts.extend(topic::keyed_appends(route.topic(), chain.route_partitions, records));
-            }
-        }
+        let mut parts = job_appends(&jobs, chain.route_partitions);
         parts.extend(event_appends(&batch.events, chain.event_partitions));
         let write = Instant::now();
         // Ordered, not waited for: readers see the jobs once a group commit made them durable,
@@ -147,6 +136,39 @@ async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResul
         .emit();
     }
     Ok(())
+}
+
+/// Jobs as appends to their routes' delivery topics, keyed by user id, so one user's deliveries
+/// keep their order on one partition.
+pub fn job_appends<'a>(jobs: impl IntoIterator<Item = &'a DeliveryJob>, partitions: u32) -> Vec<Append> {
+    let mut by_route: [Vec<&DeliveryJob>; Route::ALL.len()] = Default::default();
+    for job in jobs {
+        let route = job.target.route();
+        let slot = Route::ALL.iter().position(|r| *r == route).unwrap_or_default();
+        by_route[slot].push(job);
+    }
+    Route::ALL
+        .iter()
+        .zip(by_route)
+        .flat_map(|(route, jobs)| {
+            keyed_jobs(route.topic(), partitions, jobs.into_iter().map(|j| (j, codec::encode(j))))
+        })
+        .collect()
+}
+
+/// Records about jobs (the jobs themselves, retries, dead letters), keyed and so partitioned by
+/// user id like the delivery topics.
+pub fn keyed_jobs<'a>(
+    topic_name: &str,
+    partitions: u32,
+    records: impl Iterator<Item = (&'a DeliveryJob, Vec<u8>)>,
+) -> Vec<Append> {
+    let records: Vec<Record> =
+        records.map(|(job, value)| Record { key: job.user_id.as_bytes().to_vec(), value }).collect();
+    if records.is_empty() {
+        return Vec::new();
+    }
+    topic::keyed_appends(topic_name, partitions, records)
 }
 
 /// Events as appends to `herald-events`, partitioned by notification id so

@@ -10,11 +10,12 @@
 
 use super::queue::QueueRx;
 use super::reader::{ReadSettings, spawn_readers};
+use super::requests::job_appends;
 use super::supervise::{TaskFailed, TaskResult};
 use herald_schemas::codec::{self, CodecError};
 use herald_schemas::job::RetryJob;
 use herald_schemas::stage::now_ms;
-use herald_schemas::topic::{self, Commit, Record, StoredRecord, TopicLog};
+use herald_schemas::topic::{self, Commit, StoredRecord, TopicLog};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
@@ -40,19 +41,19 @@ fn decode(record: &StoredRecord) -> Result<(u64, RetryJob), CodecError> {
 /// The jobs waiting in memory, and what may be committed.
 #[derive(Default)]
 struct Waiting {
-    /// (due, partition, offset) → job.
+    /// (due, partition, offset) of every waiting job, soonest first.
     by_due: BinaryHeap<Reverse<(u64, u32, u64)>>,
+    /// (partition, offset) → job: the first key of a partition is what its commit must not pass.
     jobs: BTreeMap<(u32, u64), RetryJob>,
-    /// Per partition: offsets still waiting, and the next offset read.
-    held: BTreeMap<u32, (BTreeSet<u64>, u64)>,
+    /// Per partition, the offset after the last record read.
+    read_to: BTreeMap<u32, u64>,
 }
 
 impl Waiting {
     fn add(&mut self, partition: u32, offset: u64, job: RetryJob) {
         self.by_due.push(Reverse((job.due_at_ms, partition, offset)));
         self.jobs.insert((partition, offset), job);
-        let (offsets, next) = self.held.entry(partition).or_default();
-        offsets.insert(offset);
+        let next = self.read_to.entry(partition).or_default();
         *next = (*next).max(offset + 1);
     }
 
@@ -77,21 +78,17 @@ impl Waiting {
             if let Some(job) = self.jobs.remove(&(partition, offset)) {
                 due.push(job);
             }
-            if let Some((offsets, _)) = self.held.get_mut(&partition) {
-                offsets.remove(&offset);
-            }
             touched.insert(partition);
         }
         let commits = touched
             .into_iter()
             .filter_map(|partition| {
-                let (offsets, next) = self.held.get(&partition)?;
-                Some(Commit {
-                    group: GROUP.into(),
-                    topic: topic::RETRY.into(),
-                    partition,
-                    next_offset: offsets.first().copied().unwrap_or(*next),
-                })
+                let first_waiting = self.jobs.range((partition, 0)..=(partition, u64::MAX)).next();
+                let next_offset = match first_waiting {
+                    Some(((_, offset), _)) => *offset,
+                    None => *self.read_to.get(&partition)?,
+                };
+                Some(Commit { group: GROUP.into(), topic: topic::RETRY.into(), partition, next_offset })
             })
             .collect();
         (due, commits)
@@ -129,12 +126,7 @@ impl RetryScheduler {
                 continue;
             }
             let released = due.len();
-            let mut parts = Vec::new();
-            for job in due {
-                let route = job.job.target.route();
-                let record = Record { key: job.job.user_id.as_bytes().to_vec(), value: codec::encode(&job.job) };
-                parts.extend(topic::keyed_appends(route.topic(), self.partitions, vec![record]));
-            }
+            let parts = job_appends(due.iter().map(|r| &r.job), self.partitions);
             self.log.append_and_commit_ordered(parts, commits).await.map_err(|e| TaskFailed::new("retry", e))?;
             crate::telemetry::retry_released(released, waiting.len());
         }
