@@ -6,6 +6,8 @@
 //!   with group commit. Entry point: [`embedded::EmbeddedDb::open`].
 //! - [`channels`]: channel connectors ([`herald_schemas::channel::Channel`]), one module each;
 //!   [`channels::outbox`] is the file outbox used when no provider is configured.
+//! - [`secret`]: secrets from the configuration (inline, environment, file), never logged.
 
 pub mod channels;
 pub mod embedded;
+pub mod secret;

@@ -8,6 +8,10 @@ use crate::job::DeliveryJob;
 use async_trait::async_trait;
 use std::time::Duration;
 
+/// The HTTP header (and mail header) carrying the delivery id to a provider. Providers ignore
+/// it; the provider sandbox reads it to count a delivery id seen twice.
+pub const DELIVERY_ID_HEADER: &str = "X-Herald-Delivery-Id";
+
 /// How one send ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
