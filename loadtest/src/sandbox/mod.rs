@@ -1,0 +1,218 @@
+//! The provider sandbox: the providers' HTTP APIs, with their request shapes and error bodies,
+//! on one loopback address, for tests and load tests in place of the SaaS endpoints.
+//!
+//! Served (HTTP/1.1, and cleartext HTTP/2 with prior knowledge, on the same port):
+//! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json` ([`twilio`]).
+//! - `GET /stats`: per provider, `requests` (answered or not), `accepted`, `rejected`, and
+//!   `duplicates`: messages accepted whose delivery id (header `X-Herald-Delivery-Id`) was
+//!   already accepted. Every provider of the issue is listed; those not served yet stay at zero.
+//!
+//! Faults, drawn per request ([`Faults`]): `fail_rate` refuses before accepting (a mix of 503,
+//! 429 with `Retry-After: 1`, and a hold past the client's timeout that is then dropped);
+//! `accept_then_timeout_rate` accepts and then never answers (the duplicates the client's retry
+//! then causes are counted, not prevented); `bad_token_rate` answers with the provider's
+//! bad-address error; `latency_ms` adds a random delay with that mean.
+
+pub mod twilio;
+
+use axum::Router;
+use axum::routing::get;
+use rand::Rng;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Every provider the stats list.
+pub const PROVIDERS: [&str; 7] = ["apns", "fcm", "webpush", "twilio", "vonage", "sendgrid", "smtp"];
+
+/// Fault injection, as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub latency_ms: u64,
+    pub fail_rate: f64,
+    pub accept_then_timeout_rate: f64,
+    pub bad_token_rate: f64,
+    /// How long a simulated timeout holds the request (longer than the client's timeout).
+    pub hold: Duration,
+}
+
+/// What the sandbox does with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Accept,
+    /// 5xx before accepting.
+    Unavailable,
+    /// 429 with `Retry-After: 1`.
+    Throttled,
+    /// Held past the client's timeout, then dropped unaccepted.
+    Timeout,
+    /// Accepted, then never answered.
+    AcceptThenTimeout,
+    /// The provider's bad-address answer.
+    BadToken,
+}
+
+impl Faults {
+    pub fn draw(&self, rng: &mut impl Rng) -> Fate {
+        let r: f64 = rng.random();
+        if r < self.fail_rate {
+            return match rng.random_range(0..3) {
+                0 => Fate::Unavailable,
+                1 => Fate::Throttled,
+                _ => Fate::Timeout,
+            };
+        }
+        if r < self.fail_rate + self.accept_then_timeout_rate {
+            return Fate::AcceptThenTimeout;
+        }
+        if rng.random::<f64>() < self.bad_token_rate {
+            return Fate::BadToken;
+        }
+        Fate::Accept
+    }
+
+    /// The added latency: uniform in `[0, 2 × mean]`.
+    pub async fn delay(&self) {
+        if self.latency_ms > 0 {
+            let ms = rand::rng().random_range(0..=2 * self.latency_ms);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
+/// Counters of one provider.
+#[derive(Default)]
+pub struct ProviderStats {
+    requests: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    duplicates: AtomicU64,
+    seen: Mutex<HashSet<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StatsView {
+    pub requests: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+}
+
+impl ProviderStats {
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an accepted message; a delivery id accepted before counts as a duplicate.
+    pub fn accepted(&self, delivery_id: Option<&str>) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some(id) = delivery_id {
+            let fresh = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_string());
+            if !fresh {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn view(&self) -> StatsView {
+        StatsView {
+            requests: self.requests.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Shared by every handler.
+pub struct State {
+    pub faults: Faults,
+    pub stats: BTreeMap<&'static str, ProviderStats>,
+}
+
+impl State {
+    pub fn stats(&self, provider: &str) -> &ProviderStats {
+        // Every provider of PROVIDERS is in the map; the handlers name only those.
+        &self.stats[provider]
+    }
+
+    pub fn view(&self) -> BTreeMap<&'static str, StatsView> {
+        self.stats.iter().map(|(name, s)| (*name, s.view())).collect()
+    }
+}
+
+/// A sandbox serving on `local_addr` until dropped or `shutdown`.
+pub struct Sandbox {
+    pub local_addr: SocketAddr,
+    pub state: Arc<State>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Sandbox {
+    /// Binds `listen` (port 0 for any free port) and serves in the background.
+    pub async fn start(listen: SocketAddr, faults: Faults) -> std::io::Result<Sandbox> {
+        let state =
+            Arc::new(State { faults, stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect() });
+        let app = Router::new()
+            .route("/stats", get(|s: axum::extract::State<Arc<State>>| async move { axum::Json(s.view()) }))
+            .merge(twilio::routes())
+            .with_state(Arc::clone(&state));
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await
+        });
+        tracing::info!(%local_addr, "provider sandbox listening");
+        Ok(Sandbox { local_addr, state, stop, task })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Stops accepting and waits for the server to end (held requests are cut).
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn faults_are_drawn_at_their_rates() {
+        let faults = Faults { fail_rate: 0.3, accept_then_timeout_rate: 0.1, bad_token_rate: 0.5, ..Faults::default() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        for _ in 0..100_000 {
+            let fate = faults.draw(&mut rng);
+            let key = match fate {
+                Fate::Unavailable | Fate::Throttled | Fate::Timeout => "fail",
+                Fate::AcceptThenTimeout => "accept_then_timeout",
+                Fate::BadToken => "bad",
+                Fate::Accept => "accept",
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+        let near = |n: u32, expected: f64| ((n as f64 / 100_000.0) - expected).abs() < 0.01;
+        assert!(near(counts["fail"], 0.3), "{counts:?}");
+        assert!(near(counts["accept_then_timeout"], 0.1), "{counts:?}");
+        assert!(near(counts["bad"], 0.3), "{counts:?}");
+        assert!(near(counts["accept"], 0.3), "{counts:?}");
+    }
+}

@@ -1,0 +1,116 @@
+//! Twilio's Messages API as the sandbox serves it.
+//!
+//! `POST /2010-04-01/Accounts/{sid}/Messages.json`, form fields `To`, `From`, `Body`, basic auth
+//! whose user must be the path's account SID. Answers as Twilio does: 201 with the message
+//! resource (`sid` `SM…`, `status` `queued`, `num_segments`), or an error body
+//! `{"code", "message", "more_info", "status"}`. Twilio's magic test numbers are honoured:
+//! `+15005550001` invalid (21211), `+15005550009` not a mobile (21614), `+15005550004`
+//! unsubscribed (21610).
+
+use super::{Fate, State};
+use axum::Router;
+use axum::extract::{Form, Path, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use herald_schemas::channel::DELIVERY_ID_HEADER;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<State>> {
+    Router::new().route("/2010-04-01/Accounts/{sid}/Messages.json", post(send))
+}
+
+fn error(status: StatusCode, code: u32, message: &str) -> Response {
+    let body = json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status.as_u16(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The user of a `Basic` authorization header.
+fn basic_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    (!password.is_empty()).then(|| user.to_string())
+}
+
+async fn send(
+    AxState(state): AxState<Arc<State>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let stats = state.stats("twilio");
+    stats.request();
+    state.faults.delay().await;
+    if basic_user(&headers).as_deref() != Some(sid.as_str()) {
+        stats.rejected();
+        return error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    let (Some(to), Some(from), Some(body)) = (form.get("To"), form.get("From"), form.get("Body")) else {
+        stats.rejected();
+        return error(StatusCode::BAD_REQUEST, 21604, "A 'To', 'From' and 'Body' parameter is required.");
+    };
+    let magic = match to.as_str() {
+        "+15005550001" => Some((21211, "The 'To' number is not a valid phone number.")),
+        "+15005550009" => Some((21614, "'To' number is not a valid mobile number")),
+        "+15005550004" => Some((21610, "Attempt to send to unsubscribed recipient")),
+        _ => None,
+    };
+    if let Some((code, message)) = magic {
+        stats.rejected();
+        return error(StatusCode::BAD_REQUEST, code, message);
+    }
+    let fate = state.faults.draw(&mut rand::rng());
+    match fate {
+        Fate::Unavailable => {
+            stats.rejected();
+            return error(StatusCode::SERVICE_UNAVAILABLE, 20503, "Service Unavailable");
+        }
+        Fate::Throttled => {
+            stats.rejected();
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        Fate::Timeout => {
+            tokio::time::sleep(state.faults.hold).await;
+            stats.rejected();
+            return error(StatusCode::GATEWAY_TIMEOUT, 20504, "Gateway Timeout");
+        }
+        Fate::BadToken => {
+            stats.rejected();
+            return error(StatusCode::BAD_REQUEST, 21211, "The 'To' number is not a valid phone number.");
+        }
+        Fate::Accept | Fate::AcceptThenTimeout => {}
+    }
+    let delivery_id = headers.get(DELIVERY_ID_HEADER).and_then(|v| v.to_str().ok());
+    stats.accepted(delivery_id);
+    if fate == Fate::AcceptThenTimeout {
+        tokio::time::sleep(state.faults.hold).await;
+    }
+    let message_sid = format!("SM{:032x}", rand::random::<u128>());
+    let segments = herald_connectors::channels::sms::segments(body).count;
+    let resource = json!({
+        "sid": message_sid,
+        "account_sid": sid,
+        "to": to,
+        "from": from,
+        "body": body,
+        "status": "queued",
+        "num_segments": segments.to_string(),
+        "direction": "outbound-api",
+        "api_version": "2010-04-01",
+        "uri": format!("/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json"),
+    });
+    (StatusCode::CREATED, axum::Json(resource)).into_response()
+}
