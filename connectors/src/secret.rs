@@ -6,11 +6,13 @@
 //! names it. A [`Secret`] prints as `***` in `Debug`, so configuration dumps and logs never show it.
 
 use serde::{Deserialize, Serialize};
+
 use std::fmt;
 use std::path::PathBuf;
 
-/// Where a secret comes from, as written in the configuration.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a secret comes from, as written in the configuration. Serialized (as `herald config
+/// check` prints the configuration) an inline secret is `"***"`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum SecretSource {
     Inline(String),
@@ -24,6 +26,25 @@ impl fmt::Debug for SecretSource {
             SecretSource::Inline(_) => f.write_str("\"***\""),
             SecretSource::Env { env } => write!(f, "{{ env = {env:?} }}"),
             SecretSource::File { file } => write!(f, "{{ file = {:?} }}", file.display()),
+        }
+    }
+}
+
+impl Serialize for SecretSource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            SecretSource::Inline(_) => serializer.serialize_str("***"),
+            SecretSource::Env { env } => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("env", env)?;
+                map.end()
+            }
+            SecretSource::File { file } => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("file", file)?;
+                map.end()
+            }
         }
     }
 }
@@ -97,8 +118,10 @@ mod tests {
         assert_eq!(inline.resolve().unwrap().expose(), "s3cr3t");
         assert_eq!(format!("{inline:?}"), "\"***\"");
         assert_eq!(format!("{:?}", inline.resolve().unwrap()), "***");
+        assert_eq!(serde_json::to_string(&inline).unwrap(), "\"***\"");
 
         let env = parse(r#"{"secret": {"env": "HERALD_TEST_SECRET_THAT_IS_NOT_SET"}}"#);
+        assert_eq!(serde_json::to_string(&env).unwrap(), r#"{"env":"HERALD_TEST_SECRET_THAT_IS_NOT_SET"}"#);
         let err = env.resolve().unwrap_err().to_string();
         assert!(err.contains("HERALD_TEST_SECRET_THAT_IS_NOT_SET"), "{err}");
 

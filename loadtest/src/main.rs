@@ -75,6 +75,8 @@ account_sid = "ACsandbox"
 auth_token = "sandbox-token"
 from = "+15005550006"
 base_url = "http://{listen}"
+# The sandbox has no carrier behind it: pace far above any real sender.
+segments_per_second = 100000
 "#
     )
 }

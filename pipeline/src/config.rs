@@ -5,6 +5,7 @@
 //! limits before anything opens a socket or a file. `herald config check`
 //! runs exactly these two steps.
 
+use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_schemas::request::ChannelKind;
 use herald_stages::retry::RetryPolicy;
 use herald_stages::throttle::ThrottleConfig;
@@ -45,6 +46,8 @@ pub struct Config {
     pub render: RenderConfig,
     pub ingest: IngestConfig,
     pub retry: RetryConfig,
+    pub channels: ChannelsConfig,
+    pub providers: ProvidersConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,6 +175,29 @@ impl Default for IngestConfig {
     }
 }
 
+/// `[channels]`: which connector each channel sends through. `outbox` writes JSON lines under
+/// `<data-dir>/outbox/` (no provider needed); a provider name needs its `[providers.<name>]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    pub sms: SmsConnector,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsConnector {
+    #[default]
+    Outbox,
+    Twilio,
+}
+
+/// `[providers.<name>]`: each provider's account, endpoint and limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub twilio: Option<TwilioConfig>,
+}
+
 /// `[retry]`: when refused deliveries are tried again, per channel, and when they are given up
 /// (dead-lettered to `herald-dead`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +268,16 @@ impl Config {
             return bad("dedup.window must be positive");
         }
         self.throttle.validate().map_err(|e| ConfigError::Invalid(format!("throttle: {e}")))?;
+        match (self.channels.sms, &self.providers.twilio) {
+            (SmsConnector::Twilio, None) => {
+                return bad("channels.sms = \"twilio\" needs a [providers.twilio] section");
+            }
+            (_, Some(twilio)) => {
+                // Resolves the secret and checks the URL now, so `serve` fails before it starts.
+                Twilio::new(twilio).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            }
+            (SmsConnector::Outbox, None) => {}
+        }
         if self.ingest.client_id.is_empty() {
             return bad("ingest.client_id must not be empty");
         }

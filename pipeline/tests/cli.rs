@@ -45,3 +45,35 @@ fn config_check_rejects_unknown_fields_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen_port"), "{err}");
 }
+
+#[test]
+fn config_check_names_the_provider_field_that_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    let twilio = |extra: &str| {
+        format!(
+            "[channels]\nsms = \"twilio\"\n[providers.twilio]\naccount_sid = \"AC1\"\nfrom = \"+15005550006\"\n{extra}\n"
+        )
+    };
+    let cases = [
+        ("[channels]\nsms = \"twilio\"\n".to_string(), "[providers.twilio]"),
+        ("[channels]\nsms = \"pigeon\"\n".to_string(), "pigeon"),
+        (twilio("auth_token = { env = \"HERALD_TEST_UNSET_TOKEN\" }"), "HERALD_TEST_UNSET_TOKEN"),
+        (twilio("auth_token = { file = \"/nonexistent/twilio-token\" }"), "/nonexistent/twilio-token"),
+        (twilio("auth_token = \"t\"\nbase_url = \"ftp://example.com\""), "providers.twilio.base_url"),
+        (twilio("auth_token = \"t\"\nmax_concurency = 3"), "max_concurency"),
+    ];
+    for (text, named) in cases {
+        std::fs::write(&path, &text).unwrap();
+        let out = herald(&["config", "check", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{text}");
+        assert!(err.contains(named), "{named} not named in {err}\nfor:\n{text}");
+    }
+    // A complete section passes, and the inline token is not printed back.
+    std::fs::write(&path, twilio("auth_token = \"s3cr3t-token\"")).unwrap();
+    let out = herald(&["config", "check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("twilio") && !printed.contains("s3cr3t"), "{printed}");
+}

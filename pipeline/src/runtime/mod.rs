@@ -22,8 +22,10 @@ pub mod supervise;
 pub mod timeline;
 
 use crate::app::App;
+use crate::config::SmsConnector;
 use dispatch::{ChannelFactory, Dispatcher};
 use herald_connectors::channels::outbox::FileOutbox;
+use herald_connectors::channels::twilio::Twilio;
 use herald_schemas::channel::{Channel, ChannelError};
 use herald_schemas::job::Route;
 use herald_schemas::topic;
@@ -82,12 +84,7 @@ impl Runtime {
 
         let mut watches = vec![Watch { group: requests::GROUP.into(), topic: topic::REQUESTS.into(), partitions }];
         for (name, channel) in [("push", ChannelKind::Push), ("sms", ChannelKind::Sms), ("email", ChannelKind::Email)] {
-            let path = app.outbox_dir().join(format!("{name}.jsonl"));
-            let factory: ChannelFactory = Arc::new(move || {
-                FileOutbox::open(path.clone(), format!("outbox-{name}"))
-                    .map(|o| Box::new(o) as Box<dyn Channel>)
-                    .map_err(|e| ChannelError::Unavailable { channel: format!("outbox-{name}"), detail: e.to_string() })
-            });
+            let factory = channel_factory(app, name, channel);
             let dispatcher = Dispatcher {
                 name,
                 routes: Route::routes_of(channel).to_vec(),
@@ -175,4 +172,24 @@ fn stage_factory(app: &App) -> StageFactory {
             Box::new(RenderStage::with_cache(b.templates.clone(), limits.clone(), templates.clone())),
         ]
     })
+}
+
+/// The connector a channel sends through, from `[channels]` (the file outbox unless a provider
+/// is named). Called again on each restart of the dispatcher.
+fn channel_factory(app: &App, name: &'static str, channel: ChannelKind) -> ChannelFactory {
+    match (channel, app.config.channels.sms, app.config.providers.twilio.clone()) {
+        (ChannelKind::Sms, SmsConnector::Twilio, Some(config)) => Arc::new(move || {
+            Twilio::new(&config)
+                .map(|t| Box::new(t) as Box<dyn Channel>)
+                .map_err(|e| ChannelError::Unavailable { channel: "twilio".into(), detail: e.to_string() })
+        }),
+        _ => {
+            let path = app.outbox_dir().join(format!("{name}.jsonl"));
+            Arc::new(move || {
+                FileOutbox::open(path.clone(), format!("outbox-{name}"))
+                    .map(|o| Box::new(o) as Box<dyn Channel>)
+                    .map_err(|e| ChannelError::Unavailable { channel: format!("outbox-{name}"), detail: e.to_string() })
+            })
+        }
+    }
 }

@@ -39,7 +39,7 @@ pub struct TwilioConfig {
     pub timeout: Duration,
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
-    /// The sender's rate, in segments per second.
+    /// The sender's rate, in segments per second (a short code's; a long code is about 1).
     #[serde(default = "default_segments_per_second")]
     pub segments_per_second: NonZeroU32,
     /// Where Twilio posts delivery status (Herald's receipt endpoint), if anywhere.
@@ -179,9 +179,14 @@ impl Channel for Twilio {
     }
 
     async fn send(&mut self, jobs: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
+        // Unordered, so one slow request does not hold the slots of those finished after it.
         let this = &*self;
-        let sends: Vec<_> = jobs.iter().map(|job| Box::pin(this.send_one(job))).collect();
-        Ok(futures_util::stream::iter(sends).buffered(this.max_concurrency).collect().await)
+        let sends: Vec<_> =
+            jobs.iter().enumerate().map(|(i, job)| Box::pin(async move { (i, this.send_one(job).await) })).collect();
+        let mut done: Vec<(usize, SendOutcome)> =
+            futures_util::stream::iter(sends).buffer_unordered(this.max_concurrency).collect().await;
+        done.sort_unstable_by_key(|(i, _)| *i);
+        Ok(done.into_iter().map(|(_, outcome)| outcome).collect())
     }
 }
 

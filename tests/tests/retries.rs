@@ -1,0 +1,70 @@
+//! Retries against a failing provider: with the sandbox refusing 30% of requests (503, 429 with
+//! Retry-After, and requests held past Herald's timeout), every SMS is still delivered, once.
+
+mod common;
+
+use common::server::Herald;
+use herald_loadtest::sandbox::{Faults, Sandbox};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const USERS: usize = 200;
+const NOTIFICATIONS: usize = 20_000;
+const DEADLINE: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_failures_deliver_everything_once() {
+    let faults = Faults { fail_rate: 0.3, hold: Duration::from_secs(2), ..Faults::default() };
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap(), faults).await.unwrap();
+    // Herald's provider timeout (300 ms) is below the sandbox's hold, so held requests time out;
+    // the retry policy is the default one.
+    let config = format!(
+        r#"[channels]
+sms = "twilio"
+
+[providers.twilio]
+account_sid = "ACsandbox"
+auth_token = "sandbox-token"
+from = "+15005550006"
+base_url = "{}"
+timeout = "300ms"
+segments_per_second = 100000
+"#,
+        sandbox.base_url()
+    );
+    let herald = Herald::start(Some(&config));
+    let api = herald.api();
+    for u in 0..USERS {
+        let user = json!({ "phone": format!("+1415555{u:04}"), "locale": "en" });
+        api.put_user(&format!("user-{u}"), &user).await.expect(201, "PUT /v1/users");
+    }
+    let template = json!({ "id": "otp", "locale": "en", "sms": { "text": "Your code is {{ code }}" } });
+    api.post_template(&template).await.expect(201, "POST /v1/templates");
+    let items: Vec<_> = (0..NOTIFICATIONS)
+        .map(|n| {
+            json!({ "user_id": format!("user-{}", n % USERS), "template": "otp", "channels": ["sms"],
+                    "category": "transactional", "idempotency_key": format!("retry-{n}"),
+                    "data": { "code": n } })
+        })
+        .collect();
+    let started = Instant::now();
+    api.submit_all(&items, 1_000).await;
+
+    let stats = loop {
+        let stats = sandbox.state.view()["twilio"];
+        if stats.accepted as usize >= NOTIFICATIONS || started.elapsed() > DEADLINE {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Give a duplicate the chance to show before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats_after = sandbox.state.view()["twilio"];
+    println!("{NOTIFICATIONS} SMS through a 30%-failing provider in {:?}: {stats_after:?}", started.elapsed());
+    assert_eq!(stats.accepted as usize, NOTIFICATIONS, "not all delivered within {DEADLINE:?}: {stats:?}");
+    assert_eq!(stats_after.accepted as usize, NOTIFICATIONS, "{stats_after:?}");
+    assert_eq!(stats_after.duplicates, 0);
+    assert!(stats_after.rejected > (NOTIFICATIONS / 10) as u64, "the provider did fail: {stats_after:?}");
+    drop(herald);
+    sandbox.shutdown().await;
+}
