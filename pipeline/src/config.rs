@@ -5,6 +5,7 @@
 //! limits before anything opens a socket or a file. `herald config check`
 //! runs exactly these two steps.
 
+use herald_connectors::channels::smtp::{Smtp, SmtpConfig};
 use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_schemas::request::ChannelKind;
 use herald_stages::retry::RetryPolicy;
@@ -181,6 +182,15 @@ impl Default for IngestConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
     pub sms: SmsConnector,
+    pub email: EmailConnector,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailConnector {
+    #[default]
+    Outbox,
+    Smtp,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +206,7 @@ pub enum SmsConnector {
 #[serde(deny_unknown_fields, default)]
 pub struct ProvidersConfig {
     pub twilio: Option<TwilioConfig>,
+    pub smtp: Option<SmtpConfig>,
 }
 
 /// `[retry]`: when refused deliveries are tried again, per channel, and when they are given up
@@ -277,6 +288,13 @@ impl Config {
                 Twilio::new(twilio).map_err(|e| ConfigError::Invalid(e.to_string()))?;
             }
             (SmsConnector::Outbox, None) => {}
+        }
+        match (self.channels.email, &self.providers.smtp) {
+            (EmailConnector::Smtp, None) => return bad("channels.email = \"smtp\" needs a [providers.smtp] section"),
+            (_, Some(smtp)) => {
+                Smtp::new(smtp).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            }
+            (EmailConnector::Outbox, None) => {}
         }
         if self.ingest.client_id.is_empty() {
             return bad("ingest.client_id must not be empty");

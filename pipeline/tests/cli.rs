@@ -62,6 +62,8 @@ fn config_check_names_the_provider_field_that_is_wrong() {
         (twilio("auth_token = { file = \"/nonexistent/twilio-token\" }"), "/nonexistent/twilio-token"),
         (twilio("auth_token = \"t\"\nbase_url = \"ftp://example.com\""), "providers.twilio.base_url"),
         (twilio("auth_token = \"t\"\nmax_concurency = 3"), "max_concurency"),
+        ("[channels]\nemail = \"smtp\"\n".to_string(), "[providers.smtp]"),
+        ("[providers.smtp]\nurl = \"gopher://x\"\nfrom = \"a@b.c\"\n".to_string(), "providers.smtp.url"),
     ];
     for (text, named) in cases {
         std::fs::write(&path, &text).unwrap();

@@ -1,29 +1,20 @@
 //! Each provider connector against the provider sandbox, over real sockets: success, every
 //! result class, and the sandbox's view of what it accepted.
 
+mod common;
+
+use common::jobs::job;
 use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_connectors::secret::SecretSource;
 use herald_loadtest::sandbox::{Faults, Sandbox};
 use herald_schemas::channel::{Channel, SendOutcome};
-use herald_schemas::{DeliveryId, DeliveryJob, NotificationId, RenderedContent, Target};
+use herald_schemas::{DeliveryJob, RenderedContent, Target};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 fn sms(n: u32, number: &str, text: &str) -> DeliveryJob {
-    let notification_id = NotificationId(format!("n-{n}"));
-    DeliveryJob {
-        delivery_id: DeliveryId::derive(&notification_id, "sms", number),
-        notification_id,
-        client_id: "c".into(),
-        user_id: format!("u-{n}"),
-        category: "transactional".into(),
-        template: "t".into(),
-        locale: "en".into(),
-        target: Target::Phone { number: number.into() },
-        content: RenderedContent::Sms { text: text.into() },
-        attempt: 1,
-        requested_at_ms: 0,
-    }
+    let target = Target::Phone { number: number.into() };
+    job(n, "sms", target, RenderedContent::Sms { text: text.into() }, "transactional")
 }
 
 fn twilio_config(base_url: String, timeout: Duration) -> TwilioConfig {

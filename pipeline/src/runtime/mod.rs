@@ -22,9 +22,10 @@ pub mod supervise;
 pub mod timeline;
 
 use crate::app::App;
-use crate::config::SmsConnector;
+use crate::config::{EmailConnector, SmsConnector};
 use dispatch::{ChannelFactory, Dispatcher};
 use herald_connectors::channels::outbox::FileOutbox;
+use herald_connectors::channels::smtp::Smtp;
 use herald_connectors::channels::twilio::Twilio;
 use herald_schemas::channel::{Channel, ChannelError};
 use herald_schemas::job::Route;
@@ -177,12 +178,22 @@ fn stage_factory(app: &App) -> StageFactory {
 /// The connector a channel sends through, from `[channels]` (the file outbox unless a provider
 /// is named). Called again on each restart of the dispatcher.
 fn channel_factory(app: &App, name: &'static str, channel: ChannelKind) -> ChannelFactory {
-    match (channel, app.config.channels.sms, app.config.providers.twilio.clone()) {
-        (ChannelKind::Sms, SmsConnector::Twilio, Some(config)) => Arc::new(move || {
-            Twilio::new(&config)
-                .map(|t| Box::new(t) as Box<dyn Channel>)
-                .map_err(|e| ChannelError::Unavailable { channel: "twilio".into(), detail: e.to_string() })
-        }),
+    let (channels, providers) = (&app.config.channels, &app.config.providers);
+    match channel {
+        ChannelKind::Sms if channels.sms == SmsConnector::Twilio && providers.twilio.is_some() => {
+            let config = providers.twilio.clone();
+            Arc::new(move || {
+                let config = config.as_ref().ok_or_else(|| unavailable("twilio", "no [providers.twilio]"))?;
+                Twilio::new(config).map(|t| Box::new(t) as Box<dyn Channel>).map_err(|e| unavailable("twilio", e))
+            })
+        }
+        ChannelKind::Email if channels.email == EmailConnector::Smtp && providers.smtp.is_some() => {
+            let config = providers.smtp.clone();
+            Arc::new(move || {
+                let config = config.as_ref().ok_or_else(|| unavailable("smtp", "no [providers.smtp]"))?;
+                Smtp::new(config).map(|t| Box::new(t) as Box<dyn Channel>).map_err(|e| unavailable("smtp", e))
+            })
+        }
         _ => {
             let path = app.outbox_dir().join(format!("{name}.jsonl"));
             Arc::new(move || {
@@ -192,4 +203,8 @@ fn channel_factory(app: &App, name: &'static str, channel: ChannelKind) -> Chann
             })
         }
     }
+}
+
+fn unavailable(channel: &str, detail: impl std::fmt::Display) -> ChannelError {
+    ChannelError::Unavailable { channel: channel.into(), detail: detail.to_string() }
 }

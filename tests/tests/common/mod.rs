@@ -8,6 +8,7 @@
 //!   honours `503` + `Retry-After`.
 //! - [`outbox`]: reading the file outbox (a torn last line is tolerated only while the server runs),
 //!   cheap line counting for polling, and waiting for delivery to settle.
+//! - [`jobs`]: delivery jobs for tests that call a connector directly.
 //! - [`population`]: users, devices and opt-outs the tests generate, and the delivery targets a
 //!   notification must reach, derived from that data alone.
 //!
@@ -16,6 +17,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod jobs;
 pub mod outbox;
 pub mod population;
 pub mod server;

@@ -15,7 +15,6 @@
 use super::sms::segments;
 use crate::secret::{Secret, SecretError, SecretSource};
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_schemas::channel::{Channel, ChannelError, DELIVERY_ID_HEADER, SendOutcome};
 use herald_schemas::{DeliveryJob, RenderedContent, Target};
@@ -179,14 +178,8 @@ impl Channel for Twilio {
     }
 
     async fn send(&mut self, jobs: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
-        // Unordered, so one slow request does not hold the slots of those finished after it.
         let this = &*self;
-        let sends: Vec<_> =
-            jobs.iter().enumerate().map(|(i, job)| Box::pin(async move { (i, this.send_one(job).await) })).collect();
-        let mut done: Vec<(usize, SendOutcome)> =
-            futures_util::stream::iter(sends).buffer_unordered(this.max_concurrency).collect().await;
-        done.sort_unstable_by_key(|(i, _)| *i);
-        Ok(done.into_iter().map(|(_, outcome)| outcome).collect())
+        Ok(super::send_each(jobs, this.max_concurrency, |job| this.send_one(job)).await)
     }
 }
 

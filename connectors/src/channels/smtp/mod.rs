@@ -1,0 +1,220 @@
+//! Email over SMTP with `lettre`: a pooled async transport, TLS chosen by the URL.
+//!
+//! - `url`: `smtp://host:25` is cleartext (loopback tests), `smtp://host:587?tls=required` is
+//!   STARTTLS, `smtps://host:465` is implicit TLS (lettre's connection URLs). Credentials are
+//!   separate fields, so the URL can be logged.
+//! - The message: `multipart/alternative` with the text and the HTML part, `Date`, a
+//!   `Message-ID` made from the delivery id (so a re-send is recognisably the same message),
+//!   the [`DELIVERY_ID_HEADER`], and for every category but `transactional`, `List-Unsubscribe`
+//!   (the configured unsubscribe URL with the user, category and delivery) with
+//!   `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+//! - Results ([`classify_code`]): accepted is delivered; a 4xx reply, a timeout or a broken
+//!   connection is retryable; 550/551/553 (mailbox unknown, not local, name not allowed) are a
+//!   bad address; any other 5xx is permanent.
+
+use crate::secret::{Secret, SecretError, SecretSource};
+use async_trait::async_trait;
+use herald_schemas::channel::{Channel, ChannelError, DELIVERY_ID_HEADER, SendOutcome};
+use herald_schemas::{DeliveryJob, RenderedContent, TRANSACTIONAL, Target};
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `[providers.smtp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `smtp://host:port` (cleartext), `smtp://host:587?tls=required` (STARTTLS) or
+    /// `smtps://host:465` (implicit TLS).
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<SecretSource>,
+    /// The sender, `Name <address>` or an address.
+    pub from: String,
+    /// Where `List-Unsubscribe` points for non-transactional mail (Herald's one-click endpoint).
+    #[serde(default)]
+    pub unsubscribe_url: Option<String>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Pooled connections, and messages in flight.
+    #[serde(default = "default_connections")]
+    pub max_connections: u32,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connections() -> u32 {
+    8
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpConfigError {
+    #[error("providers.smtp.password: {0}")]
+    Password(#[from] SecretError),
+    #[error("providers.smtp.url {url:?}: {detail}")]
+    Url { url: String, detail: String },
+    #[error("providers.smtp.from {from:?}: {detail}")]
+    From { from: String, detail: String },
+    #[error("providers.smtp: a password needs a username")]
+    PasswordWithoutUser,
+}
+
+/// The class of an SMTP reply code.
+pub fn classify_code(code: &str, reason: String) -> SendOutcome {
+    match code.as_bytes().first() {
+        Some(b'2') => SendOutcome::Delivered { provider_id: None },
+        Some(b'4') => SendOutcome::Retryable { reason, retry_after: None },
+        _ if matches!(code, "550" | "551" | "553") => SendOutcome::BadAddress { reason },
+        _ => SendOutcome::Permanent { reason },
+    }
+}
+
+fn outcome_of(error: &lettre::transport::smtp::Error) -> SendOutcome {
+    let reason = format!("smtp: {error}");
+    match error.status() {
+        Some(code) => classify_code(&code.to_string(), reason),
+        // Connection refused or reset, TLS failure, timeout: the server may be back soon.
+        None => SendOutcome::Retryable { reason, retry_after: None },
+    }
+}
+
+pub struct Smtp {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    domain: String,
+    unsubscribe_url: Option<String>,
+    max_connections: usize,
+}
+
+impl Smtp {
+    pub fn new(config: &SmtpConfig) -> Result<Smtp, SmtpConfigError> {
+        let url_error = |detail: String| SmtpConfigError::Url { url: config.url.clone(), detail };
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url).map_err(|e| url_error(e.to_string()))?;
+        let password: Option<Secret> = config.password.as_ref().map(SecretSource::resolve).transpose()?;
+        match (&config.username, password) {
+            (Some(user), Some(password)) => {
+                builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
+            }
+            (None, Some(_)) => return Err(SmtpConfigError::PasswordWithoutUser),
+            _ => {}
+        }
+        let transport = builder
+            .timeout(Some(config.timeout))
+            .pool_config(PoolConfig::new().max_size(config.max_connections.max(1)))
+            .build();
+        let from: Mailbox = config.from.parse().map_err(|e: lettre::address::AddressError| SmtpConfigError::From {
+            from: config.from.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Smtp {
+            domain: from.email.domain().to_string(),
+            transport,
+            from,
+            unsubscribe_url: config.unsubscribe_url.clone(),
+            max_connections: config.max_connections.max(1) as usize,
+        })
+    }
+
+    /// The message for `job`, or why it cannot be one.
+    pub fn message(&self, job: &DeliveryJob) -> Result<Message, String> {
+        let (Target::Email { address }, RenderedContent::Email { subject, text, html }) = (&job.target, &job.content)
+        else {
+            return Err("not an email delivery".into());
+        };
+        let to: Mailbox = address.parse().map_err(|e| format!("address {address:?}: {e}"))?;
+        let mut message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .date_now()
+            .message_id(Some(format!("<{}@{}>", job.delivery_id.0, self.domain)))
+            .multipart(MultiPart::alternative_plain_html(text.clone(), html.clone()))
+            .map_err(|e| e.to_string())?;
+        let headers = message.headers_mut();
+        headers.insert_raw(HeaderValue::new(
+            HeaderName::new_from_ascii_str(DELIVERY_ID_HEADER),
+            job.delivery_id.0.clone(),
+        ));
+        if job.category != TRANSACTIONAL
+            && let Some(base) = &self.unsubscribe_url
+        {
+            let separator = if base.contains('?') { '&' } else { '?' };
+            let link = format!("<{base}{separator}delivery={}&category={}>", job.delivery_id.0, job.category);
+            headers.insert_raw(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), link));
+            headers.insert_raw(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ));
+        }
+        Ok(message)
+    }
+
+    async fn send_one(&self, job: &DeliveryJob) -> SendOutcome {
+        let message = match self.message(job) {
+            Ok(message) => message,
+            Err(reason) => return SendOutcome::Permanent { reason },
+        };
+        match self.transport.send(message).await {
+            Ok(response) => SendOutcome::Delivered { provider_id: response.message().next().map(str::to_string) },
+            Err(error) => outcome_of(&error),
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for Smtp {
+    fn name(&self) -> &str {
+        "smtp"
+    }
+
+    async fn send(&mut self, jobs: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
+        let this = &*self;
+        Ok(super::send_each(jobs, this.max_connections, |job| this.send_one(job)).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_codes_have_their_class() {
+        let r = || "x".to_string();
+        assert!(matches!(classify_code("250", r()), SendOutcome::Delivered { .. }));
+        assert!(matches!(classify_code("421", r()), SendOutcome::Retryable { .. }));
+        assert!(matches!(classify_code("451", r()), SendOutcome::Retryable { .. }));
+        for code in ["550", "551", "553"] {
+            assert!(matches!(classify_code(code, r()), SendOutcome::BadAddress { .. }), "{code}");
+        }
+        assert!(matches!(classify_code("552", r()), SendOutcome::Permanent { .. }));
+        assert!(matches!(classify_code("554", r()), SendOutcome::Permanent { .. }));
+    }
+
+    #[test]
+    fn bad_configuration_names_the_field() {
+        let config = |url: &str, from: &str| SmtpConfig {
+            url: url.into(),
+            username: None,
+            password: None,
+            from: from.into(),
+            unsubscribe_url: None,
+            timeout: default_timeout(),
+            max_connections: 2,
+        };
+        let err = Smtp::new(&config("ftp://mail.example.com", "a@example.com")).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("providers.smtp.url")));
+        let err = Smtp::new(&config("smtp://127.0.0.1:2525", "not an address")).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("providers.smtp.from")));
+        let mut lone = config("smtp://127.0.0.1:2525", "a@example.com");
+        lone.password = Some(SecretSource::Inline("pw".into()));
+        assert!(matches!(Smtp::new(&lone), Err(SmtpConfigError::PasswordWithoutUser)));
+    }
+}
