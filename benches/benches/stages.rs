@@ -36,6 +36,7 @@ fn user(i: usize) -> User {
             Device { id: "a".into(), platform: Platform::Android, token: format!("fcm{i}"), active: true },
         ],
         preferences: Default::default(),
+        unreachable: Vec::new(),
     }
 }
 

@@ -5,7 +5,7 @@
 //! limits before anything opens a socket or a file. `herald config check`
 //! runs exactly these two steps.
 
-use herald_connectors::channels::smtp::{Smtp, SmtpConfig};
+use herald_connectors::channels::smtp::SmtpConfig;
 use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_schemas::request::ChannelKind;
 use herald_stages::retry::RetryPolicy;
@@ -291,9 +291,7 @@ impl Config {
         }
         match (self.channels.email, &self.providers.smtp) {
             (EmailConnector::Smtp, None) => return bad("channels.email = \"smtp\" needs a [providers.smtp] section"),
-            (_, Some(smtp)) => {
-                Smtp::new(smtp).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            }
+            (_, Some(smtp)) => smtp.check().map_err(|e| ConfigError::Invalid(e.to_string()))?,
             (EmailConnector::Outbox, None) => {}
         }
         if self.ingest.client_id.is_empty() {

@@ -24,6 +24,35 @@ pub struct User {
     pub devices: Vec<Device>,
     #[serde(default)]
     pub preferences: Preferences,
+    /// Addresses (device tokens, the phone, the email) a provider reported as dead; they are never
+    /// tried again. Kept by Herald: a `PUT` of the user keeps the entries for addresses it still
+    /// names, so re-sending a dead token does not revive it; a new address starts reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
+}
+
+impl User {
+    /// Whether `address` may be sent to (not reported dead).
+    pub fn reaches(&self, address: &str) -> bool {
+        !self.unreachable.iter().any(|a| a == address)
+    }
+
+    /// Whether the user has `address` at all (a device token, the phone or the email).
+    pub fn has_address(&self, address: &str) -> bool {
+        self.devices.iter().any(|d| d.token == address)
+            || self.phone.as_deref() == Some(address)
+            || self.email.as_deref() == Some(address)
+    }
+
+    /// Carries `previous`'s dead addresses over to this new version of the user, for those it
+    /// still has.
+    pub fn keep_unreachable_from(&mut self, previous: &User) {
+        for address in &previous.unreachable {
+            if self.has_address(address) && self.reaches(address) {
+                self.unreachable.push(address.clone());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -45,8 +45,12 @@ impl StoreError {
 pub trait ContactStore: Send + Sync + 'static {
     /// One answer per id, in order; `None` for an unknown user.
     async fn get_users(&self, ids: &[String]) -> Result<Vec<Option<User>>, StoreError>;
-    /// Stores the users (replacing); returns for each whether it was new.
+    /// Stores the users (replacing, but keeping the dead addresses they still name, see
+    /// [`User::unreachable`]); returns for each whether it was new.
     async fn put_users(&self, users: &[User]) -> Result<Vec<bool>, StoreError>;
+    /// Records that a provider reported `address` of the user as dead. Returns whether it was
+    /// recorded now (false: unknown user, an address the user no longer has, or already dead).
+    async fn mark_unreachable(&self, user_id: &str, address: &str) -> Result<bool, StoreError>;
 }
 
 #[async_trait]

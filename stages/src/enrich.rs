@@ -63,16 +63,24 @@ fn no_target_reason(channel: ChannelKind) -> &'static str {
     }
 }
 
-/// The user's targets on one channel.
+/// The user's targets on one channel: active devices, the phone, the email, except addresses a
+/// provider reported dead ([`User::unreachable`]).
 fn targets_on(user: &User, channel: ChannelKind, into: &mut Vec<Target>) {
+    let reachable = |address: &String| user.reaches(address);
     match channel {
-        ChannelKind::Push => into.extend(user.devices.iter().filter(|d| d.active).map(|d| Target::Device {
-            device_id: d.id.clone(),
-            platform: d.platform,
-            token: d.token.clone(),
-        })),
-        ChannelKind::Sms => into.extend(user.phone.iter().map(|p| Target::Phone { number: p.clone() })),
-        ChannelKind::Email => into.extend(user.email.iter().map(|a| Target::Email { address: a.clone() })),
+        ChannelKind::Push => {
+            into.extend(user.devices.iter().filter(|d| d.active && reachable(&d.token)).map(|d| Target::Device {
+                device_id: d.id.clone(),
+                platform: d.platform,
+                token: d.token.clone(),
+            }))
+        }
+        ChannelKind::Sms => {
+            into.extend(user.phone.iter().filter(|p| reachable(p)).map(|p| Target::Phone { number: p.clone() }))
+        }
+        ChannelKind::Email => {
+            into.extend(user.email.iter().filter(|a| reachable(a)).map(|a| Target::Email { address: a.clone() }))
+        }
     }
 }
 
@@ -217,6 +225,18 @@ mod tests {
         let routes: Vec<_> = item.targets.iter().map(|t| t.route().as_str()).collect();
         assert_eq!(routes, ["apns", "fcm", "webpush", "sms", "email"]);
         assert!(item.targets.iter().all(|t| t.address() != "token-dead"));
+    }
+
+    #[tokio::test]
+    async fn addresses_reported_dead_are_not_targets() {
+        let mut user = fakes::full_user("u1");
+        user.unreachable = vec!["token-d1".into(), "u1@example.com".into()];
+        let mut s = setup(vec![user]);
+        let all = [ChannelKind::Push, ChannelKind::Sms, ChannelKind::Email];
+        let out = run(&mut s.stage, vec![fakes::item("n1", fakes::request("u1", "t", &all))]).await;
+        let addresses: Vec<_> = out.items[0].targets.iter().map(|t| t.address()).collect();
+        assert_eq!(addresses, ["token-d2", "+821012345678"]);
+        assert_eq!(reasons(&out), vec![(EventKind::NoTarget, Some(ChannelKind::Email), "no_email".into())]);
     }
 
     #[tokio::test]

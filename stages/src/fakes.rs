@@ -47,6 +47,15 @@ impl ContactStore for Contacts {
         let mut map = self.users.lock().unwrap();
         Ok(users.iter().map(|u| map.insert(u.id.clone(), u.clone()).is_none()).collect())
     }
+
+    async fn mark_unreachable(&self, user_id: &str, address: &str) -> Result<bool, StoreError> {
+        let mut map = self.users.lock().unwrap();
+        let Some(user) = map.get_mut(user_id).filter(|u| u.has_address(address) && u.reaches(address)) else {
+            return Ok(false);
+        };
+        user.unreachable.push(address.to_string());
+        Ok(true)
+    }
 }
 
 #[derive(Default)]
@@ -197,6 +206,7 @@ pub fn full_user(id: &str) -> User {
         timezone: Some("Asia/Seoul".to_string()),
         devices: vec![device("d1", Platform::Ios, true), device("d2", Platform::Android, true)],
         preferences: Default::default(),
+        unreachable: Vec::new(),
     }
 }
 

@@ -185,14 +185,43 @@ impl ContactStore for EmbeddedDb {
             .write_durable(move |inner| {
                 let _serial = hold(&inner.locks.contacts);
                 let mut batch = inner.db.batch();
-                let mut seen = HashSet::new();
                 let mut fresh = Vec::with_capacity(users.len());
-                for user in &users {
-                    let new = seen.insert(user.id.as_str()) && !inner.ks.contacts.contains_key(user.id.as_bytes())?;
-                    fresh.push(new);
-                    batch.insert(&inner.ks.contacts, user.id.as_bytes(), to_json("contacts", user)?);
+                // What this call already wrote, so a user twice in one call is not new the second
+                // time and keeps the dead addresses the store had.
+                let mut written: HashMap<String, User> = HashMap::new();
+                for mut user in users {
+                    let previous = match written.remove(&user.id) {
+                        Some(previous) => Some(previous),
+                        None => get_json::<User>(&inner.ks.contacts, "contacts", user.id.as_bytes())?,
+                    };
+                    fresh.push(previous.is_none());
+                    user.unreachable.clear();
+                    if let Some(previous) = &previous {
+                        user.keep_unreachable_from(previous);
+                    }
+                    batch.insert(&inner.ks.contacts, user.id.as_bytes(), to_json("contacts", &user)?);
+                    written.insert(user.id.clone(), user);
                 }
                 Ok((fresh, inner.commit_batch(batch, None)?))
+            })
+            .await?)
+    }
+
+    async fn mark_unreachable(&self, user_id: &str, address: &str) -> Result<bool, StoreError> {
+        let (user_id, address) = (user_id.to_string(), address.to_string());
+        Ok(self
+            .write_durable(move |inner| {
+                let _serial = hold(&inner.locks.contacts);
+                let mut batch = inner.db.batch();
+                let marked = match get_json::<User>(&inner.ks.contacts, "contacts", user_id.as_bytes())? {
+                    Some(mut user) if user.has_address(&address) && user.reaches(&address) => {
+                        user.unreachable.push(address.clone());
+                        batch.insert(&inner.ks.contacts, user_id.as_bytes(), to_json("contacts", &user)?);
+                        true
+                    }
+                    _ => false,
+                };
+                Ok((marked, inner.commit_batch(batch, None)?))
             })
             .await?)
     }
@@ -639,6 +668,37 @@ mod tests {
         assert_eq!(db.put_users(&[user.clone()]).await.unwrap(), vec![false]);
         let got = db.get_users(&["u1".into(), "nobody".into(), "u2".into()]).await.unwrap();
         assert_eq!(got, vec![Some(user), None, Some(other)]);
+    }
+
+    #[tokio::test]
+    async fn dead_addresses_are_recorded_and_survive_a_put_that_still_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let device = Device { id: "d1".into(), platform: Platform::Ios, token: "tok".into(), active: true };
+        let user = User {
+            id: "u1".into(),
+            email: Some("a@example.com".into()),
+            phone: Some("+15550001".into()),
+            devices: vec![device],
+            ..User::default()
+        };
+        db.put_users(std::slice::from_ref(&user)).await.unwrap();
+        assert!(db.mark_unreachable("u1", "tok").await.unwrap());
+        assert!(db.mark_unreachable("u1", "a@example.com").await.unwrap());
+        assert!(!db.mark_unreachable("u1", "tok").await.unwrap(), "already dead");
+        assert!(!db.mark_unreachable("u1", "other-token").await.unwrap(), "not the user's");
+        assert!(!db.mark_unreachable("nobody", "tok").await.unwrap());
+        let stored = |db: EmbeddedDb| async move { db.get_users(&["u1".into()]).await.unwrap()[0].clone().unwrap() };
+        assert_eq!(stored(db.clone()).await.unreachable, ["tok", "a@example.com"]);
+
+        // The client sends the user again, with the same token and a new email: the token stays
+        // dead, the new email is reachable; an `unreachable` list from the client is ignored.
+        let again =
+            User { email: Some("new@example.com".into()), unreachable: vec!["+15550001".into()], ..user.clone() };
+        db.put_users(&[again]).await.unwrap();
+        let got = stored(db.clone()).await;
+        assert_eq!(got.unreachable, ["tok"]);
+        assert!(got.reaches("new@example.com") && got.reaches("+15550001") && !got.reaches("tok"));
     }
 
     fn template(locale: &str, default: bool) -> Template {

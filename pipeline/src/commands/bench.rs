@@ -213,6 +213,7 @@ async fn setup(app: &App, users: u64) -> Result<(), BenchError> {
                 },
             ],
             preferences: Default::default(),
+            unreachable: Vec::new(),
         });
         if batch.len() == 1000 {
             app.backends.contacts.put_users(&batch).await?;

@@ -204,6 +204,7 @@ fn user_from_cells(cells: &HashMap<&str, &str>) -> Result<User, String> {
         timezone: get("timezone"),
         devices,
         preferences: Preferences { opt_out: OptOut { channels, categories: list("opt_out_categories") } },
+        unreachable: Vec::new(),
     })
 }
 

@@ -39,9 +39,10 @@ use crate::telemetry::ChannelBatchSent;
 use herald_schemas::channel::{Channel, ChannelError, SendOutcome};
 use herald_schemas::codec::{self, CodecError};
 use herald_schemas::job::{DeadLetter, RetryJob, Route};
-use herald_schemas::store::{LedgerState, LedgerStore, SinkPosition};
+use herald_schemas::store::{ContactStore, LedgerState, LedgerStore, SinkPosition};
 use herald_schemas::topic::{self, StoredRecord, TopicLog};
 use herald_schemas::{DeliveryEvent, DeliveryJob, EventKind, stage::now_ms};
+use herald_stages::enrich::ContactCache;
 use herald_stages::retry::{RetryDecision, RetryPolicy};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -59,6 +60,9 @@ pub struct Dispatcher {
     pub routes: Vec<Route>,
     pub log: Arc<dyn TopicLog>,
     pub ledger: Arc<dyn LedgerStore>,
+    /// Where a dead address is recorded, and the enrich stage's cache of it to drop.
+    pub contacts: Arc<dyn ContactStore>,
+    pub contact_cache: Arc<ContactCache>,
     pub channel: ChannelFactory,
     pub route_partitions: u32,
     pub event_partitions: u32,
@@ -120,7 +124,7 @@ impl Dispatcher {
                 channel.send(&fresh).await.map_err(|e| TaskFailed::new(name, e))?
             };
             let mut done = Vec::with_capacity(fresh.len());
-            let (mut retries, mut dead) = (Vec::new(), Vec::new());
+            let (mut retries, mut dead, mut dead_addresses) = (Vec::new(), Vec::new(), Vec::new());
             let (mut delivered, mut failed) = (0, 0);
             for (job, outcome) in fresh.iter().zip(&outcomes) {
                 let (kind, reason) = match outcome {
@@ -131,6 +135,7 @@ impl Dispatcher {
                     }
                     SendOutcome::BadAddress { reason } => {
                         failed += 1;
+                        dead_addresses.push(job);
                         done.push((job.delivery_id.clone(), LedgerState::Failed));
                         (EventKind::Failed, Some(format!("bad_address:{reason}")))
                     }
@@ -153,6 +158,15 @@ impl Dispatcher {
                     }
                 };
                 events.push(job_event(job, kind, reason, now));
+            }
+            // Dead addresses are recorded before the ledger: a replay after a crash between the
+            // two sends to the provider again, which refuses again, and records it then.
+            for job in dead_addresses {
+                let address = job.target.address();
+                if self.contacts.mark_unreachable(&job.user_id, address).await.map_err(|e| TaskFailed::new(name, e))? {
+                    self.contact_cache.invalidate(&job.user_id);
+                    tracing::info!(channel = name, target = %job.target.redacted(), "address reported dead; not tried again");
+                }
             }
             // The ledger (with the sink position) is written before the durable append that
             // commits the batch, so it is durable no later than the commit; should it be
@@ -220,7 +234,7 @@ pub(crate) mod tests {
     use crate::runtime::supervise::supervise;
     use herald_connectors::channels::outbox::FileOutbox;
     use herald_connectors::embedded::{EmbeddedDb, EmbeddedOptions};
-    use herald_schemas::contacts::Platform;
+    use herald_schemas::contacts::{Device, Platform, User};
     use herald_schemas::topic::{Append, Record};
     use herald_schemas::{DeliveryId, NotificationId, RenderedContent, Target, topic};
     use std::time::Duration;
@@ -251,6 +265,11 @@ pub(crate) mod tests {
             routes: vec![Route::Apns],
             log: db.clone(),
             ledger: db.clone(),
+            contacts: db.clone(),
+            contact_cache: Arc::new(
+                herald_stages::enrich::ContactCacheConfig::default()
+                    .build(Arc::new(herald_schemas::stage::SystemClock)),
+            ),
             channel,
             route_partitions: 1,
             event_partitions: 1,
@@ -334,6 +353,9 @@ pub(crate) mod tests {
                     RenderedContent::Push { body, .. } if body == "never" => {
                         SendOutcome::Permanent { reason: "http 400 PayloadTooLarge".into() }
                     }
+                    RenderedContent::Push { body, .. } if body == "dead" => {
+                        SendOutcome::BadAddress { reason: "http 410 Unregistered".into() }
+                    }
                     _ => SendOutcome::Delivered { provider_id: None },
                 })
                 .collect())
@@ -349,8 +371,15 @@ pub(crate) mod tests {
         }
         // Requested now: max_age counts from the request.
         let fresh = |n: &str| DeliveryJob { requested_at_ms: now_ms(), ..job(n) };
-        let (ok, later, never) = (fresh("ok"), fresh("later"), fresh("never"));
-        let records = [&ok, &later, &never].map(|j| Record { key: b"u".to_vec(), value: codec::encode(j) });
+        let (ok, later, never, gone) = (fresh("ok"), fresh("later"), fresh("never"), fresh("dead"));
+        let records = [&ok, &later, &never, &gone].map(|j| Record { key: b"u".to_vec(), value: codec::encode(j) });
+        let devices = [&ok, &gone].map(|j| Device {
+            id: j.target.address().into(),
+            platform: Platform::Ios,
+            token: j.target.address().into(),
+            active: true,
+        });
+        db.put_users(&[User { id: "u".into(), devices: devices.to_vec(), ..User::default() }]).await.unwrap();
         db.append(vec![Append { topic: Route::Apns.topic().into(), partition: 0, records: records.to_vec() }])
             .await
             .unwrap();
@@ -378,6 +407,9 @@ pub(crate) mod tests {
         let states = db.states(&[ok.delivery_id, later.delivery_id, never.delivery_id]).await.unwrap();
         assert_eq!(states, [Some(LedgerState::Sent), None, Some(LedgerState::Failed)]);
         // The batch is committed: nothing is sent again.
-        assert_eq!(db.committed("herald-dispatch-push", Route::Apns.topic(), 0).await.unwrap(), 3);
+        assert_eq!(db.committed("herald-dispatch-push", Route::Apns.topic(), 0).await.unwrap(), 4);
+        // The dead token is recorded on the user, and only it.
+        let user = db.get_users(&["u".into()]).await.unwrap()[0].clone().unwrap();
+        assert_eq!(user.unreachable, [gone.target.address()]);
     }
 }

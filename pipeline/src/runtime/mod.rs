@@ -91,6 +91,8 @@ impl Runtime {
                 routes: Route::routes_of(channel).to_vec(),
                 log: log.clone(),
                 ledger: app.backends.ledger.clone(),
+                contacts: app.backends.contacts.clone(),
+                contact_cache: app.contact_cache.clone(),
                 channel: factory,
                 route_partitions: partitions,
                 event_partitions: partitions,

@@ -93,27 +93,44 @@ pub struct Smtp {
     max_connections: usize,
 }
 
-impl Smtp {
-    pub fn new(config: &SmtpConfig) -> Result<Smtp, SmtpConfigError> {
-        let url_error = |detail: String| SmtpConfigError::Url { url: config.url.clone(), detail };
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url).map_err(|e| url_error(e.to_string()))?;
-        let password: Option<Secret> = config.password.as_ref().map(SecretSource::resolve).transpose()?;
-        match (&config.username, password) {
-            (Some(user), Some(password)) => {
-                builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
-            }
+impl SmtpConfig {
+    /// Checks every field without connecting or starting anything (no runtime needed); what
+    /// `herald config check` runs.
+    pub fn check(&self) -> Result<(), SmtpConfigError> {
+        self.parts().map(|_| ())
+    }
+
+    /// The transport builder, the credentials and the sender.
+    fn parts(&self) -> Result<(SmtpTransportBuilder, Option<Credentials>, Mailbox), SmtpConfigError> {
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&self.url)
+            .map_err(|e| SmtpConfigError::Url { url: self.url.clone(), detail: e.to_string() })?;
+        let password: Option<Secret> = self.password.as_ref().map(SecretSource::resolve).transpose()?;
+        let credentials = match (&self.username, password) {
+            (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.expose().to_string())),
             (None, Some(_)) => return Err(SmtpConfigError::PasswordWithoutUser),
-            _ => {}
+            _ => None,
+        };
+        let from: Mailbox = self.from.parse().map_err(|e: lettre::address::AddressError| SmtpConfigError::From {
+            from: self.from.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok((builder, credentials, from))
+    }
+}
+
+type SmtpTransportBuilder = lettre::transport::smtp::AsyncSmtpTransportBuilder;
+
+impl Smtp {
+    /// The connector; its connection pool runs on the current Tokio runtime.
+    pub fn new(config: &SmtpConfig) -> Result<Smtp, SmtpConfigError> {
+        let (mut builder, credentials, from) = config.parts()?;
+        if let Some(credentials) = credentials {
+            builder = builder.credentials(credentials);
         }
         let transport = builder
             .timeout(Some(config.timeout))
             .pool_config(PoolConfig::new().max_size(config.max_connections.max(1)))
             .build();
-        let from: Mailbox = config.from.parse().map_err(|e: lettre::address::AddressError| SmtpConfigError::From {
-            from: config.from.clone(),
-            detail: e.to_string(),
-        })?;
         Ok(Smtp {
             domain: from.email.domain().to_string(),
             transport,
@@ -209,12 +226,14 @@ mod tests {
             timeout: default_timeout(),
             max_connections: 2,
         };
-        let err = Smtp::new(&config("ftp://mail.example.com", "a@example.com")).err().map(|e| e.to_string());
+        // Checked without a runtime: `config check` must not need one.
+        let err = config("ftp://mail.example.com", "a@example.com").check().err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("providers.smtp.url")));
-        let err = Smtp::new(&config("smtp://127.0.0.1:2525", "not an address")).err().map(|e| e.to_string());
+        let err = config("smtp://127.0.0.1:2525", "not an address").check().err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("providers.smtp.from")));
         let mut lone = config("smtp://127.0.0.1:2525", "a@example.com");
         lone.password = Some(SecretSource::Inline("pw".into()));
-        assert!(matches!(Smtp::new(&lone), Err(SmtpConfigError::PasswordWithoutUser)));
+        assert!(matches!(lone.check(), Err(SmtpConfigError::PasswordWithoutUser)));
+        assert!(config("smtps://mail.example.com:465", "Herald <a@example.com>").check().is_ok());
     }
 }
