@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the TOML configuration, validated before any I/O.
 //! - [`app`]: backends chosen by configuration, shared caches, the accept path.
+//! - [`dlq`]: the dead-letter queue (`herald-dead`): listing and replay.
 //! - [`ingest`]: validation and the durable append to `herald-requests`.
 //! - [`runtime`]: partition readers, stage chain, dispatchers, sinks, monitor.
 //! - [`api`]: the HTTP API (axum).
@@ -14,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod dlq;
 pub mod ingest;
 pub mod keys;
 pub mod runtime;

@@ -99,6 +99,9 @@ enum Command {
     /// Check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The dead-letter queue: deliveries given up (refused for good, or out of attempts or time).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Measure the pipeline's capacity on this machine (no network in the way).
     ///
     /// Appends N notifications through the API's accept path into a data
@@ -175,6 +178,41 @@ enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters not delivered since: the latest per delivery, oldest first.
+    ///
+    /// One line each: when, delivery id, route, target (redacted), reason, last error.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// One JSON object per line (the whole letter, job included) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one delivery's dead letter as JSON (the job, the reason, the last error).
+    Show {
+        #[command(flatten)]
+        common: Common,
+        /// The delivery id, as `list` prints it.
+        delivery_id: String,
+    },
+    /// Send dead letters again, with a fresh retry budget, once the cause is fixed.
+    ///
+    /// Idempotent: a delivery sent meanwhile is skipped, and replaying twice sends once.
+    /// Examples: herald dlq replay --all; herald dlq replay --delivery-id 0195….3f2a
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// Replay every listed letter.
+        #[arg(long, conflicts_with = "delivery_ids")]
+        all: bool,
+        /// Replay this delivery's letter; repeatable.
+        #[arg(long = "delivery-id", required_unless_present = "all")]
+        delivery_ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Parse and validate a configuration file without starting anything; print the effective config.
     Check {
@@ -205,6 +243,15 @@ fn tune_allocator() {
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
+}
+
+fn dlq_action(command: DlqCommand) -> (Common, commands::dlq::Action) {
+    use commands::dlq::Action;
+    match command {
+        DlqCommand::List { common, json } => (common, Action::List { json }),
+        DlqCommand::Show { common, delivery_id } => (common, Action::Show { delivery_id }),
+        DlqCommand::Replay { common, all, delivery_ids } => (common, Action::Replay { all, delivery_ids }),
     }
 }
 
@@ -300,6 +347,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let secret = herald::keys::create(app.backends.keys.as_ref(), &client, &scopes).await?;
             println!("{secret}");
             Ok(())
+        }
+        Command::Dlq(command) => {
+            let (common, action) = dlq_action(command);
+            let (config, dir) = common.load()?;
+            let app = commands::open_for_command(config, dir, "the dead-letter queue has no HTTP API yet").await?;
+            commands::dlq::run(&app, action).await
         }
         Command::Config(ConfigCommand::Check { config }) => {
             let loaded = Config::load_or_default(config.as_deref())?;

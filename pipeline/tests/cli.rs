@@ -13,7 +13,7 @@ fn help_lists_every_command() {
     let out = herald(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for command in ["serve", "send", "contacts", "templates", "keys", "config", "bench"] {
+    for command in ["serve", "send", "contacts", "templates", "keys", "config", "dlq", "bench"] {
         assert!(text.contains(command), "--help does not mention {command}:\n{text}");
     }
 }
@@ -27,6 +27,9 @@ fn each_command_has_help() {
         &["templates", "add", "--help"],
         &["keys", "create", "--help"],
         &["config", "check", "--help"],
+        &["dlq", "list", "--help"],
+        &["dlq", "show", "--help"],
+        &["dlq", "replay", "--help"],
         &["bench", "--help"],
     ] {
         let out = herald(args);
@@ -78,4 +81,20 @@ fn config_check_names_the_provider_field_that_is_wrong() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("twilio") && !printed.contains("s3cr3t"), "{printed}");
+}
+
+#[test]
+fn dlq_lists_an_empty_queue_and_replay_needs_a_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = herald(&["dlq", "list", "--data-dir", data.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letters"));
+    let out = herald(&["dlq", "replay", "--data-dir", data.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--delivery-id"));
+    let out = herald(&["dlq", "show", "nope", "--data-dir", data.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no open dead letter for delivery nope"));
 }

@@ -138,6 +138,10 @@ pub trait LedgerStore: Send + Sync + 'static {
         sink: Option<SinkPosition>,
     ) -> Result<(), StoreError>;
     async fn sink_position(&self, sink: &str) -> Result<Option<u64>, StoreError>;
+    /// Makes failed deliveries sendable again, for a replay from the dead-letter queue: each id
+    /// whose state is `Failed` is forgotten (true); any other is left as it is (false), so a
+    /// delivery sent meanwhile is never sent again.
+    async fn reopen_failed(&self, ids: &[DeliveryId]) -> Result<Vec<bool>, StoreError>;
 }
 
 /// Scopes an API key can carry; `admin` implies every other.

@@ -105,6 +105,8 @@ pub(crate) struct StoreLocks {
     pub(crate) contacts: Mutex<()>,
     pub(crate) templates: Mutex<()>,
     pub(crate) retention: Mutex<()>,
+    /// Serializes [`herald_schemas::store::LedgerStore::reopen_failed`]'s read-then-delete.
+    pub(crate) ledger: Mutex<()>,
 }
 
 /// Takes a lock; a panic elsewhere while holding it does not make the data behind it wrong here

@@ -427,6 +427,28 @@ impl LedgerStore for EmbeddedDb {
         Ok(())
     }
 
+    async fn reopen_failed(&self, ids: &[DeliveryId]) -> Result<Vec<bool>, StoreError> {
+        let ids = ids.to_vec();
+        Ok(self
+            .write_durable(move |inner| {
+                let _serial = hold(&inner.locks.ledger);
+                let mut batch = inner.db.batch();
+                let mut reopened = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    let failed = match inner.ks.ledger.get(id.0.as_bytes())? {
+                        Some(bytes) => decode_state(&bytes)? == LedgerState::Failed,
+                        None => false,
+                    };
+                    if failed {
+                        batch.remove(&inner.ks.ledger, id.0.as_bytes());
+                    }
+                    reopened.push(failed);
+                }
+                Ok((reopened, inner.commit_batch(batch, None)?))
+            })
+            .await?)
+    }
+
     async fn sink_position(&self, sink: &str) -> Result<Option<u64>, StoreError> {
         let sink = sink.to_string();
         Ok(self

@@ -4,8 +4,9 @@
 //! whose user must be the path's account SID. Answers as Twilio does: 201 with the message
 //! resource (`sid` `SM…`, `status` `queued`, `num_segments`), or an error body
 //! `{"code", "message", "more_info", "status"}`. Twilio's magic test numbers are honoured:
-//! `+15005550001` invalid (21211), `+15005550009` not a mobile (21614), `+15005550004`
-//! unsubscribed (21610).
+//! `To` `+15005550001` invalid (21211), `+15005550009` not a mobile (21614), `+15005550004`
+//! unsubscribed (21610); `From` `+15005550001` is not a number this account may send from
+//! (21212, a permanent refusal of every message: a configuration fault).
 
 use super::{Fate, State};
 use axum::Router;
@@ -60,10 +61,13 @@ async fn send(
         stats.rejected();
         return error(StatusCode::BAD_REQUEST, 21604, "A 'To', 'From' and 'Body' parameter is required.");
     };
-    let magic = match to.as_str() {
-        "+15005550001" => Some((21211, "The 'To' number is not a valid phone number.")),
-        "+15005550009" => Some((21614, "'To' number is not a valid mobile number")),
-        "+15005550004" => Some((21610, "Attempt to send to unsubscribed recipient")),
+    let magic = match (from.as_str(), to.as_str()) {
+        ("+15005550001", _) => {
+            Some((21212, "The 'From' number is not a valid phone number, shortcode, or alphanumeric sender ID."))
+        }
+        (_, "+15005550001") => Some((21211, "The 'To' number is not a valid phone number.")),
+        (_, "+15005550009") => Some((21614, "'To' number is not a valid mobile number")),
+        (_, "+15005550004") => Some((21610, "Attempt to send to unsubscribed recipient")),
         _ => None,
     };
     if let Some((code, message)) = magic {

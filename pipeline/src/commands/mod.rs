@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod contacts;
+pub mod dlq;
 pub mod serve;
 
 use crate::app::{App, OpenError};

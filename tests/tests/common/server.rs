@@ -107,6 +107,24 @@ impl Herald {
         cmd.output().expect("run `herald keys create`")
     }
 
+    /// `herald ARGS… --data-dir DIR [--config FILE]`, a CLI command on this data directory (the
+    /// server must not be running), as a raw command result.
+    pub fn command(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(herald_bin());
+        cmd.args(args).arg("--data-dir").arg(&self.data_dir);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run `herald {args:?}`: {e}"))
+    }
+
+    /// Replaces the configuration the next [`Herald::serve`] and [`Herald::command`] use.
+    pub fn set_config(&mut self, text: &str) {
+        let path = self.dir.path().join("herald.toml");
+        fs::write(&path, text).expect("write the config file");
+        self.config = Some(path);
+    }
+
     /// Creates a key with the CLI (the server must not be running) and returns it.
     pub fn create_key(&self, scopes: &[&str], client: &str) -> String {
         let out = self.keys_create(scopes, client);
