@@ -5,6 +5,7 @@
 //! limits before anything opens a socket or a file. `herald config check`
 //! runs exactly these two steps.
 
+use herald_connectors::channels::breaker::BreakerConfig;
 use herald_connectors::channels::smtp::SmtpConfig;
 use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_schemas::request::ChannelKind;
@@ -49,6 +50,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub channels: ChannelsConfig,
     pub providers: ProvidersConfig,
+    pub breaker: BreakerConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,6 +281,9 @@ impl Config {
             return bad("dedup.window must be positive");
         }
         self.throttle.validate().map_err(|e| ConfigError::Invalid(format!("throttle: {e}")))?;
+        if !(0.0..1.0).contains(&self.breaker.failure_ratio) {
+            return bad("breaker.failure_ratio must be at least 0 and below 1");
+        }
         match (self.channels.sms, &self.providers.twilio) {
             (SmsConnector::Twilio, None) => {
                 return bad("channels.sms = \"twilio\" needs a [providers.twilio] section");

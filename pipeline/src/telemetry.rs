@@ -26,6 +26,7 @@ pub const API_NOTIFICATIONS: &str = "herald_api_notifications_total";
 pub const API_OVERLOADED: &str = "herald_api_overloaded_total";
 pub const RETENTION_DELETED: &str = "herald_log_retention_deleted_total";
 pub const RETRY_WAITING: &str = "herald_retry_waiting";
+pub const BREAKER_STATE: &str = "herald_provider_breaker_state";
 pub const RETRY_RELEASED: &str = "herald_retry_released_total";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
@@ -175,6 +176,19 @@ pub fn api_notifications(accepted: usize, rejected: usize) {
 pub fn api_overloaded(lag: u64) {
     counter!(API_OVERLOADED).increment(1);
     tracing::debug!(lag, "overloaded: answering 503");
+}
+
+/// A provider's circuit breaker changed state (gauge: 0 closed, 1 open, 2 half-open).
+pub fn breaker_state(provider: &str, state: herald_connectors::channels::breaker::BreakerState) {
+    use herald_connectors::channels::breaker::BreakerState;
+    gauge!(BREAKER_STATE, "provider" => provider.to_string()).set(state.as_gauge());
+    match state {
+        BreakerState::Open => {
+            tracing::warn!(provider, "circuit breaker open: not calling the provider until a probe succeeds")
+        }
+        BreakerState::HalfOpen => tracing::info!(provider, "circuit breaker half-open: probing"),
+        BreakerState::Closed => tracing::info!(provider, "circuit breaker closed"),
+    }
 }
 
 /// Jobs the retry scheduler holds in memory, waiting for their time.

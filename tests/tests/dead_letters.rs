@@ -7,19 +7,13 @@
 mod common;
 
 use common::server::Herald;
+use common::sms::twilio_config;
 use herald_loadtest::sandbox::{Faults, Sandbox, StatsView};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 const NOTIFICATIONS: usize = 300;
-
-fn config(base_url: &str, from: &str) -> String {
-    format!(
-        "[channels]\nsms = \"twilio\"\n\n[providers.twilio]\naccount_sid = \"ACsandbox\"\nauth_token = \"t\"\n\
-         from = \"{from}\"\nbase_url = \"{base_url}\"\nsegments_per_second = 100000\n"
-    )
-}
 
 async fn wait_for(sandbox: &Sandbox, what: &str, done: impl Fn(StatsView) -> bool) -> StatsView {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -42,21 +36,11 @@ fn dlq_list(herald: &Herald) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failures_are_dead_lettered_once_and_replayed_once() {
     let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap(), Faults::default()).await.unwrap();
-    let mut herald = Herald::new(Some(&config(&sandbox.base_url(), "+15005550001")));
+    let mut herald = Herald::new(Some(&twilio_config(&sandbox.base_url(), "+15005550001", "10s")));
     herald.serve();
     let api = herald.api();
-    for u in 0..10 {
-        api.put_user(&format!("u{u}"), &json!({ "phone": format!("+1415555{u:04}") })).await.expect(201, "PUT user");
-    }
-    api.post_template(&json!({ "id": "t", "locale": "en", "sms": { "text": "code {{ n }}" } }))
-        .await
-        .expect(201, "POST template");
-    let items: Vec<Value> = (0..NOTIFICATIONS)
-        .map(|n| {
-            json!({ "user_id": format!("u{}", n % 10), "template": "t", "channels": ["sms"],
-                    "category": "transactional", "idempotency_key": format!("dlq-{n}"), "data": { "n": n } })
-        })
-        .collect();
+    common::sms::create_users_and_template(&api, 10).await;
+    let items = common::sms::notifications(NOTIFICATIONS, 10, "dlq");
     api.submit_all(&items, 100).await;
     wait_for(&sandbox, "every send refused", |s| s.rejected as usize >= NOTIFICATIONS).await;
     assert!(herald.terminate().status.success());
@@ -71,7 +55,7 @@ async fn permanent_failures_are_dead_lettered_once_and_replayed_once() {
     assert_eq!(sandbox.state.view()["twilio"].accepted, 0);
 
     // Fix the sender, replay twice (idempotent), serve: each delivered once.
-    herald.set_config(&config(&sandbox.base_url(), "+15005550006"));
+    herald.set_config(&twilio_config(&sandbox.base_url(), "+15005550006", "10s"));
     for _ in 0..2 {
         let out = herald.command(&["dlq", "replay", "--all"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

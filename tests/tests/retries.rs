@@ -5,7 +5,6 @@ mod common;
 
 use common::server::Herald;
 use herald_loadtest::sandbox::{Faults, Sandbox};
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 const USERS: usize = 200;
@@ -18,35 +17,11 @@ async fn thirty_percent_failures_deliver_everything_once() {
     let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap(), faults).await.unwrap();
     // Herald's provider timeout (300 ms) is below the sandbox's hold, so held requests time out;
     // the retry policy is the default one.
-    let config = format!(
-        r#"[channels]
-sms = "twilio"
-
-[providers.twilio]
-account_sid = "ACsandbox"
-auth_token = "sandbox-token"
-from = "+15005550006"
-base_url = "{}"
-timeout = "300ms"
-segments_per_second = 100000
-"#,
-        sandbox.base_url()
-    );
+    let config = common::sms::twilio_config(&sandbox.base_url(), "+15005550006", "300ms");
     let herald = Herald::start(Some(&config));
     let api = herald.api();
-    for u in 0..USERS {
-        let user = json!({ "phone": format!("+1415555{u:04}"), "locale": "en" });
-        api.put_user(&format!("user-{u}"), &user).await.expect(201, "PUT /v1/users");
-    }
-    let template = json!({ "id": "otp", "locale": "en", "sms": { "text": "Your code is {{ code }}" } });
-    api.post_template(&template).await.expect(201, "POST /v1/templates");
-    let items: Vec<_> = (0..NOTIFICATIONS)
-        .map(|n| {
-            json!({ "user_id": format!("user-{}", n % USERS), "template": "otp", "channels": ["sms"],
-                    "category": "transactional", "idempotency_key": format!("retry-{n}"),
-                    "data": { "code": n } })
-        })
-        .collect();
+    common::sms::create_users_and_template(&api, USERS).await;
+    let items = common::sms::notifications(NOTIFICATIONS, USERS, "retry");
     let started = Instant::now();
     api.submit_all(&items, 1_000).await;
 

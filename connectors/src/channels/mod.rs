@@ -1,10 +1,12 @@
 //! Channel connectors, one module per provider (or sink Herald owns).
 //!
 //! - [`outbox`]: the file outbox, one JSON line per delivery, exactly once with the ledger.
+//! - [`breaker`]: the circuit breaker every provider's channel runs behind.
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
 //! - [`twilio`]: Twilio Programmable Messaging (SMS).
 //! - [`smtp`]: email over SMTP (lettre).
 
+pub mod breaker;
 pub mod outbox;
 pub mod sms;
 pub mod smtp;

@@ -134,11 +134,21 @@ impl ProviderStats {
 
 /// Shared by every handler.
 pub struct State {
-    pub faults: Faults,
+    faults: std::sync::RwLock<Faults>,
     pub stats: BTreeMap<&'static str, ProviderStats>,
 }
 
 impl State {
+    /// The faults in force now.
+    pub fn faults(&self) -> Faults {
+        self.faults.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Changes the faults from now on (a test taking a provider down and bringing it back).
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.write().unwrap_or_else(std::sync::PoisonError::into_inner) = faults;
+    }
+
     pub fn stats(&self, provider: &str) -> &ProviderStats {
         // Every provider of PROVIDERS is in the map; the handlers name only those.
         &self.stats[provider]
@@ -160,8 +170,10 @@ pub struct Sandbox {
 impl Sandbox {
     /// Binds `listen` (port 0 for any free port) and serves in the background.
     pub async fn start(listen: SocketAddr, faults: Faults) -> std::io::Result<Sandbox> {
-        let state =
-            Arc::new(State { faults, stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect() });
+        let state = Arc::new(State {
+            faults: std::sync::RwLock::new(faults),
+            stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect(),
+        });
         let app = Router::new()
             .route("/stats", get(|s: axum::extract::State<Arc<State>>| async move { axum::Json(s.view()) }))
             .merge(twilio::routes())

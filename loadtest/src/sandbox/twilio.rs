@@ -52,7 +52,8 @@ async fn send(
 ) -> Response {
     let stats = state.stats("twilio");
     stats.request();
-    state.faults.delay().await;
+    let faults = state.faults();
+    faults.delay().await;
     if basic_user(&headers).as_deref() != Some(sid.as_str()) {
         stats.rejected();
         return error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
@@ -74,7 +75,7 @@ async fn send(
         stats.rejected();
         return error(StatusCode::BAD_REQUEST, code, message);
     }
-    let fate = state.faults.draw(&mut rand::rng());
+    let fate = faults.draw(&mut rand::rng());
     match fate {
         Fate::Unavailable => {
             stats.rejected();
@@ -87,7 +88,7 @@ async fn send(
             return response;
         }
         Fate::Timeout => {
-            tokio::time::sleep(state.faults.hold).await;
+            tokio::time::sleep(faults.hold).await;
             stats.rejected();
             return error(StatusCode::GATEWAY_TIMEOUT, 20504, "Gateway Timeout");
         }
@@ -100,7 +101,7 @@ async fn send(
     let delivery_id = headers.get(DELIVERY_ID_HEADER).and_then(|v| v.to_str().ok());
     stats.accepted(delivery_id);
     if fate == Fate::AcceptThenTimeout {
-        tokio::time::sleep(state.faults.hold).await;
+        tokio::time::sleep(faults.hold).await;
     }
     let message_sid = format!("SM{:032x}", rand::random::<u128>());
     let segments = herald_connectors::channels::sms::segments(body).count;

@@ -24,6 +24,7 @@ pub mod timeline;
 use crate::app::App;
 use crate::config::{EmailConnector, SmsConnector};
 use dispatch::{ChannelFactory, Dispatcher};
+use herald_connectors::channels::breaker::{BreakerConfig, Guarded};
 use herald_connectors::channels::outbox::FileOutbox;
 use herald_connectors::channels::smtp::Smtp;
 use herald_connectors::channels::twilio::Twilio;
@@ -183,17 +184,17 @@ fn channel_factory(app: &App, name: &'static str, channel: ChannelKind) -> Chann
     let (channels, providers) = (&app.config.channels, &app.config.providers);
     match channel {
         ChannelKind::Sms if channels.sms == SmsConnector::Twilio && providers.twilio.is_some() => {
-            let config = providers.twilio.clone();
+            let (config, breaker) = (providers.twilio.clone(), app.config.breaker.clone());
             Arc::new(move || {
                 let config = config.as_ref().ok_or_else(|| unavailable("twilio", "no [providers.twilio]"))?;
-                Twilio::new(config).map(|t| Box::new(t) as Box<dyn Channel>).map_err(|e| unavailable("twilio", e))
+                Twilio::new(config).map(|t| guarded(Box::new(t), &breaker)).map_err(|e| unavailable("twilio", e))
             })
         }
         ChannelKind::Email if channels.email == EmailConnector::Smtp && providers.smtp.is_some() => {
-            let config = providers.smtp.clone();
+            let (config, breaker) = (providers.smtp.clone(), app.config.breaker.clone());
             Arc::new(move || {
                 let config = config.as_ref().ok_or_else(|| unavailable("smtp", "no [providers.smtp]"))?;
-                Smtp::new(config).map(|t| Box::new(t) as Box<dyn Channel>).map_err(|e| unavailable("smtp", e))
+                Smtp::new(config).map(|t| guarded(Box::new(t), &breaker)).map_err(|e| unavailable("smtp", e))
             })
         }
         _ => {
@@ -209,4 +210,9 @@ fn channel_factory(app: &App, name: &'static str, channel: ChannelKind) -> Chann
 
 fn unavailable(channel: &str, detail: impl std::fmt::Display) -> ChannelError {
     ChannelError::Unavailable { channel: channel.into(), detail: detail.to_string() }
+}
+
+/// A provider's channel behind its circuit breaker, whose state is exported as a metric.
+fn guarded(channel: Box<dyn Channel>, breaker: &BreakerConfig) -> Box<dyn Channel> {
+    Box::new(Guarded::new(channel, breaker.clone(), Box::new(crate::telemetry::breaker_state)))
 }

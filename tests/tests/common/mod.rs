@@ -9,6 +9,7 @@
 //! - [`outbox`]: reading the file outbox (a torn last line is tolerated only while the server runs),
 //!   cheap line counting for polling, and waiting for delivery to settle.
 //! - [`jobs`]: delivery jobs for tests that call a connector directly.
+//! - [`sms`]: Herald sending SMS through the provider sandbox: config, users, notifications.
 //! - [`population`]: users, devices and opt-outs the tests generate, and the delivery targets a
 //!   notification must reach, derived from that data alone.
 //!
@@ -21,6 +22,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod population;
 pub mod server;
+pub mod sms;
 
 /// A seed for the test's random choices: `HERALD_TEST_SEED` if set (to replay a failure), else fresh.
 /// The test prints it so that any run can be replayed.
