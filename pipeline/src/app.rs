@@ -5,6 +5,7 @@
 //! `herald_schemas::{topic, store}`; which implementation is behind them is
 //! decided here and nowhere else.
 
+use crate::alerts::Alerts;
 use crate::config::Config;
 use crate::ingest::Ingestor;
 use herald_connectors::embedded::{EmbeddedDb, EmbeddedError, EmbeddedOptions};
@@ -85,6 +86,7 @@ pub struct App {
     /// Compiled templates of the render stage; the API invalidates on update.
     pub template_cache: Arc<TemplateCache>,
     pub ingestor: Arc<Ingestor>,
+    pub alerts: Arc<Alerts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +113,9 @@ impl App {
             clock: clock.clone(),
         });
         let limits = config.render_limits();
+        let alerts = Arc::new(Alerts::new(config.alerts.clone()));
         Ok(App {
+            alerts,
             config,
             data_dir,
             backends,

@@ -5,6 +5,7 @@
 //! limits before anything opens a socket or a file. `herald config check`
 //! runs exactly these two steps.
 
+use crate::alerts::AlertsConfig;
 use herald_connectors::channels::breaker::BreakerConfig;
 use herald_connectors::channels::smtp::SmtpConfig;
 use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
@@ -51,6 +52,7 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub providers: ProvidersConfig,
     pub breaker: BreakerConfig,
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -281,6 +283,11 @@ impl Config {
             return bad("dedup.window must be positive");
         }
         self.throttle.validate().map_err(|e| ConfigError::Invalid(format!("throttle: {e}")))?;
+        if let Some(url) = &self.alerts.webhook
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("alerts.webhook must be an http:// or https:// URL");
+        }
         if !(0.0..1.0).contains(&self.breaker.failure_ratio) {
             return bad("breaker.failure_ratio must be at least 0 and below 1");
         }

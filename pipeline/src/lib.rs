@@ -1,6 +1,7 @@
 //! Herald: a durable, exactly-once notification pipeline.
 //!
 //! # Layout
+//! - [`alerts`]: alerts on provider failure and dead letters: log, metric, webhook.
 //! - [`config`]: the TOML configuration, validated before any I/O.
 //! - [`app`]: backends chosen by configuration, shared caches, the accept path.
 //! - [`dlq`]: the dead-letter queue (`herald-dead`): listing and replay.
@@ -11,6 +12,7 @@
 //! - [`keys`]: API key creation and hashing.
 //! - [`telemetry`]: metric names and named events, logging set-up.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod commands;

@@ -27,6 +27,8 @@ pub const API_OVERLOADED: &str = "herald_api_overloaded_total";
 pub const RETENTION_DELETED: &str = "herald_log_retention_deleted_total";
 pub const RETRY_WAITING: &str = "herald_retry_waiting";
 pub const BREAKER_STATE: &str = "herald_provider_breaker_state";
+pub const ALERTS: &str = "herald_alerts_total";
+pub const ALERTS_SUPPRESSED: &str = "herald_alerts_suppressed_total";
 pub const RETRY_RELEASED: &str = "herald_retry_released_total";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
@@ -176,6 +178,17 @@ pub fn api_notifications(accepted: usize, rejected: usize) {
 pub fn api_overloaded(lag: u64) {
     counter!(API_OVERLOADED).increment(1);
     tracing::debug!(lag, "overloaded: answering 503");
+}
+
+/// An alert was raised (and sent to the webhook, if one is configured).
+pub fn alert_raised(alert: &'static str, key: &str, detail: &serde_json::Value) {
+    counter!(ALERTS, "alert" => alert).increment(1);
+    tracing::error!(alert, key, %detail, "ALERT");
+}
+
+/// An alert was not raised again within its interval.
+pub fn alert_suppressed(alert: &'static str) {
+    counter!(ALERTS_SUPPRESSED, "alert" => alert).increment(1);
 }
 
 /// A provider's circuit breaker changed state (gauge: 0 closed, 1 open, 2 half-open).

@@ -1,15 +1,45 @@
-//! A provider down for 60 s and then back: nothing is lost or sent twice, and the circuit breaker
-//! opens during the outage and closes after it (`herald_provider_breaker_state` on `/metrics`).
+//! A provider down for 60 s and then back: nothing is lost or sent twice, the circuit breaker
+//! opens during the outage and closes after it (`herald_provider_breaker_state` on `/metrics`),
+//! and the alert webhook is called at least once and at most a few times.
 
 mod common;
 
 use common::client::Api;
 use common::server::Herald;
 use herald_loadtest::sandbox::{Faults, Sandbox};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NOTIFICATIONS: usize = 500;
 const OUTAGE: Duration = Duration::from_secs(60);
+
+/// An alert webhook receiver on loopback, keeping every body it is sent.
+struct Webhook {
+    url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Webhook {
+    async fn start() -> Webhook {
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let store = Arc::clone(&received);
+        let app = axum::Router::new().route(
+            "/alert",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let store = Arc::clone(&store);
+                async move {
+                    store.lock().unwrap().push(body);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/alert", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Webhook { url, received }
+    }
+}
 
 /// The breaker gauge of `provider`, from `/metrics`.
 async fn breaker_state(api: &Api, provider: &str) -> Option<f64> {
@@ -22,7 +52,12 @@ async fn breaker_state(api: &Api, provider: &str) -> Option<f64> {
 async fn a_provider_down_for_a_minute_loses_nothing_and_trips_the_breaker() {
     let down = Faults { fail_rate: 1.0, hold: Duration::from_secs(1), ..Faults::default() };
     let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap(), down).await.unwrap();
-    let config = common::sms::twilio_config(&sandbox.base_url(), "+15005550006", "300ms");
+    let webhook = Webhook::start().await;
+    let config = format!(
+        "{}\n[alerts]\nwebhook = \"{}\"\n",
+        common::sms::twilio_config(&sandbox.base_url(), "+15005550006", "300ms"),
+        webhook.url
+    );
     let herald = Herald::start(Some(&config));
     let api = herald.api();
     common::sms::create_users_and_template(&api, 10).await;
@@ -55,6 +90,10 @@ async fn a_provider_down_for_a_minute_loses_nothing_and_trips_the_breaker() {
     let stats = sandbox.state.view()["twilio"];
     assert_eq!((stats.accepted as usize, stats.duplicates), (NOTIFICATIONS, 0), "{stats:?}");
     assert_eq!(breaker_state(&api, "twilio").await, Some(0.0), "the breaker closed again");
+    let alerts = webhook.received.lock().unwrap().clone();
+    println!("alerts received: {alerts:?}");
+    assert!((1..=3).contains(&alerts.len()), "{} alerts: {alerts:?}", alerts.len());
+    assert!(alerts.iter().all(|a| a["alert"] == "provider_down" && a["detail"]["provider"] == "twilio"));
     drop(herald);
     sandbox.shutdown().await;
 }

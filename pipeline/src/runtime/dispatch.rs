@@ -35,6 +35,7 @@ use super::queue::QueueRx;
 use super::reader::{ReadSettings, spawn_readers};
 use super::requests::{event_appends, keyed_jobs};
 use super::supervise::{TaskFailed, TaskResult};
+use crate::alerts::Alerts;
 use crate::telemetry::ChannelBatchSent;
 use herald_schemas::channel::{Channel, ChannelError, SendOutcome};
 use herald_schemas::codec::{self, CodecError};
@@ -63,6 +64,8 @@ pub struct Dispatcher {
     /// Where a dead address is recorded, and the enrich stage's cache of it to drop.
     pub contacts: Arc<dyn ContactStore>,
     pub contact_cache: Arc<ContactCache>,
+    /// Told of dead letters (an alert once they pile up).
+    pub alerts: Arc<Alerts>,
     pub channel: ChannelFactory,
     pub route_partitions: u32,
     pub event_partitions: u32,
@@ -200,6 +203,7 @@ impl Dispatcher {
                 let failed: Vec<_> = dead.iter().map(|d| (d.job.delivery_id.clone(), LedgerState::Failed)).collect();
                 self.ledger.record_deliveries(&failed, None).await.map_err(|e| TaskFailed::new(name, e))?;
                 tracing::warn!(channel = name, count = dead.len(), "deliveries dead-lettered");
+                self.alerts.dead_letters(name, dead.len());
             }
         }
         Ok(())
@@ -266,6 +270,7 @@ pub(crate) mod tests {
             log: db.clone(),
             ledger: db.clone(),
             contacts: db.clone(),
+            alerts: Arc::new(Alerts::new(Default::default())),
             contact_cache: Arc::new(
                 herald_stages::enrich::ContactCacheConfig::default()
                     .build(Arc::new(herald_schemas::stage::SystemClock)),

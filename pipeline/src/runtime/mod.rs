@@ -21,10 +21,11 @@ pub mod retry;
 pub mod supervise;
 pub mod timeline;
 
+use crate::alerts::Alerts;
 use crate::app::App;
 use crate::config::{EmailConnector, SmsConnector};
 use dispatch::{ChannelFactory, Dispatcher};
-use herald_connectors::channels::breaker::{BreakerConfig, Guarded};
+use herald_connectors::channels::breaker::{BreakerConfig, BreakerState, Guarded};
 use herald_connectors::channels::outbox::FileOutbox;
 use herald_connectors::channels::smtp::Smtp;
 use herald_connectors::channels::twilio::Twilio;
@@ -94,6 +95,7 @@ impl Runtime {
                 ledger: app.backends.ledger.clone(),
                 contacts: app.backends.contacts.clone(),
                 contact_cache: app.contact_cache.clone(),
+                alerts: app.alerts.clone(),
                 channel: factory,
                 route_partitions: partitions,
                 event_partitions: partitions,
@@ -184,17 +186,19 @@ fn channel_factory(app: &App, name: &'static str, channel: ChannelKind) -> Chann
     let (channels, providers) = (&app.config.channels, &app.config.providers);
     match channel {
         ChannelKind::Sms if channels.sms == SmsConnector::Twilio && providers.twilio.is_some() => {
-            let (config, breaker) = (providers.twilio.clone(), app.config.breaker.clone());
+            let (config, breaker, alerts) = (providers.twilio.clone(), app.config.breaker.clone(), app.alerts.clone());
             Arc::new(move || {
                 let config = config.as_ref().ok_or_else(|| unavailable("twilio", "no [providers.twilio]"))?;
-                Twilio::new(config).map(|t| guarded(Box::new(t), &breaker)).map_err(|e| unavailable("twilio", e))
+                Twilio::new(config)
+                    .map(|t| guarded(Box::new(t), &breaker, &alerts))
+                    .map_err(|e| unavailable("twilio", e))
             })
         }
         ChannelKind::Email if channels.email == EmailConnector::Smtp && providers.smtp.is_some() => {
-            let (config, breaker) = (providers.smtp.clone(), app.config.breaker.clone());
+            let (config, breaker, alerts) = (providers.smtp.clone(), app.config.breaker.clone(), app.alerts.clone());
             Arc::new(move || {
                 let config = config.as_ref().ok_or_else(|| unavailable("smtp", "no [providers.smtp]"))?;
-                Smtp::new(config).map(|t| guarded(Box::new(t), &breaker)).map_err(|e| unavailable("smtp", e))
+                Smtp::new(config).map(|t| guarded(Box::new(t), &breaker, &alerts)).map_err(|e| unavailable("smtp", e))
             })
         }
         _ => {
@@ -212,7 +216,15 @@ fn unavailable(channel: &str, detail: impl std::fmt::Display) -> ChannelError {
     ChannelError::Unavailable { channel: channel.into(), detail: detail.to_string() }
 }
 
-/// A provider's channel behind its circuit breaker, whose state is exported as a metric.
-fn guarded(channel: Box<dyn Channel>, breaker: &BreakerConfig) -> Box<dyn Channel> {
-    Box::new(Guarded::new(channel, breaker.clone(), Box::new(crate::telemetry::breaker_state)))
+/// A provider's channel behind its circuit breaker, whose state is exported as a metric; an
+/// opening raises a `provider_down` alert.
+fn guarded(channel: Box<dyn Channel>, breaker: &BreakerConfig, alerts: &Arc<Alerts>) -> Box<dyn Channel> {
+    let alerts = Arc::clone(alerts);
+    let on_change = Box::new(move |provider: &str, state: BreakerState| {
+        crate::telemetry::breaker_state(provider, state);
+        if state == BreakerState::Open {
+            alerts.provider_down(provider);
+        }
+    });
+    Box::new(Guarded::new(channel, breaker.clone(), on_change))
 }
