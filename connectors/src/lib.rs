@@ -6,8 +6,12 @@
 //!   with group commit. Entry point: [`embedded::EmbeddedDb::open`].
 //! - [`channels`]: channel connectors ([`herald_schemas::channel::Channel`]), one module each;
 //!   [`channels::outbox`] is the file outbox used when no provider is configured.
+//! - [`receipts`]: delivery receipts from the providers' callbacks, in one shape.
 //! - [`secret`]: secrets from the configuration (inline, environment, file), never logged.
+//! - [`unsubscribe`]: signed one-click unsubscribe links for the email connectors.
 
 pub mod channels;
 pub mod embedded;
+pub mod receipts;
 pub mod secret;
+pub mod unsubscribe;

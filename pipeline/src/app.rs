@@ -9,6 +9,7 @@ use crate::alerts::Alerts;
 use crate::config::Config;
 use crate::ingest::Ingestor;
 use herald_connectors::embedded::{EmbeddedDb, EmbeddedError, EmbeddedOptions};
+use herald_connectors::unsubscribe::UnsubscribeLinks;
 use herald_schemas::job::Route;
 use herald_schemas::stage::{Clock, SystemClock};
 use herald_schemas::store::{
@@ -87,6 +88,8 @@ pub struct App {
     pub template_cache: Arc<TemplateCache>,
     pub ingestor: Arc<Ingestor>,
     pub alerts: Arc<Alerts>,
+    /// Signed one-click unsubscribe links, when `[unsubscribe]` is on.
+    pub unsubscribe: Option<Arc<UnsubscribeLinks>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,8 @@ pub enum OpenError {
     Embedded(#[from] EmbeddedError),
     #[error("cannot create topics: {0}")]
     Topics(#[from] LogError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 impl App {
@@ -114,7 +119,9 @@ impl App {
         });
         let limits = config.render_limits();
         let alerts = Arc::new(Alerts::new(config.alerts.clone()));
+        let unsubscribe = config.unsubscribe.links()?.map(Arc::new);
         Ok(App {
+            unsubscribe,
             alerts,
             config,
             data_dir,

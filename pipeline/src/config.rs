@@ -9,6 +9,8 @@ use crate::alerts::AlertsConfig;
 use herald_connectors::channels::breaker::BreakerConfig;
 use herald_connectors::channels::smtp::SmtpConfig;
 use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
+use herald_connectors::secret::SecretSource;
+use herald_connectors::unsubscribe::UnsubscribeLinks;
 use herald_schemas::request::ChannelKind;
 use herald_stages::retry::RetryPolicy;
 use herald_stages::throttle::ThrottleConfig;
@@ -53,6 +55,35 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub breaker: BreakerConfig,
     pub alerts: AlertsConfig,
+    pub unsubscribe: UnsubscribeConfig,
+}
+
+/// `[unsubscribe]`: the one-click unsubscribe links (RFC 8058) of non-transactional email. Off
+/// unless `url` is set; then `secret` signs the links so only Herald's own record an opt-out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnsubscribeConfig {
+    /// The public address of Herald's `POST /v1/unsubscribe`, as mail recipients reach it.
+    pub url: Option<String>,
+    /// The key signing the links (inline, `{ env = "…" }` or `{ file = "…" }`). Changing it
+    /// invalidates the links of mail already sent.
+    pub secret: Option<SecretSource>,
+}
+
+impl UnsubscribeConfig {
+    /// The link maker, or `None` when unsubscribe links are off.
+    pub fn links(&self) -> Result<Option<UnsubscribeLinks>, ConfigError> {
+        let Some(url) = &self.url else { return Ok(None) };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::Invalid(format!("unsubscribe.url {url:?}: use an http:// or https:// URL")));
+        }
+        let source = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| ConfigError::Invalid("unsubscribe.url needs unsubscribe.secret to sign its links".into()))?;
+        let secret = source.resolve().map_err(|e| ConfigError::Invalid(format!("unsubscribe.secret: {e}")))?;
+        Ok(Some(UnsubscribeLinks::new(url, &secret)))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +337,7 @@ impl Config {
             (_, Some(smtp)) => smtp.check().map_err(|e| ConfigError::Invalid(e.to_string()))?,
             (EmailConnector::Outbox, None) => {}
         }
+        self.unsubscribe.links()?;
         if self.ingest.client_id.is_empty() {
             return bad("ingest.client_id must not be empty");
         }

@@ -5,12 +5,15 @@ mod common;
 
 use common::jobs::job;
 use herald_connectors::channels::smtp::{Smtp, SmtpConfig};
+use herald_connectors::secret::SecretSource;
+use herald_connectors::unsubscribe::UnsubscribeLinks;
 use herald_schemas::channel::{Channel, SendOutcome};
 use herald_schemas::{DeliveryJob, RenderedContent, Target};
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `aiosmtpd` writing every message it accepts into a Maildir; killed on drop.
@@ -83,11 +86,12 @@ async fn smtp_delivers_multipart_mail_with_the_right_headers() {
         username: None,
         password: None,
         from: "Herald <no-reply@herald.example>".into(),
-        unsubscribe_url: Some("https://herald.example/v1/unsubscribe".into()),
         timeout: Duration::from_secs(10),
         max_connections: 4,
     };
-    let mut smtp = Smtp::new(&config).unwrap();
+    let secret = SecretSource::Inline("unsubscribe-key".into()).resolve().unwrap();
+    let links = Arc::new(UnsubscribeLinks::new("https://herald.example/v1/unsubscribe", &secret));
+    let mut smtp = Smtp::new(&config, Some(links.clone())).unwrap();
     let jobs = [email(1, "ada@example.com", "transactional"), email(2, "bob@example.com", "marketing")];
     let outcomes = smtp.send(&jobs).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, SendOutcome::Delivered { .. })), "{outcomes:?}");
@@ -115,10 +119,14 @@ async fn smtp_delivers_multipart_mail_with_the_right_headers() {
     assert!(messages[0]["headers"].get("List-Unsubscribe").is_none());
     let marketing = &messages[1]["headers"];
     // The long value is folded (RFC 5322); unfolded, leading whitespace is not part of it.
-    assert_eq!(
-        marketing["List-Unsubscribe"].as_str().unwrap().trim(),
-        format!("<https://herald.example/v1/unsubscribe?delivery={}&category=marketing>", jobs[1].delivery_id.0)
-    );
+    let link = marketing["List-Unsubscribe"].as_str().unwrap().trim();
+    let token = link
+        .strip_prefix("<https://herald.example/v1/unsubscribe?token=")
+        .and_then(|rest| rest.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("not a signed link: {link}"));
+    let claim = links.verify(token).unwrap();
+    assert_eq!((claim.user_id.as_str(), claim.category.as_str()), (jobs[1].user_id.as_str(), "marketing"));
+    assert_eq!(claim.delivery_id, jobs[1].delivery_id.0);
     assert_eq!(marketing["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click");
 }
 
@@ -130,11 +138,10 @@ async fn an_unreachable_smtp_server_is_retryable() {
         username: None,
         password: None,
         from: "no-reply@herald.example".into(),
-        unsubscribe_url: None,
         timeout: Duration::from_secs(2),
         max_connections: 1,
     };
-    let mut smtp = Smtp::new(&config).unwrap();
+    let mut smtp = Smtp::new(&config, None).unwrap();
     let outcomes = smtp.send(&[email(1, "ada@example.com", "transactional")]).await.unwrap();
     assert!(matches!(outcomes[0], SendOutcome::Retryable { .. }), "{outcomes:?}");
 }

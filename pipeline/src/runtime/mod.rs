@@ -196,9 +196,12 @@ fn channel_factory(app: &App, name: &'static str, channel: ChannelKind) -> Chann
         }
         ChannelKind::Email if channels.email == EmailConnector::Smtp && providers.smtp.is_some() => {
             let (config, breaker, alerts) = (providers.smtp.clone(), app.config.breaker.clone(), app.alerts.clone());
+            let links = app.unsubscribe.clone();
             Arc::new(move || {
                 let config = config.as_ref().ok_or_else(|| unavailable("smtp", "no [providers.smtp]"))?;
-                Smtp::new(config).map(|t| guarded(Box::new(t), &breaker, &alerts)).map_err(|e| unavailable("smtp", e))
+                Smtp::new(config, links.clone())
+                    .map(|t| guarded(Box::new(t), &breaker, &alerts))
+                    .map_err(|e| unavailable("smtp", e))
             })
         }
         _ => {

@@ -6,22 +6,24 @@
 //! - The message: `multipart/alternative` with the text and the HTML part, `Date`, a
 //!   `Message-ID` made from the delivery id (so a re-send is recognisably the same message),
 //!   the [`DELIVERY_ID_HEADER`], and for every category but `transactional`, `List-Unsubscribe`
-//!   (the configured unsubscribe URL with the user, category and delivery) with
+//!   (a signed one-click link, [`crate::unsubscribe`]) with
 //!   `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
 //! - Results ([`classify_code`]): accepted is delivered; a 4xx reply, a timeout or a broken
 //!   connection is retryable; 550/551/553 (mailbox unknown, not local, name not allowed) are a
 //!   bad address; any other 5xx is permanent.
 
 use crate::secret::{Secret, SecretError, SecretSource};
+use crate::unsubscribe::UnsubscribeLinks;
 use async_trait::async_trait;
 use herald_schemas::channel::{Channel, ChannelError, DELIVERY_ID_HEADER, SendOutcome};
-use herald_schemas::{DeliveryJob, RenderedContent, TRANSACTIONAL, Target};
+use herald_schemas::{DeliveryJob, RenderedContent, Target};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `[providers.smtp]`.
@@ -37,9 +39,6 @@ pub struct SmtpConfig {
     pub password: Option<SecretSource>,
     /// The sender, `Name <address>` or an address.
     pub from: String,
-    /// Where `List-Unsubscribe` points for non-transactional mail (Herald's one-click endpoint).
-    #[serde(default)]
-    pub unsubscribe_url: Option<String>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Pooled connections, and messages in flight.
@@ -89,7 +88,7 @@ pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     domain: String,
-    unsubscribe_url: Option<String>,
+    unsubscribe: Option<Arc<UnsubscribeLinks>>,
     max_connections: usize,
 }
 
@@ -121,8 +120,9 @@ impl SmtpConfig {
 type SmtpTransportBuilder = lettre::transport::smtp::AsyncSmtpTransportBuilder;
 
 impl Smtp {
-    /// The connector; its connection pool runs on the current Tokio runtime.
-    pub fn new(config: &SmtpConfig) -> Result<Smtp, SmtpConfigError> {
+    /// The connector; its connection pool runs on the current Tokio runtime. `unsubscribe` makes
+    /// the `List-Unsubscribe` links of non-transactional mail.
+    pub fn new(config: &SmtpConfig, unsubscribe: Option<Arc<UnsubscribeLinks>>) -> Result<Smtp, SmtpConfigError> {
         let (mut builder, credentials, from) = config.parts()?;
         if let Some(credentials) = credentials {
             builder = builder.credentials(credentials);
@@ -135,7 +135,7 @@ impl Smtp {
             domain: from.email.domain().to_string(),
             transport,
             from,
-            unsubscribe_url: config.unsubscribe_url.clone(),
+            unsubscribe,
             max_connections: config.max_connections.max(1) as usize,
         })
     }
@@ -160,12 +160,9 @@ impl Smtp {
             HeaderName::new_from_ascii_str(DELIVERY_ID_HEADER),
             job.delivery_id.0.clone(),
         ));
-        if job.category != TRANSACTIONAL
-            && let Some(base) = &self.unsubscribe_url
-        {
-            let separator = if base.contains('?') { '&' } else { '?' };
-            let link = format!("<{base}{separator}delivery={}&category={}>", job.delivery_id.0, job.category);
-            headers.insert_raw(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), link));
+        if let Some(link) = self.unsubscribe.as_ref().and_then(|links| links.for_job(job)) {
+            headers
+                .insert_raw(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), format!("<{link}>")));
             headers.insert_raw(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
                 "List-Unsubscribe=One-Click".into(),
@@ -222,7 +219,6 @@ mod tests {
             username: None,
             password: None,
             from: from.into(),
-            unsubscribe_url: None,
             timeout: default_timeout(),
             max_connections: 2,
         };
