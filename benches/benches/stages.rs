@@ -70,6 +70,7 @@ fn item(k: usize) -> WorkItem {
             template: "t".into(),
             data: serde_json::json!({"n": k, "name": "Ada"}),
             channels: vec![channel],
+            fallback: Vec::new(),
             category: "transactional".into(),
             idempotency_key: None,
             locale: None,

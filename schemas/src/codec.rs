@@ -74,6 +74,7 @@ mod tests {
                 template: "t".into(),
                 data: serde_json::json!({"a": [1, 2.5, null, {"b": "x"}], "c": true}),
                 channels: vec![ChannelKind::Push, ChannelKind::Email],
+                fallback: Vec::new(),
                 category: "marketing".into(),
                 idempotency_key: None,
                 locale: Some("ko-KR".into()),
@@ -92,6 +93,7 @@ mod tests {
             content: RenderedContent::Email { subject: "s".into(), text: "t".into(), html: "<b>h</b>".into() },
             attempt: 1,
             requested_at_ms: 9,
+            fallback: None,
         };
         assert_eq!(decode::<DeliveryJob>(&encode(&job)).unwrap(), job);
         let event = DeliveryEvent::new(&id, "c", "u", EventKind::OptedOut, Some(ChannelKind::Sms), Some("r".into()), 3)

@@ -124,6 +124,22 @@ pub struct DeliveryJob {
     /// 1 for the first try.
     pub attempt: u32,
     pub requested_at_ms: u64,
+    /// On a push delivery whose request named fallback channels: what to send once every push
+    /// delivery of the notification has failed for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Box<Fallback>>,
+}
+
+/// The fallback of a notification's push deliveries. Every push job of the notification
+/// carries the same one; the dispatcher that sees the last of them fail appends `jobs`. Their
+/// delivery ids are derived like any other, so appending them twice (two dispatchers, or a
+/// replay) still sends each once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    /// The notification's push deliveries, this one included.
+    pub siblings: Vec<DeliveryId>,
+    /// The fallback deliveries, rendered, first attempt.
+    pub jobs: Vec<DeliveryJob>,
 }
 
 /// A delivery a provider refused for now, on `herald-retry` until `due_at_ms`; `job.attempt` is

@@ -51,6 +51,11 @@ pub struct NotificationRequest {
     pub data: serde_json::Value,
     /// Channels to deliver on; each expands to the user's targets on it.
     pub channels: Vec<ChannelKind>,
+    /// Channels to deliver on instead when no push target can be reached: the user has no
+    /// active device, or every device's delivery failed for good. Only with `push` in
+    /// `channels`; the fallback goes out once, subject to its channel's opt-outs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<ChannelKind>,
     /// Category for caps and opt-outs; `transactional` is never capped.
     #[serde(default = "default_category")]
     pub category: String,

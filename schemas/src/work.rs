@@ -14,6 +14,8 @@ pub struct WorkItem {
     pub envelope: RequestEnvelope,
     pub user: Option<User>,
     pub targets: Vec<Target>,
+    /// The targets of the request's fallback channels, held back while push targets remain.
+    pub fallback_targets: Vec<Target>,
     /// Locale of the template variant chosen by render.
     pub locale: Option<String>,
     /// One rendering per channel, shared by every target on it.
@@ -22,7 +24,14 @@ pub struct WorkItem {
 
 impl WorkItem {
     pub fn new(envelope: RequestEnvelope) -> Self {
-        Self { envelope, user: None, targets: Vec::new(), locale: None, rendered: Vec::new() }
+        Self {
+            envelope,
+            user: None,
+            targets: Vec::new(),
+            fallback_targets: Vec::new(),
+            locale: None,
+            rendered: Vec::new(),
+        }
     }
 
     pub fn rendered_for(&self, channel: ChannelKind) -> Option<&RenderedContent> {

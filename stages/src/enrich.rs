@@ -10,6 +10,9 @@
 //!   A requested channel without a reachable target emits a `no_target` event
 //!   for that channel (`no_device`, `no_phone`, `no_email`); the item goes on
 //!   with the targets that remain and stops when none remain.
+//! - `fallback` channels expand the same way: into the item's targets when push found none (the
+//!   fallback goes out now), otherwise into `fallback_targets`, held for the dispatcher to use
+//!   if every push delivery fails for good.
 //! - The cache may serve a contact record up to its TTL old; the API calls
 //!   [`ContactCache::invalidate`] after a write so its own changes are seen at once.
 
@@ -167,11 +170,20 @@ impl Stage for EnrichStage {
                     out.events.push(event(EventKind::NoTarget, Some(channel), no_target_reason(channel)));
                 }
             }
+            let mut fallback_targets = Vec::new();
+            for &channel in &e.request.fallback {
+                targets_on(&user, channel, &mut fallback_targets);
+            }
+            if !targets.iter().any(|t| t.channel() == ChannelKind::Push) {
+                // No push target at all: the fallback goes out now, with the other channels.
+                targets.append(&mut fallback_targets);
+            }
             if targets.is_empty() {
                 continue;
             }
             item.user = Some(user);
             item.targets = targets;
+            item.fallback_targets = fallback_targets;
             out.items.push(item);
         }
         Ok(())
@@ -237,6 +249,27 @@ mod tests {
         let addresses: Vec<_> = out.items[0].targets.iter().map(|t| t.address()).collect();
         assert_eq!(addresses, ["token-d2", "+821012345678"]);
         assert_eq!(reasons(&out), vec![(EventKind::NoTarget, Some(ChannelKind::Email), "no_email".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_fallback_is_held_back_while_push_has_a_target_and_used_when_it_has_none() {
+        let mut with_devices = fakes::full_user("u1");
+        with_devices.email = None;
+        let mut without = fakes::full_user("u2");
+        without.devices.iter_mut().for_each(|d| d.active = false);
+        let mut s = setup(vec![with_devices, without]);
+        let request = |user: &str| {
+            let mut r = fakes::request(user, "t", &[ChannelKind::Push]);
+            r.fallback = vec![ChannelKind::Sms, ChannelKind::Email];
+            r
+        };
+        let out = run(&mut s.stage, vec![fakes::item("n1", request("u1")), fakes::item("n2", request("u2"))]).await;
+        let routes = |targets: &[Target]| targets.iter().map(|t| t.route().as_str()).collect::<Vec<_>>();
+        assert_eq!(routes(&out.items[0].targets), ["apns", "fcm"]);
+        assert_eq!(routes(&out.items[0].fallback_targets), ["sms"], "u1 has no email");
+        assert_eq!(routes(&out.items[1].targets), ["sms", "email"], "no active device: the fallback goes now");
+        assert!(out.items[1].fallback_targets.is_empty());
+        assert_eq!(reasons(&out), vec![(EventKind::NoTarget, Some(ChannelKind::Push), "no_device".into())]);
     }
 
     #[tokio::test]

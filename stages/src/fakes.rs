@@ -177,6 +177,7 @@ pub fn request(user: &str, template: &str, channels: &[ChannelKind]) -> Notifica
         template: template.to_string(),
         data: serde_json::json!({}),
         channels: channels.to_vec(),
+        fallback: Vec::new(),
         category: "general".to_string(),
         idempotency_key: None,
         locale: None,

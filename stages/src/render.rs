@@ -482,8 +482,10 @@ impl Stage for RenderStage {
         let now = self.clock.now_ms();
         out.items.reserve(batch.len());
         for mut item in batch {
-            let channels: Vec<ChannelKind> =
-                ChannelKind::ALL.into_iter().filter(|c| item.targets.iter().any(|t| t.channel() == *c)).collect();
+            let channels: Vec<ChannelKind> = ChannelKind::ALL
+                .into_iter()
+                .filter(|c| item.targets.iter().chain(&item.fallback_targets).any(|t| t.channel() == *c))
+                .collect();
             let e = &item.envelope;
             let failed = |channel, failure: &RenderFailure| {
                 DeliveryEvent::new(
@@ -518,6 +520,7 @@ impl Stage for RenderStage {
                 }
             }
             item.targets.retain(|t| !lost.contains(&t.channel()));
+            item.fallback_targets.retain(|t| !lost.contains(&t.channel()));
             if item.targets.is_empty() {
                 continue;
             }

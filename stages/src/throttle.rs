@@ -173,6 +173,8 @@ impl ThrottleStage {
                 removed = true;
             }
         }
+        // A held-back fallback is subject to its channel's opt-outs too.
+        item.fallback_targets.retain(|t| !opt_out.channels.contains(&t.channel()));
         if removed {
             item.targets.retain(|t| !opt_out.channels.contains(&t.channel()));
             return !item.targets.is_empty();
@@ -357,6 +359,16 @@ mod tests {
         assert_eq!(events(&out), [("n1", EventKind::OptedOut, Some(ChannelKind::Sms), "channel:sms")]);
         let routes: Vec<_> = out.items[0].targets.iter().map(|t| t.route().as_str()).collect();
         assert_eq!(routes, ["apns", "email"]);
+    }
+
+    #[tokio::test]
+    async fn a_held_back_fallback_obeys_channel_opt_outs() {
+        let (_, _, mut stage) = setup(ThrottleConfig::default());
+        let mut item = enriched("n1", "general", |u| u.preferences.opt_out.channels = vec![ChannelKind::Sms]);
+        item.fallback_targets = item.targets.iter().filter(|t| t.channel() == ChannelKind::Sms).cloned().collect();
+        assert_eq!(item.fallback_targets.len(), 1);
+        let out = run(&mut stage, vec![item]).await;
+        assert!(out.items[0].fallback_targets.is_empty());
     }
 
     #[tokio::test]

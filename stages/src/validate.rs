@@ -116,7 +116,8 @@ pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Longest category name.
 pub const MAX_CATEGORY_CHARS: usize = 64;
 
-const FIELDS: [&str; 7] = ["user_id", "template", "data", "channels", "category", "idempotency_key", "locale"];
+const FIELDS: [&str; 8] =
+    ["user_id", "template", "data", "channels", "fallback", "category", "idempotency_key", "locale"];
 
 /// The channels a template has parts for, as a bit set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -222,7 +223,11 @@ impl Validator {
             user_id: required_string(obj, "user_id")?,
             template: required_string(obj, "template")?,
             data,
-            channels: parse_channels(obj.get("channels"))?,
+            channels: parse_channels("channels", obj.get("channels"))?,
+            fallback: match obj.get("fallback") {
+                None | Some(Value::Null) => Vec::new(),
+                value => parse_channels("fallback", value)?,
+            },
             category: optional_string(obj, "category")?.unwrap_or_else(default_category),
             idempotency_key: optional_string(obj, "idempotency_key")?,
             locale: optional_string(obj, "locale")?,
@@ -277,6 +282,21 @@ impl Validator {
                 return Err(Rejection::invalid(format!("`channels` lists {c} more than once")));
             }
             seen.0 |= bit.0;
+        }
+        if !r.fallback.is_empty() {
+            if !r.channels.contains(&ChannelKind::Push) {
+                return Err(Rejection::invalid("`fallback` is for when push fails: `channels` must include push"));
+            }
+            let mut fallback = ChannelSet::default();
+            for c in &r.fallback {
+                let bit = ChannelSet::of(&[*c]);
+                if *c == ChannelKind::Push || seen.intersects(bit) || fallback.intersects(bit) {
+                    return Err(Rejection::invalid(format!(
+                        "`fallback` lists {c}, which is push, already in `channels`, or listed twice"
+                    )));
+                }
+                fallback.0 |= bit.0;
+            }
         }
         if !r.data.is_object() {
             return Err(Rejection::invalid("`data` must be an object"));
@@ -359,22 +379,24 @@ fn optional_string(obj: &Map<String, Value>, field: &str) -> Result<Option<Strin
     }
 }
 
-fn parse_channels(value: Option<&Value>) -> Result<Vec<ChannelKind>, Rejection> {
+/// `field` (`channels` or `fallback`) as a list of channel names.
+fn parse_channels(field: &str, value: Option<&Value>) -> Result<Vec<ChannelKind>, Rejection> {
+    let not_a_list = || Rejection::invalid(format!("`{field}` must be an array of channel names"));
     let items = match value {
         None | Some(Value::Null) => {
-            return Err(Rejection::new(Rejection::MISSING_FIELD, "`channels` is required"));
+            return Err(Rejection::new(Rejection::MISSING_FIELD, format!("`{field}` is required")));
         }
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(Rejection::invalid("`channels` must be an array of channel names")),
+        Some(_) => return Err(not_a_list()),
     };
     items
         .iter()
         .map(|v| {
-            let name = v.as_str().ok_or_else(|| Rejection::invalid("`channels` must be an array of channel names"))?;
+            let name = v.as_str().ok_or_else(not_a_list)?;
             ChannelKind::parse(name).ok_or_else(|| {
                 Rejection::new(
                     Rejection::UNKNOWN_CHANNEL,
-                    format!("`channels` names {:?}; expected push, sms or email", cut(name)),
+                    format!("`{field}` names {:?}; expected push, sms or email", cut(name)),
                 )
             })
         })
@@ -608,6 +630,27 @@ mod tests {
 
     async fn code_of(v: &Validator, raw: Value) -> &'static str {
         v.check(&raw).await.unwrap_err().code
+    }
+
+    #[test]
+    fn fallback_is_for_push_and_names_other_channels_once() {
+        let v = validator(store());
+        let with = |channels: Value, fallback: Value| {
+            let mut raw = good();
+            raw["channels"] = channels;
+            raw["fallback"] = fallback;
+            v.parse(&raw).map(|r| r.fallback).map_err(|e| e.message)
+        };
+        assert_eq!(with(json!(["push"]), json!(["sms", "email"])), Ok(vec![ChannelKind::Sms, ChannelKind::Email]));
+        assert_eq!(with(json!(["push"]), Value::Null), Ok(vec![]));
+        let err = with(json!(["email"]), json!(["sms"])).unwrap_err();
+        assert!(err.contains("must include push"), "{err}");
+        for bad in [json!(["push"]), json!(["email"]), json!(["sms", "sms"])] {
+            let err = with(json!(["push", "email"]), bad.clone()).unwrap_err();
+            assert!(err.contains("`fallback` lists"), "{bad}: {err}");
+        }
+        assert!(with(json!(["push"]), json!("sms")).unwrap_err().contains("`fallback` must be an array"));
+        assert!(with(json!(["push"]), json!(["fax"])).unwrap_err().contains("`fallback` names \"fax\""));
     }
 
     #[tokio::test]

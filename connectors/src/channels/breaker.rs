@@ -168,6 +168,30 @@ impl Guarded {
         on_change(inner.name(), BreakerState::Closed);
         Guarded { inner, breaker: Breaker::new(config), on_change }
     }
+
+    /// Sends the prefix of `jobs` the breaker admits and returns its outcomes: all of them when
+    /// closed, none when open, one probe when half-open. The caller decides what becomes of the
+    /// rest (a [`super::failover::Failover`] offers them to the next provider).
+    pub async fn send_admitted(&mut self, jobs: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
+        let before = self.breaker.state();
+        let admitted = self.breaker.admit(jobs.len(), Instant::now());
+        let outcomes = if admitted > 0 { self.inner.send(&jobs[..admitted]).await? } else { Vec::new() };
+        self.breaker.record(&outcomes, Instant::now());
+        let after = self.breaker.state();
+        if after != before {
+            (self.on_change)(self.inner.name(), after);
+        }
+        Ok(outcomes)
+    }
+
+    /// The answer for `n` jobs the breaker did not admit: retryable once it may admit again.
+    pub fn refused(&self, n: usize) -> impl Iterator<Item = SendOutcome> + use<> {
+        let outcome = SendOutcome::Retryable {
+            reason: format!("circuit open: {} is failing", self.inner.name()),
+            retry_after: Some(self.breaker.retry_after(Instant::now())),
+        };
+        std::iter::repeat_n(outcome, n)
+    }
 }
 
 #[async_trait]
@@ -177,19 +201,9 @@ impl Channel for Guarded {
     }
 
     async fn send(&mut self, jobs: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
-        let before = self.breaker.state();
-        let admitted = self.breaker.admit(jobs.len(), Instant::now());
-        let mut outcomes = if admitted > 0 { self.inner.send(&jobs[..admitted]).await? } else { Vec::new() };
-        self.breaker.record(&outcomes, Instant::now());
-        let retry_after = self.breaker.retry_after(Instant::now());
-        outcomes.extend(jobs[admitted..].iter().map(|_| SendOutcome::Retryable {
-            reason: format!("circuit open: {} is failing", self.inner.name()),
-            retry_after: Some(retry_after),
-        }));
-        let after = self.breaker.state();
-        if after != before {
-            (self.on_change)(self.inner.name(), after);
-        }
+        let mut outcomes = self.send_admitted(jobs).await?;
+        let refused = self.refused(jobs.len() - outcomes.len());
+        outcomes.extend(refused);
         Ok(outcomes)
     }
 }

@@ -2,11 +2,13 @@
 //!
 //! - [`outbox`]: the file outbox, one JSON line per delivery, exactly once with the ledger.
 //! - [`breaker`]: the circuit breaker every provider's channel runs behind.
+//! - [`failover`]: several providers for one route, the next used while the first's breaker is open.
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
 //! - [`twilio`]: Twilio Programmable Messaging (SMS).
 //! - [`smtp`]: email over SMTP (lettre).
 
 pub mod breaker;
+pub mod failover;
 pub mod outbox;
 pub mod sms;
 pub mod smtp;

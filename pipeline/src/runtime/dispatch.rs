@@ -14,6 +14,11 @@
 //!    durability, see `herald_schemas::store`): a crash loses a suffix of
 //!    these writes, never step 3's alone without what came before it.
 //!
+//! A push delivery that fails for good (bad address, permanent, given up) whose job carries a
+//! fallback looks at its siblings: when every push delivery of the notification has failed for
+//! good (this batch's outcomes, then the ledger), the fallback jobs are appended to their
+//! delivery topics in the write that commits the batch.
+//!
 //! On start the channel is told the position last committed with the
 //! ledger, so a file outbox cuts whatever it wrote after it (a torn line, or
 //! lines whose ledger entries were not recorded and will be written again).
@@ -33,16 +38,16 @@
 
 use super::queue::QueueRx;
 use super::reader::{ReadSettings, spawn_readers};
-use super::requests::{event_appends, keyed_jobs};
+use super::requests::{event_appends, job_appends, keyed_jobs};
 use super::supervise::{TaskFailed, TaskResult};
 use crate::alerts::Alerts;
 use crate::telemetry::ChannelBatchSent;
 use herald_schemas::channel::{Channel, ChannelError, SendOutcome};
 use herald_schemas::codec::{self, CodecError};
 use herald_schemas::job::{DeadLetter, RetryJob, Route};
-use herald_schemas::store::{ContactStore, LedgerState, LedgerStore, SinkPosition};
+use herald_schemas::store::{ContactStore, LedgerState, LedgerStore, SinkPosition, StoreError};
 use herald_schemas::topic::{self, StoredRecord, TopicLog};
-use herald_schemas::{DeliveryEvent, DeliveryJob, EventKind, stage::now_ms};
+use herald_schemas::{DeliveryEvent, DeliveryId, DeliveryJob, EventKind, stage::now_ms};
 use herald_stages::enrich::ContactCache;
 use herald_stages::retry::{RetryDecision, RetryPolicy};
 use std::collections::HashSet;
@@ -128,6 +133,8 @@ impl Dispatcher {
             };
             let mut done = Vec::with_capacity(fresh.len());
             let (mut retries, mut dead, mut dead_addresses) = (Vec::new(), Vec::new(), Vec::new());
+            // Push deliveries that failed for good in this batch (for their fallbacks).
+            let mut failed_for_good = HashSet::new();
             let (mut delivered, mut failed) = (0, 0);
             for (job, outcome) in fresh.iter().zip(&outcomes) {
                 let (kind, reason) = match outcome {
@@ -160,8 +167,12 @@ impl Dispatcher {
                         }
                     }
                 };
+                if kind == EventKind::Failed {
+                    failed_for_good.insert(job.delivery_id.clone());
+                }
                 events.push(job_event(job, kind, reason, now));
             }
+            let fallbacks = self.due_fallbacks(&fresh, &failed_for_good).await.map_err(|e| TaskFailed::new(name, e))?;
             // Dead addresses are recorded before the ledger: a replay after a crash between the
             // two sends to the provider again, which refuses again, and records it then.
             for job in dead_addresses {
@@ -198,6 +209,10 @@ impl Dispatcher {
                 self.route_partitions,
                 dead.iter().map(|d| (&d.job, codec::encode(d))),
             ));
+            if !fallbacks.is_empty() {
+                tracing::info!(channel = name, count = fallbacks.len(), "every push delivery failed; fallback sent");
+                parts.extend(job_appends(&fallbacks, self.route_partitions));
+            }
             self.log.append_and_commit_ordered(parts, commits).await.map_err(|e| TaskFailed::new(name, e))?;
             if !dead.is_empty() {
                 let failed: Vec<_> = dead.iter().map(|d| (d.job.delivery_id.clone(), LedgerState::Failed)).collect();
@@ -207,6 +222,34 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+}
+
+impl Dispatcher {
+    /// The fallback jobs to append now: those of each notification whose push deliveries have
+    /// all failed for good, the last of them in this batch (`failed_now`). Appended with the
+    /// batch's commit; a replay appends them again, and their derived delivery ids keep the
+    /// second copy from being sent.
+    async fn due_fallbacks(
+        &self,
+        fresh: &[DeliveryJob],
+        failed_now: &HashSet<DeliveryId>,
+    ) -> Result<Vec<DeliveryJob>, StoreError> {
+        let mut notifications = HashSet::new();
+        let mut due = Vec::new();
+        for job in fresh.iter().filter(|j| failed_now.contains(&j.delivery_id)) {
+            let Some(fallback) = job.fallback.as_deref() else { continue };
+            if !notifications.insert(&job.notification_id) {
+                continue;
+            }
+            let others: Vec<DeliveryId> =
+                fallback.siblings.iter().filter(|id| !failed_now.contains(*id)).cloned().collect();
+            let states = if others.is_empty() { Vec::new() } else { self.ledger.states(&others).await? };
+            if states.iter().all(|s| *s == Some(LedgerState::Failed)) {
+                due.extend(fallback.jobs.iter().cloned());
+            }
+        }
+        Ok(due)
     }
 }
 
@@ -259,6 +302,7 @@ pub(crate) mod tests {
             content: RenderedContent::Push { title: "t".into(), body: n.into() },
             attempt: 1,
             requested_at_ms: 0,
+            fallback: None,
         }
     }
 
@@ -367,6 +411,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// Runs a push dispatcher over [`Scripted`] until it has taken what is in its topic.
+    async fn run_scripted(db: &Arc<EmbeddedDb>) {
+        let dispatcher = dispatcher(db, Arc::new(|| Ok(Box::new(Scripted) as Box<dyn Channel>)));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(supervise("push", shutdown.clone(), move |t, set| dispatcher.start(t, set)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        // The dispatcher's writes are ordered, not waited for: any durable write publishes them.
+        db.commit("test", topic::EVENTS, 0, 0).await.unwrap();
+    }
+
     #[tokio::test]
     async fn refused_deliveries_go_to_retry_or_dead_letter_and_the_batch_commits() {
         let dir = tempfile::tempdir().unwrap();
@@ -388,15 +444,8 @@ pub(crate) mod tests {
         db.append(vec![Append { topic: Route::Apns.topic().into(), partition: 0, records: records.to_vec() }])
             .await
             .unwrap();
-        let dispatcher = dispatcher(&db, Arc::new(|| Ok(Box::new(Scripted) as Box<dyn Channel>)));
         let before = now_ms();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(supervise("push", shutdown.clone(), move |t, set| dispatcher.start(t, set)));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        shutdown.cancel();
-        task.await.unwrap();
-        // The dispatcher's writes are ordered, not waited for: any durable write publishes them.
-        db.commit("test", topic::EVENTS, 0, 0).await.unwrap();
+        run_scripted(&db).await;
 
         let retry = db.read(topic::RETRY, 0, 0, 10, Duration::ZERO).await.unwrap();
         assert_eq!(retry.len(), 1);
@@ -416,5 +465,61 @@ pub(crate) mod tests {
         // The dead token is recorded on the user, and only it.
         let user = db.get_users(&["u".into()]).await.unwrap()[0].clone().unwrap();
         assert_eq!(user.unreachable, [gone.target.address()]);
+    }
+
+    /// A push delivery of notification `n` to `token` whose body tells [`Scripted`] its fate.
+    fn push_to(n: &str, token: &str, body: &str) -> DeliveryJob {
+        let target = Target::Device { device_id: token.into(), platform: Platform::Ios, token: token.into() };
+        let notification_id = NotificationId(n.into());
+        DeliveryJob {
+            delivery_id: DeliveryId::derive(&notification_id, "apns", token),
+            notification_id,
+            target,
+            content: RenderedContent::Push { title: "t".into(), body: body.into() },
+            requested_at_ms: now_ms(),
+            ..job(n)
+        }
+    }
+
+    /// Gives each push job of one notification the same fallback: an SMS to `+1555<n>`.
+    fn with_fallback(mut jobs: Vec<DeliveryJob>) -> Vec<DeliveryJob> {
+        let n = jobs[0].notification_id.clone();
+        let phone = Target::Phone { number: format!("+1555{}", n.0) };
+        let sms = DeliveryJob {
+            delivery_id: DeliveryId::derive(&n, "sms", phone.address()),
+            target: phone,
+            content: RenderedContent::Sms { text: "fallback".into() },
+            ..jobs[0].clone()
+        };
+        let siblings = jobs.iter().map(|j| j.delivery_id.clone()).collect();
+        let fallback = Box::new(herald_schemas::job::Fallback { siblings, jobs: vec![sms] });
+        jobs.iter_mut().for_each(|j| j.fallback = Some(fallback.clone()));
+        jobs
+    }
+
+    #[tokio::test]
+    async fn the_fallback_goes_out_once_every_push_sibling_failed_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
+        for name in Route::ALL.map(Route::topic).into_iter().chain([topic::EVENTS, topic::RETRY, topic::DEAD]) {
+            db.ensure_topic(name, 1).await.unwrap();
+        }
+        // a: both devices dead now; b: one delivered; c: one dead now, its sibling failed before;
+        // d: one dead now, its sibling still waiting for a retry.
+        let a = with_fallback(vec![push_to("a", "a1", "dead"), push_to("a", "a2", "never")]);
+        let b = with_fallback(vec![push_to("b", "b1", "dead"), push_to("b", "b2", "ok")]);
+        let c = with_fallback(vec![push_to("c", "c1", "dead"), push_to("c", "c2", "dead")]);
+        let d = with_fallback(vec![push_to("d", "d1", "dead"), push_to("d", "d2", "later")]);
+        db.record_deliveries(&[(c[1].delivery_id.clone(), LedgerState::Failed)], None).await.unwrap();
+        let batch = [&a[0], &a[1], &b[0], &b[1], &c[0], &d[0]];
+        let records = batch.map(|j| Record { key: b"u".to_vec(), value: codec::encode(j) }).to_vec();
+        db.append(vec![Append { topic: Route::Apns.topic().into(), partition: 0, records }]).await.unwrap();
+        run_scripted(&db).await;
+
+        let sms = db.read(Route::Sms.topic(), 0, 0, 10, Duration::ZERO).await.unwrap();
+        let mut to: Vec<String> =
+            sms.iter().map(|r| codec::decode::<DeliveryJob>(&r.value).unwrap().target.address().to_string()).collect();
+        to.sort();
+        assert_eq!(to, ["+1555a", "+1555c"], "once for a and c; never for b (delivered) or d (still trying)");
     }
 }

@@ -18,5 +18,6 @@ pub fn job(n: u32, route: &str, target: Target, content: RenderedContent, catego
         content,
         attempt: 1,
         requested_at_ms: 0,
+        fallback: None,
     }
 }
