@@ -11,6 +11,7 @@ use herald_connectors::channels::smtp::SmtpConfig;
 use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_connectors::secret::SecretSource;
 use herald_connectors::unsubscribe::UnsubscribeLinks;
+use herald_schemas::Route;
 use herald_schemas::request::ChannelKind;
 use herald_stages::retry::RetryPolicy;
 use herald_stages::throttle::ThrottleConfig;
@@ -211,29 +212,155 @@ impl Default for IngestConfig {
     }
 }
 
-/// `[channels]`: which connector each channel sends through. `outbox` writes JSON lines under
-/// `<data-dir>/outbox/` (no provider needed); a provider name needs its `[providers.<name>]`.
+/// `[channels]`: which connector each route sends through. `"outbox"` (the default) writes JSON
+/// lines under `<data-dir>/outbox/{push,sms,email}.jsonl` and needs no provider; a provider name
+/// needs its `[providers.<name>]`. A list names providers in order of preference: the next is
+/// used while the one before has its circuit breaker open (`sms = ["twilio", "vonage"]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
-    pub sms: SmsConnector,
-    pub email: EmailConnector,
+    /// iOS devices: `"apns"`.
+    pub ios: Providers,
+    /// Android devices: `"fcm"`.
+    pub android: Providers,
+    /// Browsers and desktops: `"webpush"`.
+    pub web: Providers,
+    /// `"twilio"`, `"vonage"`, or both in order.
+    pub sms: Providers,
+    /// `"smtp"`, `"sendgrid"`, or both in order.
+    pub email: Providers,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A connector a route can send through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EmailConnector {
-    #[default]
+pub enum ProviderKind {
     Outbox,
-    Smtp,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmsConnector {
-    #[default]
-    Outbox,
+    Apns,
+    Fcm,
+    Webpush,
     Twilio,
+    Vonage,
+    Smtp,
+    Sendgrid,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Outbox => "outbox",
+            ProviderKind::Apns => "apns",
+            ProviderKind::Fcm => "fcm",
+            ProviderKind::Webpush => "webpush",
+            ProviderKind::Twilio => "twilio",
+            ProviderKind::Vonage => "vonage",
+            ProviderKind::Smtp => "smtp",
+            ProviderKind::Sendgrid => "sendgrid",
+        }
+    }
+
+    /// The providers that can serve a route (besides the outbox).
+    fn serving(route: Route) -> &'static [ProviderKind] {
+        match route {
+            Route::Apns => &[ProviderKind::Apns],
+            Route::Fcm => &[ProviderKind::Fcm],
+            Route::Webpush => &[ProviderKind::Webpush],
+            Route::Sms => &[ProviderKind::Twilio, ProviderKind::Vonage],
+            Route::Email => &[ProviderKind::Smtp, ProviderKind::Sendgrid],
+        }
+    }
+}
+
+/// One provider, or several in order of preference (written as a string or a list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "OneOrMany", into = "OneOrMany")]
+pub struct Providers(pub Vec<ProviderKind>);
+
+impl Default for Providers {
+    fn default() -> Self {
+        Providers(vec![ProviderKind::Outbox])
+    }
+}
+
+impl Providers {
+    pub fn is_outbox(&self) -> bool {
+        self.0 == [ProviderKind::Outbox]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(ProviderKind),
+    Many(Vec<ProviderKind>),
+}
+
+impl From<OneOrMany> for Providers {
+    fn from(value: OneOrMany) -> Self {
+        match value {
+            OneOrMany::One(kind) => Providers(vec![kind]),
+            OneOrMany::Many(kinds) => Providers(kinds),
+        }
+    }
+}
+
+impl From<Providers> for OneOrMany {
+    fn from(value: Providers) -> Self {
+        match value.0.as_slice() {
+            [one] => OneOrMany::One(*one),
+            _ => OneOrMany::Many(value.0),
+        }
+    }
+}
+
+impl ChannelsConfig {
+    /// The providers of a route, in order of preference.
+    pub fn for_route(&self, route: Route) -> &Providers {
+        match route {
+            Route::Apns => &self.ios,
+            Route::Fcm => &self.android,
+            Route::Webpush => &self.web,
+            Route::Sms => &self.sms,
+            Route::Email => &self.email,
+        }
+    }
+
+    /// Every route's list is non-empty, serves that route, names each provider once, and uses
+    /// the outbox only alone.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for route in Route::ALL {
+            let field = match route {
+                Route::Apns => "ios",
+                Route::Fcm => "android",
+                Route::Webpush => "web",
+                Route::Sms => "sms",
+                Route::Email => "email",
+            };
+            let kinds = &self.for_route(route).0;
+            let bad = |why: String| Err(ConfigError::Invalid(format!("channels.{field}: {why}")));
+            if kinds.is_empty() {
+                return bad("name at least one provider, or \"outbox\"".into());
+            }
+            if kinds.contains(&ProviderKind::Outbox) && kinds.len() > 1 {
+                return bad("\"outbox\" cannot be combined with providers".into());
+            }
+            for (i, kind) in kinds.iter().enumerate() {
+                if *kind != ProviderKind::Outbox && !ProviderKind::serving(route).contains(kind) {
+                    let allowed: Vec<&str> = ProviderKind::serving(route).iter().map(|k| k.as_str()).collect();
+                    return bad(format!("{} cannot send {field}; use {}", kind.as_str(), allowed.join(" or ")));
+                }
+                if kinds[..i].contains(kind) {
+                    return bad(format!("{} is listed twice", kind.as_str()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every provider some route uses.
+    pub fn used(&self) -> impl Iterator<Item = ProviderKind> + '_ {
+        Route::ALL.into_iter().flat_map(|r| self.for_route(r).0.iter().copied())
+    }
 }
 
 /// `[providers.<name>]`: each provider's account, endpoint and limits.
@@ -242,6 +369,31 @@ pub enum SmsConnector {
 pub struct ProvidersConfig {
     pub twilio: Option<TwilioConfig>,
     pub smtp: Option<SmtpConfig>,
+}
+
+impl ProvidersConfig {
+    /// Whether `[providers.<kind>]` is present.
+    pub fn has(&self, kind: ProviderKind) -> bool {
+        match kind {
+            ProviderKind::Outbox => true,
+            ProviderKind::Twilio => self.twilio.is_some(),
+            ProviderKind::Smtp => self.smtp.is_some(),
+            ProviderKind::Apns | ProviderKind::Fcm | ProviderKind::Webpush => false,
+            ProviderKind::Vonage | ProviderKind::Sendgrid => false,
+        }
+    }
+
+    /// Checks every present section without opening a socket (and without a runtime).
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
+        if let Some(twilio) = &self.twilio {
+            Twilio::new(twilio).map_err(|e| invalid(&e))?;
+        }
+        if let Some(smtp) = &self.smtp {
+            smtp.check().map_err(|e| invalid(&e))?;
+        }
+        Ok(())
+    }
 }
 
 /// `[retry]`: when refused deliveries are tried again, per channel, and when they are given up
@@ -322,21 +474,15 @@ impl Config {
         if !(0.0..1.0).contains(&self.breaker.failure_ratio) {
             return bad("breaker.failure_ratio must be at least 0 and below 1");
         }
-        match (self.channels.sms, &self.providers.twilio) {
-            (SmsConnector::Twilio, None) => {
-                return bad("channels.sms = \"twilio\" needs a [providers.twilio] section");
+        self.channels.validate()?;
+        for kind in self.channels.used() {
+            if kind != ProviderKind::Outbox && !self.providers.has(kind) {
+                let name = kind.as_str();
+                return bad(&format!("channels use {name}, which needs a [providers.{name}] section"));
             }
-            (_, Some(twilio)) => {
-                // Resolves the secret and checks the URL now, so `serve` fails before it starts.
-                Twilio::new(twilio).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            }
-            (SmsConnector::Outbox, None) => {}
         }
-        match (self.channels.email, &self.providers.smtp) {
-            (EmailConnector::Smtp, None) => return bad("channels.email = \"smtp\" needs a [providers.smtp] section"),
-            (_, Some(smtp)) => smtp.check().map_err(|e| ConfigError::Invalid(e.to_string()))?,
-            (EmailConnector::Outbox, None) => {}
-        }
+        // Resolves secrets, reads key files and checks URLs now, so `serve` fails before it starts.
+        self.providers.check()?;
         self.unsubscribe.links()?;
         if self.ingest.client_id.is_empty() {
             return bad("ingest.client_id must not be empty");
@@ -375,5 +521,44 @@ mod tests {
         assert!(c.validate().is_err());
         let c: Config = toml::from_str("[dedup]\nwindow = \"10m\"").unwrap();
         assert_eq!(c.dedup.window, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_route_names_one_provider_or_several_in_order() {
+        let twilio = "[providers.twilio]\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"+15005550006\"\n";
+        let c: Config = toml::from_str(&format!("[channels]\nsms = \"twilio\"\n{twilio}")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.channels.for_route(Route::Sms).0, [ProviderKind::Twilio]);
+        assert!(c.channels.for_route(Route::Apns).is_outbox());
+        let c: Config = toml::from_str("[channels]\nsms = [\"twilio\", \"vonage\"]").unwrap();
+        assert_eq!(c.channels.sms.0, [ProviderKind::Twilio, ProviderKind::Vonage]);
+        let printed = toml::to_string(&c.channels).unwrap();
+        assert!(
+            printed.contains(r#"sms = ["twilio", "vonage"]"#) && printed.contains(r#"ios = "outbox""#),
+            "{printed}"
+        );
+
+        let refused = |channels: &str| {
+            let c: Config = toml::from_str(&format!("[channels]\n{channels}\n{twilio}")).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(refused("sms = []").contains("channels.sms: name at least one"));
+        assert!(refused("sms = [\"outbox\", \"twilio\"]").contains("cannot be combined"));
+        assert!(refused("ios = \"twilio\"").contains("channels.ios: twilio cannot send ios; use apns"));
+        assert!(refused("sms = [\"twilio\", \"twilio\"]").contains("twilio is listed twice"));
+        assert!(refused("email = \"sendgrid\"").contains("[providers.sendgrid]"));
+        assert!(toml::from_str::<Config>("[channels]\nsms = \"pigeon\"").is_err());
+    }
+
+    #[test]
+    fn unsubscribe_links_need_an_http_url_and_a_secret() {
+        let check = |text: &str| toml::from_str::<Config>(text).unwrap().validate().map_err(|e| e.to_string());
+        assert!(check("[unsubscribe]\nurl = \"https://h.example/v1/unsubscribe\"\nsecret = \"k\"").is_ok());
+        let err = check("[unsubscribe]\nurl = \"https://h.example/v1/unsubscribe\"").unwrap_err();
+        assert!(err.contains("unsubscribe.secret"), "{err}");
+        let err = check("[unsubscribe]\nurl = \"mailto:x@example.com\"\nsecret = \"k\"").unwrap_err();
+        assert!(err.contains("unsubscribe.url"), "{err}");
+        let err = check("[unsubscribe]\nurl = \"https://h.example/u\"\nsecret = { env = \"HERALD_UNSET_UNSUB\" }");
+        assert!(err.unwrap_err().contains("HERALD_UNSET_UNSUB"));
     }
 }

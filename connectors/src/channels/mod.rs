@@ -1,5 +1,6 @@
 //! Channel connectors, one module per provider (or sink Herald owns).
 //!
+//! - [`routed`]: one channel over several routes (the push dispatcher's APNs, FCM, Web Push).
 //! - [`outbox`]: the file outbox, one JSON line per delivery, exactly once with the ledger.
 //! - [`breaker`]: the circuit breaker every provider's channel runs behind.
 //! - [`failover`]: several providers for one route, the next used while the first's breaker is open.
@@ -10,6 +11,7 @@
 pub mod breaker;
 pub mod failover;
 pub mod outbox;
+pub mod routed;
 pub mod sms;
 pub mod smtp;
 pub mod twilio;

@@ -23,12 +23,15 @@ pub mod timeline;
 
 use crate::alerts::Alerts;
 use crate::app::App;
-use crate::config::{EmailConnector, SmsConnector};
+use crate::config::{Config, ProviderKind};
 use dispatch::{ChannelFactory, Dispatcher};
 use herald_connectors::channels::breaker::{BreakerConfig, BreakerState, Guarded};
+use herald_connectors::channels::failover::Failover;
 use herald_connectors::channels::outbox::FileOutbox;
+use herald_connectors::channels::routed::Routed;
 use herald_connectors::channels::smtp::Smtp;
 use herald_connectors::channels::twilio::Twilio;
+use herald_connectors::unsubscribe::UnsubscribeLinks;
 use herald_schemas::channel::{Channel, ChannelError};
 use herald_schemas::job::Route;
 use herald_schemas::topic;
@@ -180,38 +183,78 @@ fn stage_factory(app: &App) -> StageFactory {
     })
 }
 
-/// The connector a channel sends through, from `[channels]` (the file outbox unless a provider
-/// is named). Called again on each restart of the dispatcher.
+/// The connector a channel's dispatcher sends through, from `[channels]`: the file outbox when
+/// every route of the channel uses it; otherwise each route's providers (in failover order, each
+/// behind its breaker), with the outbox for the routes that name it. Called again on each
+/// restart of the dispatcher.
 fn channel_factory(app: &App, name: &'static str, channel: ChannelKind) -> ChannelFactory {
-    let (channels, providers) = (&app.config.channels, &app.config.providers);
-    match channel {
-        ChannelKind::Sms if channels.sms == SmsConnector::Twilio && providers.twilio.is_some() => {
-            let (config, breaker, alerts) = (providers.twilio.clone(), app.config.breaker.clone(), app.alerts.clone());
-            Arc::new(move || {
-                let config = config.as_ref().ok_or_else(|| unavailable("twilio", "no [providers.twilio]"))?;
-                Twilio::new(config)
-                    .map(|t| guarded(Box::new(t), &breaker, &alerts))
-                    .map_err(|e| unavailable("twilio", e))
-            })
+    let routes = Route::routes_of(channel);
+    let config = app.config.clone();
+    let outbox_path = app.outbox_dir().join(format!("{name}.jsonl"));
+    let (alerts, links) = (app.alerts.clone(), app.unsubscribe.clone());
+    Arc::new(move || {
+        let outbox = || {
+            FileOutbox::open(outbox_path.clone(), format!("outbox-{name}"))
+                .map(|o| Box::new(o) as Box<dyn Channel>)
+                .map_err(|e| unavailable(&format!("outbox-{name}"), e))
+        };
+        if routes.iter().all(|r| config.channels.for_route(*r).is_outbox()) {
+            return outbox();
         }
-        ChannelKind::Email if channels.email == EmailConnector::Smtp && providers.smtp.is_some() => {
-            let (config, breaker, alerts) = (providers.smtp.clone(), app.config.breaker.clone(), app.alerts.clone());
-            let links = app.unsubscribe.clone();
-            Arc::new(move || {
-                let config = config.as_ref().ok_or_else(|| unavailable("smtp", "no [providers.smtp]"))?;
-                Smtp::new(config, links.clone())
-                    .map(|t| guarded(Box::new(t), &breaker, &alerts))
-                    .map_err(|e| unavailable("smtp", e))
-            })
+        let mut channels: Vec<Box<dyn Channel>> = Vec::new();
+        let mut by_route = Vec::new();
+        let mut outbox_at = None;
+        for route in routes {
+            let kinds = &config.channels.for_route(*route).0;
+            let index = if kinds == &[ProviderKind::Outbox] {
+                match outbox_at {
+                    Some(i) => i,
+                    None => {
+                        channels.push(outbox()?);
+                        *outbox_at.insert(channels.len() - 1)
+                    }
+                }
+            } else {
+                let providers = kinds
+                    .iter()
+                    .map(|kind| provider(&config, *kind, links.clone()).map(|c| guarded(c, &config.breaker, &alerts)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                channels.push(Box::new(Failover::new(providers)));
+                channels.len() - 1
+            };
+            by_route.push((*route, index));
         }
-        _ => {
-            let path = app.outbox_dir().join(format!("{name}.jsonl"));
-            Arc::new(move || {
-                FileOutbox::open(path.clone(), format!("outbox-{name}"))
-                    .map(|o| Box::new(o) as Box<dyn Channel>)
-                    .map_err(|e| ChannelError::Unavailable { channel: format!("outbox-{name}"), detail: e.to_string() })
-            })
+        if channels.len() == 1 {
+            return Ok(channels.remove(0));
         }
+        Routed::new(name, channels, by_route).map(|r| Box::new(r) as Box<dyn Channel>).map_err(|e| unavailable(name, e))
+    })
+}
+
+/// One provider's connector, built from its `[providers.<name>]` (checked by `Config::validate`).
+fn provider(
+    config: &Config,
+    kind: ProviderKind,
+    links: Option<Arc<UnsubscribeLinks>>,
+) -> Result<Box<dyn Channel>, ChannelError> {
+    let name = kind.as_str();
+    let missing = || unavailable(name, format!("no [providers.{name}] section"));
+    let providers = &config.providers;
+    match kind {
+        ProviderKind::Twilio => {
+            let twilio = providers.twilio.as_ref().ok_or_else(missing)?;
+            Ok(Box::new(Twilio::new(twilio).map_err(|e| unavailable(name, e))?))
+        }
+        ProviderKind::Smtp => {
+            let smtp = providers.smtp.as_ref().ok_or_else(missing)?;
+            Ok(Box::new(Smtp::new(smtp, links).map_err(|e| unavailable(name, e))?))
+        }
+        ProviderKind::Outbox
+        | ProviderKind::Apns
+        | ProviderKind::Fcm
+        | ProviderKind::Webpush
+        | ProviderKind::Vonage
+        | ProviderKind::Sendgrid => Err(missing()),
     }
 }
 
@@ -221,7 +264,7 @@ fn unavailable(channel: &str, detail: impl std::fmt::Display) -> ChannelError {
 
 /// A provider's channel behind its circuit breaker, whose state is exported as a metric; an
 /// opening raises a `provider_down` alert.
-fn guarded(channel: Box<dyn Channel>, breaker: &BreakerConfig, alerts: &Arc<Alerts>) -> Box<dyn Channel> {
+fn guarded(channel: Box<dyn Channel>, breaker: &BreakerConfig, alerts: &Arc<Alerts>) -> Guarded {
     let alerts = Arc::clone(alerts);
     let on_change = Box::new(move |provider: &str, state: BreakerState| {
         crate::telemetry::breaker_state(provider, state);
@@ -229,5 +272,5 @@ fn guarded(channel: Box<dyn Channel>, breaker: &BreakerConfig, alerts: &Arc<Aler
             alerts.provider_down(provider);
         }
     });
-    Box::new(Guarded::new(channel, breaker.clone(), on_change))
+    Guarded::new(channel, breaker.clone(), on_change)
 }
