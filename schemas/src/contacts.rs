@@ -106,3 +106,14 @@ pub struct OptOut {
     #[serde(default)]
     pub categories: Vec<String>,
 }
+
+impl OptOut {
+    /// Opts out of `category`; whether it is new.
+    pub fn add_category(&mut self, category: &str) -> bool {
+        let fresh = !self.categories.iter().any(|c| c == category);
+        if fresh {
+            self.categories.push(category.to_string());
+        }
+        fresh
+    }
+}

@@ -51,6 +51,9 @@ pub trait ContactStore: Send + Sync + 'static {
     /// Records that a provider reported `address` of the user as dead. Returns whether it was
     /// recorded now (false: unknown user, an address the user no longer has, or already dead).
     async fn mark_unreachable(&self, user_id: &str, address: &str) -> Result<bool, StoreError>;
+    /// Adds `category` to the user's category opt-outs (a one-click unsubscribe). Returns whether
+    /// it was added now (false: unknown user, or already opted out).
+    async fn add_opt_out(&self, user_id: &str, category: &str) -> Result<bool, StoreError>;
 }
 
 #[async_trait]

@@ -56,6 +56,12 @@ impl ContactStore for Contacts {
         user.unreachable.push(address.to_string());
         Ok(true)
     }
+
+    async fn add_opt_out(&self, user_id: &str, category: &str) -> Result<bool, StoreError> {
+        let mut map = self.users.lock().unwrap();
+        let Some(user) = map.get_mut(user_id) else { return Ok(false) };
+        Ok(user.preferences.opt_out.add_category(category))
+    }
 }
 
 #[derive(Default)]

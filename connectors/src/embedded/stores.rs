@@ -225,6 +225,27 @@ impl ContactStore for EmbeddedDb {
             })
             .await?)
     }
+
+    async fn add_opt_out(&self, user_id: &str, category: &str) -> Result<bool, StoreError> {
+        let (user_id, category) = (user_id.to_string(), category.to_string());
+        Ok(self
+            .write_durable(move |inner| {
+                let _serial = hold(&inner.locks.contacts);
+                let mut batch = inner.db.batch();
+                let added = match get_json::<User>(&inner.ks.contacts, "contacts", user_id.as_bytes())? {
+                    Some(mut user) => {
+                        let added = user.preferences.opt_out.add_category(&category);
+                        if added {
+                            batch.insert(&inner.ks.contacts, user_id.as_bytes(), to_json("contacts", &user)?);
+                        }
+                        added
+                    }
+                    None => false,
+                };
+                Ok((added, inner.commit_batch(batch, None)?))
+            })
+            .await?)
+    }
 }
 
 #[async_trait]
@@ -721,6 +742,12 @@ mod tests {
         let got = stored(db.clone()).await;
         assert_eq!(got.unreachable, ["tok"]);
         assert!(got.reaches("new@example.com") && got.reaches("+15550001") && !got.reaches("tok"));
+
+        // A one-click unsubscribe is recorded once, for a known user only.
+        assert!(db.add_opt_out("u1", "marketing").await.unwrap());
+        assert!(!db.add_opt_out("u1", "marketing").await.unwrap());
+        assert!(!db.add_opt_out("nobody", "marketing").await.unwrap());
+        assert_eq!(stored(db.clone()).await.preferences.opt_out.categories, ["marketing"]);
     }
 
     fn template(locale: &str, default: bool) -> Template {

@@ -8,6 +8,7 @@
 //! lags more than `api.lag_high_water` records it answers 503 with
 //! `Retry-After` instead (429 stays for a client over its own rate limit).
 
+mod callbacks;
 mod error;
 
 pub use error::ApiError;
@@ -46,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/users/{user_id}", put(put_user).get(get_user))
         .route("/v1/templates", post(post_template))
         .route("/v1/keys", post(post_key))
+        .route("/v1/unsubscribe", get(callbacks::unsubscribe_page).post(callbacks::unsubscribe))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
