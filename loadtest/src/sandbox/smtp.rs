@@ -29,7 +29,7 @@
 //! I/O, tested on its own.
 
 use super::{Fate, Faults, State};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use herald_schemas::channel::DELIVERY_ID_HEADER;
 use mail_parser::MessageParser;
 use std::collections::VecDeque;
@@ -306,7 +306,8 @@ impl Session {
 pub struct ReceivedMail {
     pub from: String,
     pub recipients: Vec<String>,
-    /// The message's header fields in order, unfolded.
+    /// The message's header fields in order, unfolded, as `mail-parser` reads them (so a
+    /// `Message-ID` comes without its angle brackets).
     pub headers: Vec<(String, String)>,
 }
 
@@ -491,6 +492,7 @@ impl Connection {
                 stream.write_all(&output).await?;
                 output.clear();
             }
+            quick_ack(&stream);
             let read = tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(&mut input)).await;
             match read {
                 Ok(Ok(0)) => return Ok(()),
@@ -537,6 +539,19 @@ impl Connection {
             }
         }
     }
+}
+
+/// Acknowledges the next segment at once. lettre writes a message's data and its terminator in
+/// two writes without `TCP_NODELAY`, so Nagle holds the terminator until the data is
+/// acknowledged, which delayed ACKs put off by up to 40 ms: 25 messages a second per
+/// connection. Linux clears the flag as it sees fit, so it is set again before every read.
+fn quick_ack(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_quickack(true) {
+        tracing::debug!(%error, "TCP_QUICKACK not set");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
 }
 
 /// The header fields of a message, unfolded (`mail-parser`).

@@ -107,10 +107,10 @@ fn original_delivery_id(parser: &MessageParser, message: &Message<'_>) -> Result
         if let Some(id) = header {
             return Ok(DeliveryId(id.to_string()));
         }
-        if let Some((id, _domain)) = original.message_id().and_then(|m| m.rsplit_once('@')) {
-            if !id.is_empty() {
-                return Ok(DeliveryId(id.to_string()));
-            }
+        if let Some((id, _domain)) = original.message_id().and_then(|m| m.rsplit_once('@'))
+            && !id.is_empty()
+        {
+            return Ok(DeliveryId(id.to_string()));
         }
     }
     Err(malformed(format!("the returned message has neither {DELIVERY_ID_HEADER} nor a Message-ID")))
