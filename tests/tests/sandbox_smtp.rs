@@ -10,6 +10,8 @@ use herald_loadtest::sandbox::{Faults, Sandbox, StatsView};
 use herald_schemas::channel::{Channel, DELIVERY_ID_HEADER, SendOutcome};
 use herald_schemas::{DeliveryJob, RenderedContent, Target};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 fn email(n: u32, address: &str) -> DeliveryJob {
     let target = Target::Email { address: address.into() };
@@ -154,5 +156,46 @@ async fn smtp_carries_thousands_of_messages_through_a_pool() {
     // The inbox keeps only the latest messages.
     let inbox = sandbox.smtp_inbox();
     assert_eq!(inbox.len(), INBOX_SIZE);
+    sandbox.shutdown().await;
+}
+
+/// Reads replies until one whose last line (`NNN ` rather than `NNN-`) starts with `code`.
+async fn read_until(stream: &mut TcpStream, seen: &mut String, code: &str) {
+    let mut buf = [0u8; 4096];
+    while !seen.lines().any(|line| line.starts_with(&format!("{code} "))) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed; replies so far: {seen:?}");
+        seen.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn smtp_answers_pipelined_commands_and_a_terminator_split_across_writes() {
+    let sandbox = sandbox(Faults::default()).await;
+    let mut stream = TcpStream::connect(sandbox.smtp_addr.unwrap()).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut replies = String::new();
+    read_until(&mut stream, &mut replies, "220").await;
+    // One write: the whole envelope, as a pipelining client sends it.
+    stream
+        .write_all(b"EHLO client.example\r\nMAIL FROM:<a@herald.example>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        .await
+        .unwrap();
+    read_until(&mut stream, &mut replies, "354").await;
+    let codes: Vec<&str> = replies.lines().map(|l| &l[..3]).collect();
+    assert_eq!(codes, ["220", "250", "250", "250", "250", "250", "250", "250", "250", "354"], "{replies}");
+    assert!(replies.contains("250-PIPELINING\r\n"));
+    // The data, its terminator split over three writes.
+    let mut replies = String::new();
+    for part in [&b"X-Herald-Delivery-Id: d-1\r\nSubject: s\r\n\r\n..dot\r\n"[..], b"\r\n.", b"\r\nQUIT\r\n"] {
+        stream.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    read_until(&mut stream, &mut replies, "221").await;
+    assert!(replies.starts_with("250 2.0.0"), "{replies}");
+    let inbox = sandbox.smtp_inbox();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].header(DELIVERY_ID_HEADER), Some("d-1"));
+    assert_eq!(stats(&sandbox), StatsView { requests: 1, accepted: 1, rejected: 0, duplicates: 0 });
     sandbox.shutdown().await;
 }

@@ -394,10 +394,21 @@ struct Connection {
     inbox: Arc<Inbox>,
 }
 
-/// What the connection does after answering.
+/// What the connection does after answering an event.
 enum Next {
     Continue,
+    /// Flush the replies, then close.
     Close,
+    /// Drop the connection, unanswered.
+    Drop,
+}
+
+/// The sandbox's decisions about the open transaction, made at `MAIL FROM`.
+struct Attempt {
+    faults: Faults,
+    fate: Fate,
+    /// Counted as rejected already (at `RCPT TO`): a transaction is rejected once.
+    refused: bool,
 }
 
 impl Connection {
@@ -405,86 +416,22 @@ impl Connection {
         let mut session = Session::new(Limits::default());
         let mut input = BytesMut::with_capacity(16 * 1024);
         let mut output = Vec::with_capacity(1024);
-        // The fate of the open transaction's message, drawn at MAIL FROM.
-        let mut fate = Fate::Accept;
-        // Whether the open transaction was counted as rejected already (at RCPT).
-        let mut refused = false;
-        let mut faults = self.state.faults();
+        let mut attempt = Attempt { faults: Faults::default(), fate: Fate::Accept, refused: false };
         stream.write_all(format!("220 {HOSTNAME} ESMTP Herald provider sandbox\r\n").as_bytes()).await?;
         loop {
             while let Some(event) = session.next_event(&mut input) {
-                let next = match event {
-                    Event::Reply(text) => {
-                        output.extend_from_slice(text.as_bytes());
-                        Next::Continue
-                    }
-                    Event::Close(text) => {
-                        output.extend_from_slice(text.as_bytes());
-                        Next::Close
-                    }
-                    Event::Mail { from } => {
-                        self.stats().request();
-                        faults = self.state.faults();
-                        fate = faults.draw(&mut rand::rng());
-                        refused = false;
-                        if fate == Fate::Throttled {
-                            self.stats().rejected();
-                            output.extend_from_slice(b"421 4.7.0 Too many messages, try again later; closing\r\n");
-                            Next::Close
-                        } else {
-                            session.start_mail(from);
-                            output.extend_from_slice(b"250 2.1.0 OK\r\n");
-                            Next::Continue
-                        }
-                    }
-                    Event::Recipient { to } => {
-                        let local = to.rsplit_once('@').map_or(to.as_str(), |(local, _)| local);
-                        let refusal: Option<&[u8]> = if local.eq_ignore_ascii_case("unknown") || fate == Fate::BadToken
-                        {
-                            Some(b"550 5.1.1 Mailbox unknown\r\n")
-                        } else if local.eq_ignore_ascii_case("full") {
-                            Some(b"452 4.2.2 Mailbox full\r\n")
-                        } else {
-                            None
-                        };
-                        match refusal {
-                            Some(text) => {
-                                // One refused transaction, however many of its recipients are.
-                                if !refused {
-                                    self.stats().rejected();
-                                    refused = true;
-                                }
-                                output.extend_from_slice(text);
-                            }
-                            None => {
-                                session.add_recipient(to);
-                                output.extend_from_slice(b"250 2.1.5 OK\r\n");
-                            }
-                        }
-                        Next::Continue
-                    }
-                    Event::TooBig => {
-                        self.stats().rejected();
-                        output.extend_from_slice(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n");
-                        Next::Continue
-                    }
-                    Event::Message(message) => {
-                        stream.write_all(&output).await?;
-                        output.clear();
-                        let reply = self.end_of_data(message, fate, &faults).await;
-                        fate = Fate::Accept;
-                        match reply {
-                            Some(text) => {
-                                output.extend_from_slice(text);
-                                Next::Continue
-                            }
-                            None => return Ok(()),
-                        }
-                    }
-                };
-                if let Next::Close = next {
+                if let Event::Message(_) = event {
+                    // The reply to the data may be held: what precedes it goes out first.
                     stream.write_all(&output).await?;
-                    return stream.shutdown().await;
+                    output.clear();
+                }
+                match self.answer(event, &mut session, &mut attempt, &mut output).await {
+                    Next::Continue => {}
+                    Next::Close => {
+                        stream.write_all(&output).await?;
+                        return stream.shutdown().await;
+                    }
+                    Next::Drop => return Ok(()),
                 }
             }
             // Everything the client pipelined so far is answered: flush before waiting for more.
@@ -493,8 +440,7 @@ impl Connection {
                 output.clear();
             }
             quick_ack(&stream);
-            let read = tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(&mut input)).await;
-            match read {
+            match tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(&mut input)).await {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => return Err(error),
@@ -506,6 +452,62 @@ impl Connection {
             if input.capacity() - input.len() < 4096 {
                 input.reserve(16 * 1024);
             }
+        }
+    }
+
+    /// Answers one event into `output`.
+    async fn answer(&self, event: Event, session: &mut Session, attempt: &mut Attempt, output: &mut Vec<u8>) -> Next {
+        match event {
+            Event::Reply(text) => {
+                output.extend_from_slice(text.as_bytes());
+                Next::Continue
+            }
+            Event::Close(text) => {
+                output.extend_from_slice(text.as_bytes());
+                Next::Close
+            }
+            Event::Mail { from } => {
+                self.stats().request();
+                let faults = self.state.faults();
+                let fate = faults.draw(&mut rand::rng());
+                *attempt = Attempt { faults, fate, refused: false };
+                if fate == Fate::Throttled {
+                    self.stats().rejected();
+                    output.extend_from_slice(b"421 4.7.0 Too many messages, try again later; closing\r\n");
+                    return Next::Close;
+                }
+                session.start_mail(from);
+                output.extend_from_slice(b"250 2.1.0 OK\r\n");
+                Next::Continue
+            }
+            Event::Recipient { to } => {
+                match recipient_refusal(&to, attempt.fate) {
+                    Some(text) => {
+                        if !attempt.refused {
+                            self.stats().rejected();
+                            attempt.refused = true;
+                        }
+                        output.extend_from_slice(text);
+                    }
+                    None => {
+                        session.add_recipient(to);
+                        output.extend_from_slice(b"250 2.1.5 OK\r\n");
+                    }
+                }
+                Next::Continue
+            }
+            Event::TooBig => {
+                self.stats().rejected();
+                output.extend_from_slice(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+                Next::Continue
+            }
+            Event::Message(message) => match self.end_of_data(message, attempt.fate, &attempt.faults).await {
+                Some(text) => {
+                    output.extend_from_slice(text);
+                    Next::Continue
+                }
+                None => Next::Drop,
+            },
         }
     }
 
@@ -538,6 +540,18 @@ impl Connection {
                 Some(b"250 2.0.0 OK: queued\r\n")
             }
         }
+    }
+}
+
+/// The refusal of a recipient: a magic local part, or the bad-address fault.
+fn recipient_refusal(to: &str, fate: Fate) -> Option<&'static [u8]> {
+    let local = to.rsplit_once('@').map_or(to, |(local, _)| local);
+    if local.eq_ignore_ascii_case("unknown") || fate == Fate::BadToken {
+        Some(b"550 5.1.1 Mailbox unknown\r\n")
+    } else if local.eq_ignore_ascii_case("full") {
+        Some(b"452 4.2.2 Mailbox full\r\n")
+    } else {
+        None
     }
 }
 
