@@ -21,11 +21,11 @@
 //!
 //! The headers of the last [`INBOX_SIZE`] accepted messages are kept in the [`Inbox`].
 //!
-//! Written on tokio rather than with an SMTP crate: `mailin` (and `mailin-embedded`, its
-//! thread-per-connection server) decides each reply in a synchronous handler, where the sandbox
-//! needs to hold a reply or drop the connection mid-transaction, and the I/O layer (reading,
-//! pipelining, the split terminator, size limits) would still be ours; `samotop` is built on
-//! async-std and no longer kept. The protocol is a small state machine, [`Session`], with no
+//! Written on tokio rather than with an SMTP crate: `mailin` decides each reply in a synchronous
+//! `Handler` (and `mailin-embedded` is its own blocking server), where the sandbox needs to hold
+//! a reply or drop the connection mid-transaction, and the I/O layer (reading, pipelining, the
+//! split terminator, size limits) would still be ours; `samotop` is built on async-std, not
+//! tokio. The protocol is a small state machine, [`Session`], with no
 //! I/O, tested on its own.
 
 use super::{Fate, Faults, State};
