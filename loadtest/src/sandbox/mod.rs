@@ -3,6 +3,7 @@
 //!
 //! Served (HTTP/1.1, and cleartext HTTP/2 with prior knowledge, on the same port):
 //! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json` ([`twilio`]).
+//! - SMTP, on its own address when asked for ([`Sandbox::start_with_smtp`], [`smtp`]).
 //! - `GET /stats`: per provider, `requests` (answered or not), `accepted`, `rejected`, and
 //!   `duplicates`: messages accepted whose delivery id (header `X-Herald-Delivery-Id`) was
 //!   already accepted. Every provider of the issue is listed; those not served yet stay at zero.
@@ -13,6 +14,7 @@
 //! then causes are counted, not prevented); `bad_token_rate` answers with the provider's
 //! bad-address error; `latency_ms` adds a random delay with that mean.
 
+pub mod smtp;
 pub mod twilio;
 
 use axum::Router;
@@ -159,17 +161,30 @@ impl State {
     }
 }
 
-/// A sandbox serving on `local_addr` until dropped or `shutdown`.
+/// A sandbox serving on `local_addr` (and SMTP on `smtp_addr`) until dropped or `shutdown`.
 pub struct Sandbox {
     pub local_addr: SocketAddr,
+    /// The SMTP server's address, when one was asked for.
+    pub smtp_addr: Option<SocketAddr>,
     pub state: Arc<State>,
+    smtp: Option<smtp::SmtpServer>,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Sandbox {
-    /// Binds `listen` (port 0 for any free port) and serves in the background.
+    /// Binds `listen` (port 0 for any free port) and serves the HTTP providers in the background.
     pub async fn start(listen: SocketAddr, faults: Faults) -> std::io::Result<Sandbox> {
+        Sandbox::start_with_smtp(listen, None, faults).await
+    }
+
+    /// As [`Sandbox::start`], and with `smtp` an SMTP server on that address too (port 0 for any
+    /// free port), sharing the faults and the stats (under `"smtp"`).
+    pub async fn start_with_smtp(
+        listen: SocketAddr,
+        smtp: Option<SocketAddr>,
+        faults: Faults,
+    ) -> std::io::Result<Sandbox> {
         let state = Arc::new(State {
             faults: std::sync::RwLock::new(faults),
             stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect(),
@@ -186,15 +201,40 @@ impl Sandbox {
             axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await
         });
         tracing::info!(%local_addr, "provider sandbox listening");
-        Ok(Sandbox { local_addr, state, stop, task })
+        let smtp = match smtp {
+            Some(listen) => match smtp::SmtpServer::start(listen, Arc::clone(&state)).await {
+                Ok(server) => Some(server),
+                Err(error) => {
+                    task.abort();
+                    return Err(error);
+                }
+            },
+            None => None,
+        };
+        let smtp_addr = smtp.as_ref().map(|server| server.local_addr);
+        Ok(Sandbox { local_addr, smtp_addr, state, smtp, stop, task })
+    }
+
+    /// The messages the SMTP server accepted lately (none without an SMTP server).
+    pub fn smtp_inbox(&self) -> Vec<smtp::ReceivedMail> {
+        self.smtp.as_ref().map(|server| server.inbox.messages()).unwrap_or_default()
+    }
+
+    /// The connector URL of the SMTP server: `smtp://host:port` (cleartext, no authentication).
+    pub fn smtp_url(&self) -> Option<String> {
+        self.smtp_addr.map(|addr| format!("smtp://{addr}"))
     }
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.local_addr)
     }
 
-    /// Stops accepting and waits for the server to end (held requests are cut).
+    /// Stops accepting and waits for the servers to end (held requests and SMTP connections are
+    /// cut).
     pub async fn shutdown(self) {
+        if let Some(smtp) = self.smtp {
+            smtp.shutdown().await;
+        }
         self.stop.cancel();
         self.task.abort();
         let _ = self.task.await;

@@ -12,6 +12,8 @@
 //!   connection is retryable; 550/551/553 (mailbox unknown, not local, name not allowed) are a
 //!   bad address; any other 5xx is permanent.
 
+pub mod bounce;
+
 use crate::secret::{Secret, SecretError, SecretSource};
 use crate::unsubscribe::UnsubscribeLinks;
 use async_trait::async_trait;
