@@ -25,7 +25,7 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 /// `[providers.smtp]`.
@@ -87,7 +87,11 @@ fn outcome_of(error: &lettre::transport::smtp::Error) -> SendOutcome {
 }
 
 pub struct Smtp {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// Replaced by a fresh pool after a send timed out (see [`Smtp::send_one`]).
+    transport: RwLock<Arc<AsyncSmtpTransport<Tokio1Executor>>>,
+    /// Builds a pool like the first one.
+    builder: SmtpTransportBuilder,
+    timeout: Duration,
     from: Mailbox,
     domain: String,
     unsubscribe: Option<Arc<UnsubscribeLinks>>,
@@ -129,13 +133,14 @@ impl Smtp {
         if let Some(credentials) = credentials {
             builder = builder.credentials(credentials);
         }
-        let transport = builder
+        let builder = builder
             .timeout(Some(config.timeout))
-            .pool_config(PoolConfig::new().max_size(config.max_connections.max(1)))
-            .build();
+            .pool_config(PoolConfig::new().max_size(config.max_connections.max(1)));
         Ok(Smtp {
             domain: from.email.domain().to_string(),
-            transport,
+            transport: RwLock::new(Arc::new(builder.clone().build())),
+            builder,
+            timeout: config.timeout,
             from,
             unsubscribe,
             max_connections: config.max_connections.max(1) as usize,
@@ -178,9 +183,24 @@ impl Smtp {
             Ok(message) => message,
             Err(reason) => return SendOutcome::Permanent { reason },
         };
-        match self.transport.send(message).await {
-            Ok(response) => SendOutcome::Delivered { provider_id: response.message().next().map(str::to_string) },
-            Err(error) => outcome_of(&error),
+        // lettre's own timeout covers connecting only, not the server's replies: the whole send
+        // is bounded here. A send cut short leaves its connection mid-transaction, and lettre
+        // would return that connection to its pool, so the pool is retired and a fresh one
+        // serves later sends (the old one ends when its last send does).
+        let transport = Arc::clone(&self.transport.read().unwrap_or_else(PoisonError::into_inner));
+        match tokio::time::timeout(self.timeout, transport.send(message)).await {
+            Ok(Ok(response)) => SendOutcome::Delivered { provider_id: response.message().next().map(str::to_string) },
+            Ok(Err(error)) => outcome_of(&error),
+            Err(_) => {
+                let mut current = self.transport.write().unwrap_or_else(PoisonError::into_inner);
+                if Arc::ptr_eq(&current, &transport) {
+                    *current = Arc::new(self.builder.clone().build());
+                }
+                SendOutcome::Retryable {
+                    reason: format!("timeout: no answer from the SMTP server within {:?}", self.timeout),
+                    retry_after: None,
+                }
+            }
         }
     }
 }
