@@ -201,54 +201,61 @@ fn invalid(message: &str) -> Response {
     error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"), message)
 }
 
-/// Checks a message as FCM does; the registration token, or the error to answer.
-fn validate(body: &[u8]) -> Result<String, Response> {
+/// Checks a message as FCM does; the registration token, or the `INVALID_ARGUMENT` message.
+fn validate(body: &[u8]) -> Result<String, String> {
     if body.len() > MAX_MESSAGE_BYTES {
-        return Err(invalid("Message is too big"));
+        return Err("Message is too big".to_string());
     }
-    let json: Value = serde_json::from_slice(body).map_err(|e| invalid(&format!("Invalid JSON payload received. {e}")))?;
+    let json: Value = serde_json::from_slice(body).map_err(|e| format!("Invalid JSON payload received. {e}"))?;
     let message = &json["message"];
     if !message.is_object() {
-        return Err(invalid("Invalid JSON payload received. Missing 'message'."));
+        return Err("Invalid JSON payload received. Missing 'message'.".to_string());
     }
     let token = message["token"].as_str().unwrap_or_default();
     if token.is_empty() {
-        return Err(invalid("Recipient of the message is not set."));
+        return Err("Recipient of the message is not set.".to_string());
     }
     let notification = &message["notification"];
     if !notification.is_null()
         && ["title", "body"].iter().any(|f| !(notification[f].is_null() || notification[f].is_string()))
     {
-        return Err(invalid("Invalid value at 'message.notification'"));
+        return Err("Invalid value at 'message.notification'".to_string());
     }
     let android = &message["android"];
     if let Some(priority) = android.get("priority") {
-        let known = priority.as_str().is_some_and(|p| p.eq_ignore_ascii_case("high") || p.eq_ignore_ascii_case("normal"));
+        let known =
+            priority.as_str().is_some_and(|p| p.eq_ignore_ascii_case("high") || p.eq_ignore_ascii_case("normal"));
         if !known {
-            return Err(invalid(&format!("Invalid value at 'message.android.priority' ({priority})")));
+            return Err(format!("Invalid value at 'message.android.priority' ({priority})"));
         }
     }
     if let Some(ttl) = android.get("ttl") {
         let seconds = ttl.as_str().and_then(|t| t.strip_suffix('s')).and_then(|t| t.parse::<f64>().ok());
         if !seconds.is_some_and(|s| s >= 0.0) {
-            return Err(invalid(&format!("Invalid value at 'message.android.ttl' ({ttl})")));
+            return Err(format!("Invalid value at 'message.android.ttl' ({ttl})"));
         }
     }
     if let Some(data) = message.get("data") {
         let all_strings = data.as_object().is_some_and(|d| d.values().all(Value::is_string));
         if !all_strings {
-            return Err(invalid("Invalid value at 'message.data': values must be strings"));
+            return Err("Invalid value at 'message.data': values must be strings".to_string());
         }
     }
     Ok(token.to_string())
 }
 
-async fn send(AxState(state): AxState<Arc<State>>, Path(project): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn send(
+    AxState(state): AxState<Arc<State>>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let stats = state.stats("fcm");
     stats.request();
     let faults = state.faults();
     faults.delay().await;
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if !bearer.is_some_and(|token| state.fcm.valid(token)) {
         stats.rejected();
         return error(
@@ -261,17 +268,20 @@ async fn send(AxState(state): AxState<Arc<State>>, Path(project): Path<String>, 
     }
     if project != TEST_PROJECT {
         stats.rejected();
-        let message = format!("Permission 'cloudmessaging.messages.create' denied on resource '//cloudresourcemanager.googleapis.com/projects/{project}'");
+        let message = format!(
+            "Permission 'cloudmessaging.messages.create' denied on resource '//cloudresourcemanager.googleapis.com/projects/{project}'"
+        );
         return error(StatusCode::FORBIDDEN, "PERMISSION_DENIED", None, &message);
     }
     let token = match validate(&body) {
         Ok(token) => token,
-        Err(response) => {
+        Err(message) => {
             stats.rejected();
-            return response;
+            return invalid(&message);
         }
     };
-    let unregistered = || error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("UNREGISTERED"), "Requested entity was not found.");
+    let unregistered =
+        || error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("UNREGISTERED"), "Requested entity was not found.");
     if token.starts_with(UNREGISTERED_PREFIX) {
         stats.rejected();
         return unregistered();
@@ -288,7 +298,12 @@ async fn send(AxState(state): AxState<Arc<State>>, Path(project): Path<String>, 
     match fate {
         Fate::Unavailable => {
             stats.rejected();
-            return error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", Some("UNAVAILABLE"), "The service is currently unavailable.");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                Some("UNAVAILABLE"),
+                "The service is currently unavailable.",
+            );
         }
         Fate::Throttled => {
             stats.rejected();

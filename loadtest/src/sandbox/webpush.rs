@@ -95,16 +95,17 @@ fn vapid_parts(headers: &HeaderMap) -> Option<(String, String)> {
     Some((t?, k?))
 }
 
-/// Checks the VAPID header; the error to answer when it does not hold.
-fn check_vapid(headers: &HeaderMap, origin: &str) -> Result<(), Response> {
-    let unauthorized = |why: &str| error(StatusCode::UNAUTHORIZED, 109, &format!("Unauthorized: {why}"));
+/// Checks the VAPID header; the status and message to answer when it does not hold.
+fn check_vapid(headers: &HeaderMap, origin: &str) -> Result<(), (StatusCode, String)> {
+    let unauthorized = |why: &str| (StatusCode::UNAUTHORIZED, format!("Unauthorized: {why}"));
     let (token, key) = vapid_parts(headers).ok_or_else(|| unauthorized("missing or malformed VAPID header"))?;
     let point = URL_SAFE_NO_PAD.decode(key.trim_end_matches('=')).map_err(|_| unauthorized("k is not base64url"))?;
     if point.len() != 65 || point[0] != 4 {
         return Err(unauthorized("k is not an uncompressed P-256 point"));
     }
-    let decoding = DecodingKey::from_ec_components(&URL_SAFE_NO_PAD.encode(&point[1..33]), &URL_SAFE_NO_PAD.encode(&point[33..]))
-        .map_err(|_| unauthorized("k is not a P-256 key"))?;
+    let decoding =
+        DecodingKey::from_ec_components(&URL_SAFE_NO_PAD.encode(&point[1..33]), &URL_SAFE_NO_PAD.encode(&point[33..]))
+            .map_err(|_| unauthorized("k is not a P-256 key"))?;
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_audience(&[origin]);
     validation.set_required_spec_claims(&["exp", "aud", "sub"]);
@@ -119,11 +120,8 @@ fn check_vapid(headers: &HeaderMap, origin: &str) -> Result<(), Response> {
         return Err(unauthorized("empty sub"));
     }
     if key.trim_end_matches('=') != TEST_VAPID_PUBLIC_KEY {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            109,
-            "The VAPID credentials do not correspond to the credentials used to create the subscription.",
-        ));
+        let why = "The VAPID credentials do not correspond to the credentials used to create the subscription.";
+        return Err((StatusCode::FORBIDDEN, why.to_string()));
     }
     Ok(())
 }
@@ -158,8 +156,8 @@ async fn push(
         stats.rejected();
         response
     };
-    if let Err(response) = check_vapid(&headers, &origin) {
-        return refused(response);
+    if let Err((status, message)) = check_vapid(&headers, &origin) {
+        return refused(error(status, 109, &message));
     }
     let ttl = headers.get("ttl").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     if ttl.is_none() {

@@ -3,7 +3,8 @@
 //!
 //! [`TokenSource::token`] returns the cached token until shortly before it expires (a margin of
 //! five minutes, or half the lifetime when that is shorter); then the first caller fetches a new
-//! one while every other caller waits for it, so a burst of sends costs one token request.
+//! one while every other caller waits for it, so a burst of sends costs one token request (and
+//! one failed request fails the whole burst, rather than each send trying again in turn).
 //! [`TokenSource::reject`] drops a token FCM refused, so the next send fetches a fresh one.
 
 use super::FcmConfigError;
@@ -21,7 +22,7 @@ const ASSERTION_LIFETIME: u64 = 3600;
 const MAX_MARGIN: Duration = Duration::from_secs(300);
 
 /// Why no token could be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     /// Unreachable, timed out, 5xx or 429: worth retrying.
     #[error("oauth token endpoint unavailable: {0}")]
@@ -50,7 +51,10 @@ pub struct Assertion {
 
 impl std::fmt::Debug for Assertion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Assertion").field("client_email", &self.client_email).field("token_url", &self.token_url).finish()
+        f.debug_struct("Assertion")
+            .field("client_email", &self.client_email)
+            .field("token_url", &self.token_url)
+            .finish()
     }
 }
 
@@ -94,13 +98,14 @@ pub struct TokenSource {
     client: reqwest::Client,
     assertion: Assertion,
     current: RwLock<Option<Cached>>,
-    /// Held while fetching, so one request serves every waiting send.
-    fetching: tokio::sync::Mutex<()>,
+    /// Held while fetching, so one request serves every waiting send; it keeps the last failure
+    /// and when it ended, for the sends that waited on that request.
+    fetching: tokio::sync::Mutex<Option<(Instant, TokenError)>>,
 }
 
 impl TokenSource {
     pub(super) fn new(client: reqwest::Client, assertion: Assertion) -> TokenSource {
-        TokenSource { client, assertion, current: RwLock::new(None), fetching: tokio::sync::Mutex::new(()) }
+        TokenSource { client, assertion, current: RwLock::new(None), fetching: tokio::sync::Mutex::new(None) }
     }
 
     fn cached(&self) -> Option<Arc<str>> {
@@ -113,13 +118,25 @@ impl TokenSource {
         if let Some(token) = self.cached() {
             return Ok(token);
         }
-        let _fetching = self.fetching.lock().await;
-        // Another send may have fetched it while this one waited.
+        let waited_from = Instant::now();
+        let mut last_failure = self.fetching.lock().await;
+        // Another send may have fetched it, or failed to, while this one waited.
         if let Some(token) = self.cached() {
             return Ok(token);
         }
+        if let Some((at, error)) = &*last_failure
+            && *at >= waited_from
+        {
+            return Err(error.clone());
+        }
         let started = Instant::now();
-        let grant = self.fetch().await?;
+        let grant = match self.fetch().await {
+            Ok(grant) => grant,
+            Err(error) => {
+                *last_failure = Some((Instant::now(), error.clone()));
+                return Err(error);
+            }
+        };
         let lifetime = Duration::from_secs(grant.expires_in);
         let margin = MAX_MARGIN.min(lifetime / 2);
         let token: Arc<str> = grant.access_token.into();

@@ -115,7 +115,9 @@ impl Fcm {
         };
         let access = match self.tokens.token().await {
             Ok(access) => access,
-            Err(TokenError::Unavailable(reason)) => return SendOutcome::Retryable { reason, retry_after: None },
+            Err(error @ TokenError::Unavailable(_)) => {
+                return SendOutcome::Retryable { reason: error.to_string(), retry_after: None };
+            }
             Err(error @ TokenError::Refused(_)) => return SendOutcome::Permanent { reason: error.to_string() },
         };
         let request = self
@@ -175,7 +177,9 @@ mod tests {
         assert_eq!(ok, SendOutcome::Delivered { provider_id: Some("projects/p/messages/0:123".into()) });
 
         let gone = error_body(404, "NOT_FOUND", Some("UNREGISTERED"), "Requested entity was not found.");
-        assert!(matches!(classify(404, None, &gone), SendOutcome::BadAddress { reason } if reason.contains("UNREGISTERED")));
+        assert!(
+            matches!(classify(404, None, &gone), SendOutcome::BadAddress { reason } if reason.contains("UNREGISTERED"))
+        );
         let mismatch = error_body(403, "PERMISSION_DENIED", Some("SENDER_ID_MISMATCH"), "SenderId mismatch");
         assert!(matches!(classify(403, None, &mismatch), SendOutcome::BadAddress { .. }));
         let bad_token = error_body(
@@ -237,7 +241,10 @@ mod tests {
         assert_eq!(body["message"]["data"]["delivery_id"], "d-1");
         assert_eq!(body["message"]["token"], "tok");
         let marketing = DeliveryJob { category: "marketing".into(), ..job.clone() };
-        assert_eq!(message(&marketing, "tok", "T", "B", Duration::from_secs(60))["message"]["android"]["priority"], "normal");
+        assert_eq!(
+            message(&marketing, "tok", "T", "B", Duration::from_secs(60))["message"]["android"]["priority"],
+            "normal"
+        );
     }
 
     #[test]

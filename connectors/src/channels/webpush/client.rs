@@ -68,8 +68,9 @@ impl WebPush {
     fn build(&self, job: &DeliveryJob, subscription: &str, payload: &[u8]) -> Result<WebPushMessage, SendOutcome> {
         let info: SubscriptionInfo = serde_json::from_str(subscription)
             .map_err(|e| SendOutcome::BadAddress { reason: format!("not a push subscription: {e}") })?;
-        let audience = origin(&info.endpoint)
-            .ok_or_else(|| SendOutcome::BadAddress { reason: "the subscription endpoint is not an http(s) URL".into() })?;
+        let audience = origin(&info.endpoint).ok_or_else(|| SendOutcome::BadAddress {
+            reason: "the subscription endpoint is not an http(s) URL".into(),
+        })?;
         let mut vapid = self.signer.clone().add_sub_info(&info);
         vapid.add_claim("sub", self.subject.as_str());
         vapid.add_claim("aud", audience);
