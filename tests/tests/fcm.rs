@@ -60,16 +60,27 @@ async fn fcm_delivers_and_classifies_every_answer_with_one_token() {
 }
 
 #[tokio::test]
-async fn fcm_refreshes_an_expired_token() {
+async fn fcm_refreshes_a_token_before_and_after_it_expires() {
     let sandbox = sandbox(Faults::default()).await;
     sandbox.state.fcm.set_lifetime(Duration::from_secs(2));
     let mut fcm = Fcm::new(&config(&sandbox.base_url(), Duration::from_secs(5))).unwrap();
-    assert!(matches!(fcm.send(&[push(1, "device-a", "one")]).await.unwrap()[0], SendOutcome::Delivered { .. }));
+    let mut send = async |n: u32| fcm.send(&[push(n, "device-a", "hi")]).await.unwrap().remove(0);
+    assert!(matches!(send(1).await, SendOutcome::Delivered { .. }));
+    // Past the token's expiry: a new one.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(matches!(fcm.send(&[push(2, "device-a", "two")]).await.unwrap()[0], SendOutcome::Delivered { .. }));
+    assert!(matches!(send(2).await, SendOutcome::Delivered { .. }));
     assert_eq!(sandbox.state.fcm.grants(), 2);
+
+    // A 4 s token is renewed once half its life is gone, while the sandbox would still take it.
+    sandbox.state.fcm.set_lifetime(Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(matches!(send(3).await, SendOutcome::Delivered { .. }));
+    assert_eq!(sandbox.state.fcm.grants(), 3);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(matches!(send(4).await, SendOutcome::Delivered { .. }));
+    assert_eq!(sandbox.state.fcm.grants(), 4);
     let stats = sandbox.state.view()["fcm"];
-    assert_eq!((stats.accepted, stats.rejected), (2, 0));
+    assert_eq!((stats.accepted, stats.rejected), (4, 0), "no send was refused for its token");
     sandbox.shutdown().await;
 }
 

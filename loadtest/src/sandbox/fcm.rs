@@ -103,8 +103,11 @@ impl Tokens {
     fn issue(&self) -> (String, u64) {
         let lifetime = self.lifetime_secs.load(Ordering::Relaxed);
         let token = format!("ya29.sandbox-{:032x}", rand::random::<u128>());
-        let expires = Instant::now() + Duration::from_secs(lifetime);
-        self.issued.lock().unwrap_or_else(PoisonError::into_inner).insert(token.clone(), expires);
+        let now = Instant::now();
+        let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        issued.retain(|_, expires| *expires > now);
+        issued.insert(token.clone(), now + Duration::from_secs(lifetime));
+        drop(issued);
         self.grants.fetch_add(1, Ordering::Relaxed);
         (token, lifetime)
     }

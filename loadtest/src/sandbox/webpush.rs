@@ -220,4 +220,40 @@ mod tests {
         let subscription: serde_json::Value = serde_json::from_str(&test_subscription("http://h:1/", "abc")).unwrap();
         assert_eq!(subscription["endpoint"], "http://h:1/webpush/abc");
     }
+
+    /// [`TEST_VAPID_PRIVATE_KEY`] as PKCS#8, to sign test JWTs with.
+    const TEST_VAPID_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg7apAatKX/y2TJEd9
+Fl6mFqghj+zXdpmuBRXtXrnMQxahRANCAARzF4aibJFpdPuod9UvmPfnhYcDnQnL
+l93CFaMIFxQXAUBAwLAbid1RD/mCVZshi3tkS8llDSdzQRUEYR8mkJWa
+-----END PRIVATE KEY-----
+";
+
+    fn vapid_header(claims: serde_json::Value, k: &str) -> HeaderMap {
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(TEST_VAPID_PEM.as_bytes()).unwrap();
+        let t = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::ES256), &claims, &key).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, format!("vapid t={t}, k={k}").parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn vapid_is_checked_as_push_services_do() {
+        let origin = "http://127.0.0.1:9";
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let check = |claims, k| check_vapid(&vapid_header(claims, k), origin).map_err(|(status, _)| status.as_u16());
+        let good = json!({"aud": origin, "exp": now + 3600, "sub": "mailto:ops@example.com"});
+        assert_eq!(check(good.clone(), TEST_VAPID_PUBLIC_KEY), Ok(()));
+        let other_origin = json!({"aud": "http://127.0.0.1:10", "exp": now + 3600, "sub": "mailto:a@b.c"});
+        assert_eq!(check(other_origin, TEST_VAPID_PUBLIC_KEY), Err(401));
+        let too_long = json!({"aud": origin, "exp": now + 2 * 86_400, "sub": "mailto:a@b.c"});
+        assert_eq!(check(too_long, TEST_VAPID_PUBLIC_KEY), Err(401));
+        let expired = json!({"aud": origin, "exp": now - 3600, "sub": "mailto:a@b.c"});
+        assert_eq!(check(expired, TEST_VAPID_PUBLIC_KEY), Err(401));
+        let no_sub = json!({"aud": origin, "exp": now + 3600});
+        assert_eq!(check(no_sub, TEST_VAPID_PUBLIC_KEY), Err(401));
+        // Signed by the test key but presented with another: the signature does not verify.
+        assert_eq!(check(good, SUBSCRIPTION_PUBLIC_KEY), Err(401));
+        assert_eq!(check_vapid(&HeaderMap::new(), origin).map_err(|(s, _)| s.as_u16()), Err(401));
+    }
 }

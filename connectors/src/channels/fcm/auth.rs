@@ -33,13 +33,13 @@ pub enum TokenError {
 }
 
 /// The claims of an assertion.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    pub scope: String,
-    pub aud: String,
-    pub iat: u64,
-    pub exp: u64,
+#[derive(Debug, Serialize)]
+struct Claims {
+    iss: String,
+    scope: String,
+    aud: String,
+    iat: u64,
+    exp: u64,
 }
 
 /// Signs assertions for one service account at one token endpoint.

@@ -125,3 +125,17 @@ impl FcmConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_service_account_is_required_and_unknown_fields_are_refused() {
+        let config: FcmConfig = serde_json::from_str(r#"{"service_account": {"env": "FCM_SA"}}"#).unwrap();
+        assert_eq!(config, FcmConfig::new(SecretSource::Env { env: "FCM_SA".into() }));
+        assert_eq!((config.base_url.as_str(), config.ttl), ("https://fcm.googleapis.com", Duration::from_secs(86_400)));
+        let typo = serde_json::from_str::<FcmConfig>(r#"{"service_account": "x", "base_ur": "http://h"}"#);
+        assert!(typo.unwrap_err().to_string().contains("base_ur"));
+    }
+}

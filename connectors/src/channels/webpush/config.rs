@@ -61,3 +61,18 @@ impl WebPushConfig {
         signer.map_err(|e| WebPushConfigError::VapidKey(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_and_subject_are_required_and_unknown_fields_are_refused() {
+        let config: WebPushConfig =
+            serde_json::from_str(r#"{"vapid_private_key": {"file": "/k"}, "subject": "mailto:a@b.c"}"#).unwrap();
+        assert_eq!(config, WebPushConfig::new(SecretSource::File { file: "/k".into() }, "mailto:a@b.c"));
+        assert!(serde_json::from_str::<WebPushConfig>(r#"{"vapid_private_key": "k"}"#).is_err());
+        let typo = serde_json::from_str::<WebPushConfig>(r#"{"vapid_private_key": "k", "subject": "x", "tll": "1h"}"#);
+        assert!(typo.unwrap_err().to_string().contains("tll"));
+    }
+}
