@@ -20,6 +20,8 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 const ASSERTION_LIFETIME: u64 = 3600;
 /// Renew this long before expiry at most.
 const MAX_MARGIN: Duration = Duration::from_secs(300);
+/// A longer `expires_in` than this is taken as this (Google's tokens live an hour).
+const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -137,7 +139,7 @@ impl TokenSource {
                 return Err(error);
             }
         };
-        let lifetime = Duration::from_secs(grant.expires_in);
+        let lifetime = Duration::from_secs(grant.expires_in).min(MAX_LIFETIME);
         let margin = MAX_MARGIN.min(lifetime / 2);
         let token: Arc<str> = grant.access_token.into();
         let cached = Cached { token: Arc::clone(&token), renew_at: started + lifetime - margin };
