@@ -7,14 +7,18 @@
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
 //! - [`twilio`]: Twilio Programmable Messaging (SMS).
 //! - [`smtp`]: email over SMTP (lettre).
+//! - [`fcm`]: Firebase Cloud Messaging HTTP v1 (Android push).
+//! - [`webpush`]: Web Push with VAPID and aes128gcm payload encryption (browser push).
 
 pub mod breaker;
 pub mod failover;
+pub mod fcm;
 pub mod outbox;
 pub mod routed;
 pub mod sms;
 pub mod smtp;
 pub mod twilio;
+pub mod webpush;
 
 use futures_util::StreamExt;
 use herald_schemas::DeliveryJob;

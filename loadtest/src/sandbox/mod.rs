@@ -4,6 +4,8 @@
 //! Served (HTTP/1.1, and cleartext HTTP/2 with prior knowledge, on the same port):
 //! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json` ([`twilio`]).
 //! - SMTP, on its own address when asked for ([`Sandbox::start_with_smtp`], [`smtp`]).
+//! - FCM HTTP v1: `POST /v1/projects/{project}/messages:send`, and Google's OAuth2 `POST /token` ([`fcm`]).
+//! - Web Push: a push service at `POST /webpush/{subscription_id}` ([`webpush`]).
 //! - `GET /stats`: per provider, `requests` (answered or not), `accepted`, `rejected`, and
 //!   `duplicates`: messages accepted whose delivery id (header `X-Herald-Delivery-Id`) was
 //!   already accepted. Every provider of the issue is listed; those not served yet stay at zero.
@@ -14,8 +16,10 @@
 //! then causes are counted, not prevented); `bad_token_rate` answers with the provider's
 //! bad-address error; `latency_ms` adds a random delay with that mean.
 
+pub mod fcm;
 pub mod smtp;
 pub mod twilio;
+pub mod webpush;
 
 use axum::Router;
 use axum::routing::get;
@@ -138,6 +142,8 @@ impl ProviderStats {
 pub struct State {
     faults: std::sync::RwLock<Faults>,
     pub stats: BTreeMap<&'static str, ProviderStats>,
+    /// The OAuth2 access tokens issued to FCM clients.
+    pub fcm: fcm::Tokens,
 }
 
 impl State {
@@ -188,10 +194,13 @@ impl Sandbox {
         let state = Arc::new(State {
             faults: std::sync::RwLock::new(faults),
             stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect(),
+            fcm: fcm::Tokens::default(),
         });
         let app = Router::new()
             .route("/stats", get(|s: axum::extract::State<Arc<State>>| async move { axum::Json(s.view()) }))
             .merge(twilio::routes())
+            .merge(fcm::routes())
+            .merge(webpush::routes())
             .with_state(Arc::clone(&state));
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
