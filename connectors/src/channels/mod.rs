@@ -3,9 +3,11 @@
 //! - [`outbox`]: the file outbox, one JSON line per delivery, exactly once with the ledger.
 //! - [`breaker`]: the circuit breaker every provider's channel runs behind.
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
+//! - [`apns`]: Apple Push Notification service (HTTP/2, token or certificate auth).
 //! - [`twilio`]: Twilio Programmable Messaging (SMS).
 //! - [`smtp`]: email over SMTP (lettre).
 
+pub mod apns;
 pub mod breaker;
 pub mod outbox;
 pub mod sms;
