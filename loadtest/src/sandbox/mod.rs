@@ -2,6 +2,7 @@
 //! on one loopback address, for tests and load tests in place of the SaaS endpoints.
 //!
 //! Served (HTTP/1.1, and cleartext HTTP/2 with prior knowledge, on the same port):
+//! - APNs: `POST /3/device/{token}`, HTTP/2, ES256 provider tokens ([`apns`]).
 //! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json` ([`twilio`]).
 //! - `GET /stats`: per provider, `requests` (answered or not), `accepted`, `rejected`, and
 //!   `duplicates`: messages accepted whose delivery id (header `X-Herald-Delivery-Id`) was
@@ -13,6 +14,7 @@
 //! then causes are counted, not prevented); `bad_token_rate` answers with the provider's
 //! bad-address error; `latency_ms` adds a random delay with that mean.
 
+pub mod apns;
 pub mod twilio;
 
 use axum::Router;
@@ -136,6 +138,8 @@ impl ProviderStats {
 pub struct State {
     faults: std::sync::RwLock<Faults>,
     pub stats: BTreeMap<&'static str, ProviderStats>,
+    /// APNs' provider tokens and settings.
+    pub apns: apns::ApnsState,
 }
 
 impl State {
@@ -173,9 +177,11 @@ impl Sandbox {
         let state = Arc::new(State {
             faults: std::sync::RwLock::new(faults),
             stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect(),
+            apns: apns::ApnsState::default(),
         });
         let app = Router::new()
             .route("/stats", get(|s: axum::extract::State<Arc<State>>| async move { axum::Json(s.view()) }))
+            .merge(apns::routes())
             .merge(twilio::routes())
             .with_state(Arc::clone(&state));
         let listener = TcpListener::bind(listen).await?;
