@@ -15,7 +15,8 @@
 //! - Faults: 503 `ServiceUnavailable`, 429 `TooManyRequests` with `Retry-After: 1`, a hold then
 //!   503, accept then hold, 400 `BadDeviceToken`. Success is 200 with an empty body.
 //!
-//! It also counts the HTTP versions requests came in ([`ApnsState::http_versions`]).
+//! It also counts the HTTP versions requests came in ([`ApnsState::http_versions`]) and the most
+//! requests in flight at once ([`ApnsState::most_in_flight`]).
 
 use super::{Fate, State};
 use axum::Router;
@@ -54,6 +55,8 @@ pub struct ApnsState {
     tokens: Mutex<HashMap<String, (String, u64)>>,
     http1: AtomicU64,
     http2: AtomicU64,
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
 }
 
 impl Default for ApnsState {
@@ -66,6 +69,8 @@ impl Default for ApnsState {
             tokens: Mutex::new(HashMap::new()),
             http1: AtomicU64::new(0),
             http2: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
         }
     }
 }
@@ -84,6 +89,18 @@ impl ApnsState {
     /// Requests received over (HTTP/1.x, HTTP/2).
     pub fn http_versions(&self) -> (u64, u64) {
         (self.http1.load(Ordering::Relaxed), self.http2.load(Ordering::Relaxed))
+    }
+
+    /// The most requests that were in the handler at once (a client's concurrency, seen from here).
+    pub fn most_in_flight(&self) -> u64 {
+        self.most_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in until the guard drops.
+    fn enter(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(self)
     }
 
     /// Checks a bearer token: the APNs reason it is refused for, if it is.
@@ -120,6 +137,15 @@ impl ApnsState {
                 Ok(())
             }
         }
+    }
+}
+
+/// One request in the handler.
+struct InFlight<'a>(&'a ApnsState);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -162,6 +188,7 @@ async fn send(
     let apns = &state.apns;
     let counter = if version == Version::HTTP_2 { &apns.http2 } else { &apns.http1 };
     counter.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = apns.enter();
     let faults = state.faults();
     faults.delay().await;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());

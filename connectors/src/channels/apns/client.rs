@@ -10,17 +10,10 @@ use a2::request::payload::PayloadLike;
 use async_trait::async_trait;
 use herald_schemas::channel::{Channel, ChannelError, DELIVERY_ID_HEADER, SendOutcome};
 use herald_schemas::ids::hash_hex;
-use herald_schemas::{DeliveryJob, RenderedContent, Target};
+use herald_schemas::{Clock, DeliveryJob, RenderedContent, SystemClock, Target};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// The wall clock in Unix seconds; replaced in tests to age the provider token without waiting.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-fn system_clock() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 /// The `apns-id` of a delivery: a UUID (version 8, custom) from the hash of the delivery id, so a
 /// re-sent delivery carries the same one.
@@ -148,7 +141,7 @@ struct Lane {
 
 /// How requests prove they may push: a provider token, or the connection's client certificate.
 enum Auth {
-    Token(TokenCache),
+    Token(Box<TokenCache>),
     Certificate,
 }
 
@@ -159,18 +152,19 @@ pub struct Apns {
     auth: Auth,
     ttl: Duration,
     max_concurrency: usize,
-    clock: Clock,
+    /// Dates provider tokens and expirations; a test's clock ages tokens without waiting.
+    clock: Arc<dyn Clock>,
 }
 
 impl Apns {
     /// Checks the configuration, reads the key or certificate, and builds the clients
     /// (connections open on the first request).
     pub fn new(config: &ApnsConfig) -> Result<Apns, ApnsConfigError> {
-        Apns::with_clock(config, Arc::new(system_clock))
+        Apns::with_clock(config, Arc::new(SystemClock))
     }
 
     /// [`Apns::new`] with the clock that dates provider tokens and expirations.
-    pub fn with_clock(config: &ApnsConfig, clock: Clock) -> Result<Apns, ApnsConfigError> {
+    pub fn with_clock(config: &ApnsConfig, clock: Arc<dyn Clock>) -> Result<Apns, ApnsConfigError> {
         config.validate()?;
         let resolve = |field, source: &crate::secret::SecretSource| {
             source.resolve().map_err(|source| ApnsConfigError::Secret { field, source })
@@ -178,7 +172,7 @@ impl Apns {
         let (auth, identity) = match &config.auth {
             ApnsAuth::Token { key, key_id, team_id, token_refresh } => {
                 let signer = Signer::new(resolve("key", key)?.expose(), key_id, team_id)?;
-                (Auth::Token(TokenCache::new(signer, *token_refresh)), None)
+                (Auth::Token(Box::new(TokenCache::new(signer, *token_refresh))), None)
             }
             ApnsAuth::Certificate { certificate, key } => {
                 let pem =
@@ -221,6 +215,11 @@ impl Apns {
         }
     }
 
+    /// Unix seconds.
+    fn now(&self) -> u64 {
+        self.clock.now_ms() / 1000
+    }
+
     /// The connection with the most free streams.
     fn lane(&self) -> &Lane {
         let mut best = &self.lanes[0];
@@ -233,7 +232,7 @@ impl Apns {
     }
 
     async fn send_one(&self, job: &DeliveryJob) -> SendOutcome {
-        let now = (self.clock)();
+        let now = self.now();
         let request = match ApnsRequest::from_job(job, now, self.ttl) {
             Ok(request) => request,
             Err(reason) => return SendOutcome::Permanent { reason },
@@ -269,7 +268,7 @@ impl Apns {
         let outcome = classify(status, apns_id.as_deref(), retry_after.as_deref(), &body);
         match (outcome, &self.auth, bearer) {
             (SendOutcome::Retryable { reason, retry_after: None }, Auth::Token(cache), Some(jwt)) if status == 403 => {
-                let wait = cache.rejected(&jwt, (self.clock)());
+                let wait = cache.rejected(&jwt, self.now());
                 SendOutcome::Retryable { reason, retry_after: (!wait.is_zero()).then_some(wait) }
             }
             (outcome, _, _) => outcome,

@@ -6,7 +6,7 @@ mod client;
 mod config;
 pub mod token;
 
-pub use client::{Apns, ApnsRequest, Clock, apns_id, classify};
+pub use client::{Apns, ApnsRequest, apns_id, classify};
 pub use config::{ApnsAuth, ApnsConfig, DEFAULT_BASE_URL, SANDBOX_BASE_URL};
 
 use crate::secret::SecretError;
