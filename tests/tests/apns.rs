@@ -7,7 +7,7 @@ mod common;
 use common::jobs::job;
 use herald_connectors::channels::apns::{Apns, ApnsAuth, ApnsConfig, apns_id};
 use herald_connectors::secret::SecretSource;
-use herald_loadtest::sandbox::apns::{TEST_KEY_ID, TEST_PRIVATE_KEY, TEST_TEAM_ID};
+use herald_loadtest::sandbox::apns::{TEST_KEY_ID, TEST_PRIVATE_KEY, TEST_TEAM_ID, config_toml};
 use herald_loadtest::sandbox::{Faults, Sandbox};
 use herald_schemas::channel::{Channel, SendOutcome};
 use herald_schemas::{Clock, DeliveryJob, Platform, RenderedContent, Target};
@@ -204,4 +204,16 @@ async fn apns_configuration_errors_name_the_field() {
     };
     let error = Apns::new(&bad).err().unwrap().to_string();
     assert!(error.starts_with("providers.apns.auth.key") && error.contains("HERALD_TEST_APNS_KEY"), "{error}");
+}
+
+#[tokio::test]
+async fn the_sandbox_config_section_pushes_to_the_sandbox() {
+    let sandbox = sandbox(Faults::default()).await;
+    let text = config_toml(&sandbox.base_url());
+    let document: toml::Value = toml::from_str(&text).unwrap();
+    let config: ApnsConfig = document["providers"]["apns"].clone().try_into().unwrap();
+    assert_eq!(config.base_url, sandbox.base_url());
+    let mut apns = Apns::new(&config).unwrap();
+    assert!(matches!(apns.send(&[push(1, TOKEN, "hi")]).await.unwrap()[0], SendOutcome::Delivered { .. }));
+    sandbox.shutdown().await;
 }

@@ -46,6 +46,23 @@ pub const UNREGISTERED_PREFIX: &str = "dead";
 /// APNs' limit on an alert payload, in bytes.
 pub const MAX_PAYLOAD: usize = 4096;
 
+/// The `[providers.apns]` section of a Herald configuration that pushes to a sandbox at
+/// `base_url` with the test key (for `--print-config`).
+pub fn config_toml(base_url: &str) -> String {
+    let key = TEST_PRIVATE_KEY.trim_end();
+    format!(
+        "[providers.apns]\n\
+         topic = \"com.example.herald\"\n\
+         base_url = \"{base_url}\"\n\
+         \n\
+         [providers.apns.auth]\n\
+         kind = \"token\"\n\
+         key_id = \"{TEST_KEY_ID}\"\n\
+         team_id = \"{TEST_TEAM_ID}\"\n\
+         key = \"\"\"\n{key}\n\"\"\"\n"
+    )
+}
+
 /// The APNs endpoint's own state.
 pub struct ApnsState {
     key: Option<DecodingKey>,

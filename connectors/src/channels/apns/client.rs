@@ -392,6 +392,18 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_and_key_make_a_client_identity() {
+        // A self-signed TEST ONLY certificate, standing in for an app's push certificate.
+        let auth = ApnsAuth::Certificate {
+            certificate: SecretSource::Inline(include_str!("testdata/push-test.cert.pem").into()),
+            key: SecretSource::Inline(include_str!("testdata/push-test.key.pem").into()),
+        };
+        let apns = Apns::new(&ApnsConfig::new("com.example.herald", auth)).unwrap();
+        assert!(matches!(apns.auth, Auth::Certificate));
+        assert_eq!(apns.tokens_signed(), 0);
+    }
+
+    #[test]
     fn malformed_certificate_pem_is_refused_naming_the_auth_field() {
         let auth = ApnsAuth::Certificate {
             certificate: SecretSource::Inline(
