@@ -3,7 +3,7 @@
 
 use super::config::{ApnsAuth, ApnsConfig};
 use super::token::{Signer, TokenCache};
-use super::{ApnsConfigError, TokenError};
+use super::{ApnsConfigError, ApnsRequestError, TokenError};
 use a2::DefaultNotificationBuilder;
 use a2::request::notification::{CollapseId, NotificationBuilder, NotificationOptions, Priority, PushType};
 use a2::request::payload::PayloadLike;
@@ -38,10 +38,10 @@ pub struct ApnsRequest<'a> {
 }
 
 impl<'a> ApnsRequest<'a> {
-    /// The request for `job`, or why it cannot be one (not a push to a device: a routing bug).
-    pub fn from_job(job: &'a DeliveryJob, now: u64, ttl: Duration) -> Result<ApnsRequest<'a>, String> {
+    /// The request for `job` at `now` (Unix seconds), expiring `ttl` later.
+    pub fn from_job(job: &'a DeliveryJob, now: u64, ttl: Duration) -> Result<ApnsRequest<'a>, ApnsRequestError> {
         let (Target::Device { token, .. }, RenderedContent::Push { title, body }) = (&job.target, &job.content) else {
-            return Err("not a push to a device".into());
+            return Err(ApnsRequestError::NotAPush);
         };
         let expiration = if ttl.is_zero() { 0 } else { now.saturating_add(ttl.as_secs()) };
         let priority = if job.category == "transactional" { Priority::High } else { Priority::Normal };
@@ -64,9 +64,10 @@ impl<'a> ApnsRequest<'a> {
         base: &str,
         topic: &str,
         bearer: Option<&str>,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<reqwest::RequestBuilder, ApnsRequestError> {
         let apns_id = apns_id(self.delivery_id);
-        let collapse_id = self.collapse_id.map(CollapseId::new).transpose().map_err(|e| e.to_string())?;
+        let collapse_id =
+            self.collapse_id.map(CollapseId::new).transpose().map_err(|_| ApnsRequestError::CollapseId)?;
         let options = NotificationOptions {
             apns_id: Some(&apns_id),
             apns_push_type: Some(PushType::Alert),
@@ -79,7 +80,7 @@ impl<'a> ApnsRequest<'a> {
             .set_title(self.title)
             .set_body(self.body)
             .build(self.device_token, options);
-        let json = payload.to_json_string().map_err(|e| e.to_string())?;
+        let json = payload.to_json_string().map_err(|e| ApnsRequestError::Payload(e.to_string()))?;
         let options = payload.get_options();
         let mut request = client
             .post(format!("{base}/3/device/{}", payload.get_device_token()))
@@ -145,7 +146,9 @@ enum Auth {
     Certificate,
 }
 
+/// The APNs channel: `send` pushes each job once and says how it went; it never retries.
 pub struct Apns {
+    /// `connections` of them, at least one.
     lanes: Vec<Lane>,
     base: String,
     topic: String,
@@ -220,7 +223,8 @@ impl Apns {
         self.clock.now_ms() / 1000
     }
 
-    /// The connection with the most free streams.
+    /// The connection with the most free streams (taken in the same poll, so concurrent sends
+    /// spread out).
     fn lane(&self) -> &Lane {
         let mut best = &self.lanes[0];
         for lane in &self.lanes[1..] {
@@ -235,7 +239,7 @@ impl Apns {
         let now = self.now();
         let request = match ApnsRequest::from_job(job, now, self.ttl) {
             Ok(request) => request,
-            Err(reason) => return SendOutcome::Permanent { reason },
+            Err(error) => return SendOutcome::Permanent { reason: error.to_string() },
         };
         let bearer = match &self.auth {
             Auth::Token(cache) => match cache.token(now) {
@@ -252,7 +256,7 @@ impl Apns {
         };
         let builder = match request.build(&lane.client, &self.base, &self.topic, bearer.as_deref()) {
             Ok(builder) => builder,
-            Err(reason) => return SendOutcome::Permanent { reason },
+            Err(error) => return SendOutcome::Permanent { reason: error.to_string() },
         };
         let response = match builder.send().await {
             Ok(response) => response,
@@ -369,7 +373,33 @@ mod tests {
         assert!(built.headers().get("apns-collapse-id").is_none() && built.headers().get("authorization").is_none());
         let long = "c".repeat(65);
         request.collapse_id = Some(&long);
-        assert!(request.build(&client, "http://h:1", "t", None).is_err());
+        assert!(matches!(request.build(&client, "http://h:1", "t", None), Err(ApnsRequestError::CollapseId)));
+    }
+
+    #[test]
+    fn transactional_pushes_go_at_once_and_expire_after_the_ttl() {
+        let token =
+            Target::Device { device_id: "d".into(), platform: herald_schemas::Platform::Ios, token: "ab".into() };
+        let mut job = DeliveryJob {
+            delivery_id: herald_schemas::DeliveryId("n-1.x".into()),
+            notification_id: herald_schemas::NotificationId("n-1".into()),
+            client_id: "c".into(),
+            user_id: "u".into(),
+            category: "transactional".into(),
+            template: "t".into(),
+            locale: "en".into(),
+            target: token,
+            content: RenderedContent::Push { title: "T".into(), body: "B".into() },
+            attempt: 1,
+            requested_at_ms: 0,
+        };
+        let request = ApnsRequest::from_job(&job, 1_000, Duration::from_secs(60)).unwrap();
+        assert_eq!((request.expiration, request.priority.to_string()), (1_060, "10".to_string()));
+        assert_eq!(ApnsRequest::from_job(&job, 1_000, Duration::ZERO).unwrap().expiration, 0);
+        job.category = "marketing".into();
+        assert_eq!(ApnsRequest::from_job(&job, 1_000, Duration::ZERO).unwrap().priority.to_string(), "5");
+        job.content = RenderedContent::Sms { text: "t".into() };
+        assert!(matches!(ApnsRequest::from_job(&job, 1_000, Duration::ZERO), Err(ApnsRequestError::NotAPush)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Apple's production endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://api.push.apple.com";
 /// Apple's development endpoint, for apps built with a development provisioning profile.
-pub const SANDBOX_BASE_URL: &str = "https://api.sandbox.push.apple.com";
+pub const DEVELOPMENT_BASE_URL: &str = "https://api.sandbox.push.apple.com";
 
 /// The shortest and longest intervals between provider tokens Apple accepts: more often is
 /// answered `429 TooManyProviderTokenUpdates`, older is `403 ExpiredProviderToken`.
@@ -201,7 +201,7 @@ mod tests {
         config.topic = "com.example.app".into();
         config.base_url = "api.push.apple.com".into();
         assert!(matches!(config.validate(), Err(ApnsConfigError::BaseUrl(_))));
-        config.base_url = SANDBOX_BASE_URL.into();
+        config.base_url = DEVELOPMENT_BASE_URL.into();
         config.validate().unwrap();
     }
 

@@ -7,7 +7,7 @@ mod config;
 pub mod token;
 
 pub use client::{Apns, ApnsRequest, apns_id, classify};
-pub use config::{ApnsAuth, ApnsConfig, DEFAULT_BASE_URL, SANDBOX_BASE_URL};
+pub use config::{ApnsAuth, ApnsConfig, DEFAULT_BASE_URL, DEVELOPMENT_BASE_URL};
 
 use crate::secret::SecretError;
 
@@ -18,8 +18,6 @@ pub enum ApnsConfigError {
     Topic,
     #[error("providers.apns.base_url {0:?}: use an http:// (cleartext HTTP/2) or https:// URL")]
     BaseUrl(String),
-    #[error("providers.apns.{field}: must be at least 1")]
-    Zero { field: &'static str },
     #[error("providers.apns.auth.token_refresh {0:?}: Apple wants a new token every 20 to 60 minutes")]
     TokenRefresh(std::time::Duration),
     #[error("providers.apns.auth.{field}: {source}")]
@@ -32,6 +30,20 @@ pub enum ApnsConfigError {
     Identity(String),
     #[error("providers.apns: cannot build the HTTP client: {0}")]
     Client(String),
+}
+
+/// A delivery that cannot become an APNs request: never worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum ApnsRequestError {
+    /// A routing bug upstream: only pushes to iOS devices reach this channel.
+    #[error("not a push to a device")]
+    NotAPush,
+    /// The sender's: APNs allows 64 bytes.
+    #[error("apns-collapse-id longer than 64 bytes")]
+    CollapseId,
+    /// Ours: the payload did not serialize.
+    #[error("cannot build the payload: {0}")]
+    Payload(String),
 }
 
 /// A provider token could not be signed (ours: the key was checked at start, so this is a bug
