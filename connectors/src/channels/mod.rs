@@ -5,11 +5,13 @@
 //! - [`breaker`]: the circuit breaker every provider's channel runs behind.
 //! - [`failover`]: several providers for one route, the next used while the first's breaker is open.
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
+//! - [`apns`]: Apple Push Notification service (HTTP/2, token or certificate auth).
 //! - [`twilio`]: Twilio Programmable Messaging (SMS).
 //! - [`smtp`]: email over SMTP (lettre).
 //! - [`fcm`]: Firebase Cloud Messaging HTTP v1 (Android push).
 //! - [`webpush`]: Web Push with VAPID and aes128gcm payload encryption (browser push).
 
+pub mod apns;
 pub mod breaker;
 pub mod failover;
 pub mod fcm;

@@ -2,6 +2,7 @@
 //! on one loopback address, for tests and load tests in place of the SaaS endpoints.
 //!
 //! Served (HTTP/1.1, and cleartext HTTP/2 with prior knowledge, on the same port):
+//! - APNs: `POST /3/device/{token}`, HTTP/2, ES256 provider tokens ([`apns`]).
 //! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json` ([`twilio`]).
 //! - SMTP, on its own address when asked for ([`Sandbox::start_with_smtp`], [`smtp`]).
 //! - FCM HTTP v1: `POST /v1/projects/{project}/messages:send`, and Google's OAuth2 `POST /token` ([`fcm`]).
@@ -16,6 +17,7 @@
 //! then causes are counted, not prevented); `bad_token_rate` answers with the provider's
 //! bad-address error; `latency_ms` adds a random delay with that mean.
 
+pub mod apns;
 pub mod fcm;
 pub mod smtp;
 pub mod twilio;
@@ -144,6 +146,8 @@ pub struct State {
     pub stats: BTreeMap<&'static str, ProviderStats>,
     /// The OAuth2 access tokens issued to FCM clients.
     pub fcm: fcm::Tokens,
+    /// APNs' provider tokens and settings.
+    pub apns: apns::ApnsState,
 }
 
 impl State {
@@ -195,9 +199,11 @@ impl Sandbox {
             faults: std::sync::RwLock::new(faults),
             stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect(),
             fcm: fcm::Tokens::default(),
+            apns: apns::ApnsState::default(),
         });
         let app = Router::new()
             .route("/stats", get(|s: axum::extract::State<Arc<State>>| async move { axum::Json(s.view()) }))
+            .merge(apns::routes())
             .merge(twilio::routes())
             .merge(fcm::routes())
             .merge(webpush::routes())
