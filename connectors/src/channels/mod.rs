@@ -4,13 +4,17 @@
 //! - [`breaker`]: the circuit breaker every provider's channel runs behind.
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
 //! - [`twilio`]: Twilio Programmable Messaging (SMS).
+//! - [`vonage`]: Vonage SMS API (SMS) and its delivery receipts.
 //! - [`smtp`]: email over SMTP (lettre).
+//! - [`sendgrid`]: SendGrid v3 Mail Send (email) and its signed event webhook.
 
 pub mod breaker;
 pub mod outbox;
+pub mod sendgrid;
 pub mod sms;
 pub mod smtp;
 pub mod twilio;
+pub mod vonage;
 
 use futures_util::StreamExt;
 use herald_schemas::DeliveryJob;
