@@ -3,6 +3,8 @@
 //!
 //! Served (HTTP/1.1, and cleartext HTTP/2 with prior knowledge, on the same port):
 //! - Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json` ([`twilio`]).
+//! - Vonage: `POST /sms/json` ([`vonage`]).
+//! - SendGrid: `POST /v3/mail/send` ([`sendgrid`]).
 //! - `GET /stats`: per provider, `requests` (answered or not), `accepted`, `rejected`, and
 //!   `duplicates`: messages accepted whose delivery id (header `X-Herald-Delivery-Id`) was
 //!   already accepted. Every provider of the issue is listed; those not served yet stay at zero.
@@ -12,8 +14,15 @@
 //! `accept_then_timeout_rate` accepts and then never answers (the duplicates the client's retry
 //! then causes are counted, not prevented); `bad_token_rate` answers with the provider's
 //! bad-address error; `latency_ms` adds a random delay with that mean.
+//!
+//! Receipts: once [`State::set_callback_url`] names Herald's address, the providers that send
+//! delivery receipts post them, as the provider would and signed with the sandbox's test secret
+//! or key, to `{callback_url}/v1/receipts/<provider>` after accepting a message, in the
+//! background (the API answer never waits for them; a failed post is logged and dropped).
 
+pub mod sendgrid;
 pub mod twilio;
+pub mod vonage;
 
 use axum::Router;
 use axum::routing::get;
@@ -136,6 +145,10 @@ impl ProviderStats {
 pub struct State {
     faults: std::sync::RwLock<Faults>,
     pub stats: BTreeMap<&'static str, ProviderStats>,
+    /// Where receipts go (Herald's base URL), if anywhere.
+    callback_url: std::sync::RwLock<Option<String>>,
+    /// The client that posts receipts.
+    callbacks: reqwest::Client,
 }
 
 impl State {
@@ -147,6 +160,35 @@ impl State {
     /// Changes the faults from now on (a test taking a provider down and bringing it back).
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.write().unwrap_or_else(std::sync::PoisonError::into_inner) = faults;
+    }
+
+    /// Where receipts are posted from now on: Herald's base URL (`http://host:port`), or `None`
+    /// to stop posting them.
+    pub fn set_callback_url(&self, url: Option<String>) {
+        let url = url.map(|u| u.trim_end_matches('/').to_string());
+        *self.callback_url.write().unwrap_or_else(std::sync::PoisonError::into_inner) = url;
+    }
+
+    /// The base URL receipts are posted to, if set.
+    pub fn callback_url(&self) -> Option<String> {
+        self.callback_url.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Posts a receipt to `{callback_url}{path}` in the background, if a callback URL is set;
+    /// `build` makes the request from the client and the full URL.
+    pub fn post_receipt<F>(&self, provider: &'static str, path: &str, build: F)
+    where
+        F: FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder + Send + 'static,
+    {
+        let Some(base) = self.callback_url() else { return };
+        let request = build(&self.callbacks, format!("{base}{path}"));
+        tokio::spawn(async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => tracing::warn!(provider, status = %response.status(), "receipt refused"),
+                Err(error) => tracing::warn!(provider, %error, "receipt not posted"),
+            }
+        });
     }
 
     pub fn stats(&self, provider: &str) -> &ProviderStats {
@@ -173,10 +215,17 @@ impl Sandbox {
         let state = Arc::new(State {
             faults: std::sync::RwLock::new(faults),
             stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect(),
+            callback_url: std::sync::RwLock::new(None),
+            callbacks: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(std::io::Error::other)?,
         });
         let app = Router::new()
             .route("/stats", get(|s: axum::extract::State<Arc<State>>| async move { axum::Json(s.view()) }))
             .merge(twilio::routes())
+            .merge(vonage::routes())
+            .merge(sendgrid::routes())
             .with_state(Arc::clone(&state));
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
