@@ -82,7 +82,10 @@ pub struct SegmentPacer {
 
 impl SegmentPacer {
     pub fn new(segments_per_second: NonZeroU32) -> SegmentPacer {
-        SegmentPacer { limiter: RateLimiter::direct(Quota::per_second(segments_per_second)), burst: segments_per_second }
+        SegmentPacer {
+            limiter: RateLimiter::direct(Quota::per_second(segments_per_second)),
+            burst: segments_per_second,
+        }
     }
 
     /// Waits until `text` may go and returns what it costs. A message longer than a second's

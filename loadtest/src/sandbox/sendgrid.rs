@@ -103,8 +103,9 @@ fn validate(body: &Value) -> Vec<(Option<String>, &'static str)> {
     if !text(&body["subject"]) && !subject_everywhere {
         found.push((Some("subject".into()), "The subject is required."));
     }
-    let content_ok =
-        body["content"].as_array().is_some_and(|c| !c.is_empty() && c.iter().all(|b| text(&b["type"]) && text(&b["value"])));
+    let content_ok = body["content"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty() && c.iter().all(|b| text(&b["type"]) && text(&b["value"])));
     if !content_ok {
         found.push((
             Some("content".into()),
@@ -119,7 +120,8 @@ async fn send(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: Byt
     stats.request();
     let faults = state.faults();
     faults.delay().await;
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if bearer != Some(API_KEY) {
         stats.rejected();
         return errors(

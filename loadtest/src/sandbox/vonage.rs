@@ -54,7 +54,11 @@ fn refusal(status: u8, text: &str) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn send(AxState(state): AxState<Arc<State>>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn send(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     let stats = state.stats("vonage");
     stats.request();
     let faults = state.faults();

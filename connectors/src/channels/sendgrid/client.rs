@@ -208,7 +208,10 @@ mod tests {
     use herald_schemas::{DeliveryId, NotificationId};
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        pairs.iter().map(|(name, value)| (reqwest::header::HeaderName::from_static(name), value.parse().unwrap())).collect()
+        pairs
+            .iter()
+            .map(|(name, value)| (reqwest::header::HeaderName::from_static(name), value.parse().unwrap()))
+            .collect()
     }
 
     fn error(field: &str, message: &str) -> String {
@@ -224,7 +227,9 @@ mod tests {
             let bad = classify(400, &HeaderMap::new(), &error(field, "Does not contain a valid address."), now);
             assert_eq!(
                 bad,
-                SendOutcome::BadAddress { reason: format!("http 400 sendgrid {field}: Does not contain a valid address.") }
+                SendOutcome::BadAddress {
+                    reason: format!("http 400 sendgrid {field}: Does not contain a valid address.")
+                }
             );
         }
         let no_from = classify(400, &HeaderMap::new(), &error("from.email", "Does not contain a valid address."), now);
@@ -234,7 +239,10 @@ mod tests {
             assert!(matches!(classify(status, &HeaderMap::new(), &body, now), SendOutcome::Permanent { .. }));
         }
         let reset = classify(429, &headers(&[("x-ratelimit-reset", "1007")]), "", now);
-        assert_eq!(reset, SendOutcome::Retryable { reason: "http 429".into(), retry_after: Some(Duration::from_secs(7)) });
+        assert_eq!(
+            reset,
+            SendOutcome::Retryable { reason: "http 429".into(), retry_after: Some(Duration::from_secs(7)) }
+        );
         let past = classify(429, &headers(&[("x-ratelimit-reset", "900")]), "", now);
         assert!(matches!(past, SendOutcome::Retryable { retry_after: Some(d), .. } if d == Duration::from_secs(1)));
         let both = classify(429, &headers(&[("retry-after", "3"), ("x-ratelimit-reset", "1007")]), "", now);

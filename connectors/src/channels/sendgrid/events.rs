@@ -97,9 +97,9 @@ fn receipt(event: Event) -> Option<Receipt> {
             let permanent_status = event.status.as_deref().is_some_and(|s| s.starts_with('5'));
             ReceiptStatus::Bounced { hard: event.kind.as_deref() != Some("blocked") && permanent_status }
         }
-        "dropped" => ReceiptStatus::Undelivered {
-            permanent: event.reason.as_deref().is_some_and(dropped_for_the_address),
-        },
+        "dropped" => {
+            ReceiptStatus::Undelivered { permanent: event.reason.as_deref().is_some_and(dropped_for_the_address) }
+        }
         _ => return None,
     };
     let reason = match (&event.status, &event.reason) {

@@ -55,7 +55,9 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &str) -> SendOutco
     }
     let answer: Answer = match serde_json::from_str(body) {
         Ok(answer) => answer,
-        Err(error) => return SendOutcome::Retryable { reason: format!("unreadable answer: {error}"), retry_after: None },
+        Err(error) => {
+            return SendOutcome::Retryable { reason: format!("unreadable answer: {error}"), retry_after: None };
+        }
     };
     let Some(first) = answer.messages.first() else {
         return SendOutcome::Retryable { reason: "answer without messages".into(), retry_after: None };
