@@ -37,6 +37,11 @@ fn is_recipient_address(field: &str) -> bool {
 
 /// The outcome of one answer: HTTP status, headers (`X-Message-Id`, `Retry-After`,
 /// `X-RateLimit-Reset`), body, and now (to turn the rate limit's reset time into a wait).
+///
+/// 2xx is delivered. A 400 whose every error is on a recipient's `email` ("Does not contain a
+/// valid address") is a bad address; any other 400 (the request is wrong), 401 and 403 (the
+/// key), 413 (too big) and other 4xx are permanent. 429 waits for `Retry-After`, else until
+/// `X-RateLimit-Reset` (epoch seconds); 5xx is retryable.
 pub fn classify(status: u16, headers: &HeaderMap, body: &str, now: SystemTime) -> SendOutcome {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if (200..=299).contains(&status) {
@@ -62,7 +67,11 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &str, now: SystemTime) -
             });
             SendOutcome::Retryable { reason, retry_after: retry_after.or(reset) }
         }
-        400 if errors.errors.iter().any(|e| e.field.as_deref().is_some_and(is_recipient_address)) => {
+        // Only when the address is all that is wrong: a request also refused for its sender must
+        // not mark the recipient dead.
+        400 if !errors.errors.is_empty()
+            && errors.errors.iter().all(|e| e.field.as_deref().is_some_and(is_recipient_address)) =>
+        {
             SendOutcome::BadAddress { reason }
         }
         _ => SendOutcome::Permanent { reason },
@@ -234,6 +243,12 @@ mod tests {
         }
         let no_from = classify(400, &HeaderMap::new(), &error("from.email", "Does not contain a valid address."), now);
         assert!(matches!(no_from, SendOutcome::Permanent { .. }), "{no_from:?}");
+        let both = json!({"errors": [
+            {"message": "Does not contain a valid address.", "field": "personalizations.0.to.0.email"},
+            {"message": "Does not contain a valid address.", "field": "from.email"},
+        ]});
+        let both = classify(400, &HeaderMap::new(), &both.to_string(), now);
+        assert!(matches!(both, SendOutcome::Permanent { .. }), "{both:?}");
         for status in [401, 403, 413] {
             let body = json!({"errors": [{"message": "nope"}]}).to_string();
             assert!(matches!(classify(status, &HeaderMap::new(), &body, now), SendOutcome::Permanent { .. }));

@@ -12,7 +12,7 @@
 //! - The delivery id travels in the [`DELIVERY_ID_HEADER`] header, which the provider sandbox
 //!   reads to count duplicates (Twilio ignores it).
 
-use super::sms::SegmentPacer;
+use super::sms::{SegmentPacer, segments};
 use crate::secret::{Secret, SecretError, SecretSource};
 use async_trait::async_trait;
 use herald_schemas::channel::{Channel, ChannelError, DELIVERY_ID_HEADER, SendOutcome};
@@ -134,7 +134,7 @@ impl Twilio {
         let (Target::Phone { number }, RenderedContent::Sms { text }) = (&job.target, &job.content) else {
             return SendOutcome::Permanent { reason: "not an SMS delivery".into() };
         };
-        self.pacer.wait(text).await;
+        self.pacer.wait(segments(text)).await;
         let mut form = vec![("To", number.as_str()), ("From", self.from.as_str()), ("Body", text.as_str())];
         if let Some(callback) = &self.status_callback {
             form.push(("StatusCallback", callback));

@@ -1,7 +1,7 @@
 //! The channel: one request per message, and the class of each answer.
 
 use super::{VonageConfig, VonageConfigError};
-use crate::channels::sms::{Encoding, SegmentPacer};
+use crate::channels::sms::{Encoding, SegmentPacer, Segments, segments};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use herald_schemas::channel::{Channel, ChannelError, DELIVERY_ID_HEADER, SendOutcome};
@@ -86,6 +86,9 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// A request's form fields.
+type Form<'a> = Vec<(&'static str, &'a str)>;
+
 pub struct Vonage {
     client: reqwest::Client,
     url: String,
@@ -126,11 +129,12 @@ impl Vonage {
         })
     }
 
-    async fn send_one(&self, job: &DeliveryJob) -> SendOutcome {
+    /// The request's form for `job` and what the message costs, or why it is not an SMS.
+    fn form<'a>(&'a self, job: &'a DeliveryJob) -> Result<(Form<'a>, Segments), String> {
         let (Target::Phone { number }, RenderedContent::Sms { text }) = (&job.target, &job.content) else {
-            return SendOutcome::Permanent { reason: "not an SMS delivery".into() };
+            return Err("not an SMS delivery".into());
         };
-        let cost = self.pacer.wait(text).await;
+        let cost = segments(text);
         let mut form = vec![
             ("api_key", self.api_key.as_str()),
             ("api_secret", self.api_secret.expose()),
@@ -146,6 +150,15 @@ impl Vonage {
         if let Some(callback) = &self.callback {
             form.push(("callback", callback));
         }
+        Ok((form, cost))
+    }
+
+    async fn send_one(&self, job: &DeliveryJob) -> SendOutcome {
+        let (form, cost) = match self.form(job) {
+            Ok(form) => form,
+            Err(reason) => return SendOutcome::Permanent { reason },
+        };
+        self.pacer.wait(cost).await;
         let request = self.client.post(&self.url).header(DELIVERY_ID_HEADER, &job.delivery_id.0).form(&form);
         match request.send().await {
             Ok(response) => {
@@ -224,6 +237,39 @@ mod tests {
         assert!(matches!(classify(503, None, "<html>"), SendOutcome::Retryable { retry_after: None, .. }));
         assert!(matches!(classify(401, None, ""), SendOutcome::Permanent { .. }));
         assert!(matches!(classify(200, None, "not json"), SendOutcome::Retryable { .. }));
+    }
+
+    #[test]
+    fn the_form_names_the_delivery_and_marks_ucs2_text_unicode() {
+        let mut config = VonageConfig::new("key", SecretSource::Inline("secret".into()), "+15550001");
+        config.callback = Some("https://herald.example/v1/receipts/vonage".into());
+        let vonage = Vonage::new(&config).unwrap();
+        let job = |text: &str| DeliveryJob {
+            delivery_id: herald_schemas::DeliveryId("n-1.abc".into()),
+            notification_id: herald_schemas::NotificationId("n-1".into()),
+            client_id: "c".into(),
+            user_id: "u".into(),
+            category: "transactional".into(),
+            template: "t".into(),
+            locale: "en".into(),
+            target: Target::Phone { number: "+447700900000".into() },
+            content: RenderedContent::Sms { text: text.into() },
+            attempt: 1,
+            requested_at_ms: 0,
+        };
+        let plain = job("Your code is 1234");
+        let (form, cost) = vonage.form(&plain).unwrap();
+        let field =
+            |form: &[(&str, &str)], name: &str| form.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string());
+        assert_eq!(cost.encoding, Encoding::Gsm7);
+        assert_eq!(field(&form, "to").as_deref(), Some("447700900000"));
+        assert_eq!(field(&form, "from").as_deref(), Some("15550001"));
+        assert_eq!(field(&form, "client-ref").as_deref(), Some("n-1.abc"));
+        assert_eq!(field(&form, "callback").as_deref(), Some("https://herald.example/v1/receipts/vonage"));
+        assert_eq!(field(&form, "type"), None);
+        let cyrillic = job("Ваш код 1234");
+        let (form, cost) = vonage.form(&cyrillic).unwrap();
+        assert_eq!((cost.encoding, field(&form, "type").as_deref()), (Encoding::Ucs2, Some("unicode")));
     }
 
     #[test]

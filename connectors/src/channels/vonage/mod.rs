@@ -1,6 +1,7 @@
 //! Vonage SMS API: one `POST {base_url}/sms/json` per message (form fields `api_key`,
 //! `api_secret`, `from`, `to`, `text`, `type=unicode` for UCS-2 text, `client-ref` = the delivery
 //! id, and `callback` when configured), paced per sender in segments ([`super::sms::SegmentPacer`]).
+//! Vonage keeps at most 100 characters of `client-ref`; a delivery id is about 55.
 //!
 //! - **Results** ([`classify`]): Vonage answers HTTP 200 with a `status` per message part; see
 //!   [`classify`] for which status is which class. HTTP 429, 5xx, timeouts and connection
