@@ -149,7 +149,13 @@ pub struct State {
     callback_url: std::sync::RwLock<Option<String>>,
     /// The client that posts receipts.
     callbacks: reqwest::Client,
+    /// Receipt posts in flight at most ([`MAX_RECEIPTS_IN_FLIGHT`]); past it a receipt is dropped
+    /// (a real provider's webhook queue is not unbounded either).
+    receipts_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Receipt posts in flight at most.
+pub const MAX_RECEIPTS_IN_FLIGHT: usize = 1024;
 
 impl State {
     /// The faults in force now.
@@ -178,11 +184,16 @@ impl State {
     /// `build` makes the request from the client and the full URL.
     pub fn post_receipt<F>(&self, provider: &'static str, path: &str, build: F)
     where
-        F: FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder + Send + 'static,
+        F: FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
     {
         let Some(base) = self.callback_url() else { return };
+        let Ok(permit) = Arc::clone(&self.receipts_in_flight).try_acquire_owned() else {
+            tracing::warn!(provider, "receipt dropped: too many in flight");
+            return;
+        };
         let request = build(&self.callbacks, format!("{base}{path}"));
         tokio::spawn(async move {
+            let _permit = permit;
             match request.send().await {
                 Ok(response) if response.status().is_success() => {}
                 Ok(response) => tracing::warn!(provider, status = %response.status(), "receipt refused"),
@@ -220,6 +231,7 @@ impl Sandbox {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .map_err(std::io::Error::other)?,
+            receipts_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_RECEIPTS_IN_FLIGHT)),
         });
         let app = Router::new()
             .route("/stats", get(|s: axum::extract::State<Arc<State>>| async move { axum::Json(s.view()) }))
