@@ -7,9 +7,11 @@
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
 //! - [`apns`]: Apple Push Notification service (HTTP/2, token or certificate auth).
 //! - [`twilio`]: Twilio Programmable Messaging (SMS).
+//! - [`vonage`]: Vonage SMS API (SMS) and its delivery receipts.
 //! - [`smtp`]: email over SMTP (lettre).
 //! - [`fcm`]: Firebase Cloud Messaging HTTP v1 (Android push).
 //! - [`webpush`]: Web Push with VAPID and aes128gcm payload encryption (browser push).
+//! - [`sendgrid`]: SendGrid v3 Mail Send (email) and its signed event webhook.
 
 pub mod apns;
 pub mod breaker;
@@ -17,9 +19,11 @@ pub mod failover;
 pub mod fcm;
 pub mod outbox;
 pub mod routed;
+pub mod sendgrid;
 pub mod sms;
 pub mod smtp;
 pub mod twilio;
+pub mod vonage;
 pub mod webpush;
 
 use futures_util::StreamExt;

@@ -5,7 +5,11 @@
 //! parts); the extension characters (`^ { } \ [ ~ ] | €` and form feed) take an escape plus the
 //! character, two septets. Any other text goes as UCS-2: 70 UTF-16 units, or 67 per segment.
 //! Neither an escape pair nor a surrogate pair is split across segments, as handsets and
-//! providers do. Providers bill, and rate-limit, per segment.
+//! providers do. Providers bill, and rate-limit, per segment: [`SegmentPacer`] holds a sender to
+//! its segments per second.
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
 
 /// How a message is encoded on the air.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +72,31 @@ pub fn segments(text: &str) -> Segments {
     }
 }
 
+/// A sender's pace, in segments per second: carriers and providers meter a number by segments,
+/// so a three-segment message waits for three tokens. A token bucket as deep as one second.
+#[derive(Debug)]
+pub struct SegmentPacer {
+    limiter: DefaultDirectRateLimiter,
+    burst: NonZeroU32,
+}
+
+impl SegmentPacer {
+    pub fn new(segments_per_second: NonZeroU32) -> SegmentPacer {
+        SegmentPacer {
+            limiter: RateLimiter::direct(Quota::per_second(segments_per_second)),
+            burst: segments_per_second,
+        }
+    }
+
+    /// Waits until a message of `cost` ([`segments`]) may go. A message longer than a second's
+    /// worth of segments waits for a full bucket rather than forever.
+    pub async fn wait(&self, cost: Segments) {
+        let tokens = NonZeroU32::new(cost.count).unwrap_or(NonZeroU32::MIN).min(self.burst);
+        // Cannot fail: `tokens` is at most the bucket's size.
+        let _ = self.limiter.until_n_ready(tokens).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +139,21 @@ mod tests {
         assert_eq!(count(&"😀".repeat(35)), (Encoding::Ucs2, 1));
         assert_eq!(count(&format!("{}{}", "ж".repeat(66), "😀")), (Encoding::Ucs2, 1));
         assert_eq!(count(&format!("{}{}", "ж".repeat(69), "😀")), (Encoding::Ucs2, 2));
+    }
+
+    #[tokio::test]
+    async fn the_pacer_counts_segments_not_messages() {
+        let pacer = SegmentPacer::new(NonZeroU32::new(4).unwrap());
+        let start = std::time::Instant::now();
+        // Two two-segment messages use the first second's four tokens; the third waits.
+        let two = segments(&"a".repeat(200));
+        assert_eq!(two.count, 2);
+        pacer.wait(two).await;
+        pacer.wait(two).await;
+        assert!(start.elapsed() < std::time::Duration::from_millis(200));
+        pacer.wait(two).await;
+        assert!(start.elapsed() >= std::time::Duration::from_millis(400), "{:?}", start.elapsed());
+        // A message bigger than the bucket still goes.
+        pacer.wait(segments(&"a".repeat(1000))).await;
     }
 }

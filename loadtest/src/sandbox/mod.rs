@@ -7,6 +7,8 @@
 //! - SMTP, on its own address when asked for ([`Sandbox::start_with_smtp`], [`smtp`]).
 //! - FCM HTTP v1: `POST /v1/projects/{project}/messages:send`, and Google's OAuth2 `POST /token` ([`fcm`]).
 //! - Web Push: a push service at `POST /webpush/{subscription_id}` ([`webpush`]).
+//! - Vonage: `POST /sms/json` ([`vonage`]).
+//! - SendGrid: `POST /v3/mail/send` ([`sendgrid`]).
 //! - `GET /stats`: per provider, `requests` (answered or not), `accepted`, `rejected`, and
 //!   `duplicates`: messages accepted whose delivery id (header `X-Herald-Delivery-Id`) was
 //!   already accepted. Every provider of the issue is listed; those not served yet stay at zero.
@@ -16,11 +18,18 @@
 //! `accept_then_timeout_rate` accepts and then never answers (the duplicates the client's retry
 //! then causes are counted, not prevented); `bad_token_rate` answers with the provider's
 //! bad-address error; `latency_ms` adds a random delay with that mean.
+//!
+//! Receipts: once [`State::set_callback_url`] names Herald's address, the providers that send
+//! delivery receipts post them, as the provider would and signed with the sandbox's test secret
+//! or key, to `{callback_url}/v1/receipts/<provider>` after accepting a message, in the
+//! background (the API answer never waits for them; a failed post is logged and dropped).
 
 pub mod apns;
 pub mod fcm;
+pub mod sendgrid;
 pub mod smtp;
 pub mod twilio;
+pub mod vonage;
 pub mod webpush;
 
 use axum::Router;
@@ -148,7 +157,17 @@ pub struct State {
     pub fcm: fcm::Tokens,
     /// APNs' provider tokens and settings.
     pub apns: apns::ApnsState,
+    /// Where receipts go (Herald's base URL), if anywhere.
+    callback_url: std::sync::RwLock<Option<String>>,
+    /// The client that posts receipts.
+    callbacks: reqwest::Client,
+    /// Receipt posts in flight at most ([`MAX_RECEIPTS_IN_FLIGHT`]); past it a receipt is dropped
+    /// (a real provider's webhook queue is not unbounded either).
+    receipts_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Receipt posts in flight at most.
+pub const MAX_RECEIPTS_IN_FLIGHT: usize = 1024;
 
 impl State {
     /// The faults in force now.
@@ -159,6 +178,40 @@ impl State {
     /// Changes the faults from now on (a test taking a provider down and bringing it back).
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.write().unwrap_or_else(std::sync::PoisonError::into_inner) = faults;
+    }
+
+    /// Where receipts are posted from now on: Herald's base URL (`http://host:port`), or `None`
+    /// to stop posting them.
+    pub fn set_callback_url(&self, url: Option<String>) {
+        let url = url.map(|u| u.trim_end_matches('/').to_string());
+        *self.callback_url.write().unwrap_or_else(std::sync::PoisonError::into_inner) = url;
+    }
+
+    /// The base URL receipts are posted to, if set.
+    pub fn callback_url(&self) -> Option<String> {
+        self.callback_url.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Posts a receipt to `{callback_url}{path}` in the background, if a callback URL is set;
+    /// `build` makes the request from the client and the full URL.
+    pub fn post_receipt<F>(&self, provider: &'static str, path: &str, build: F)
+    where
+        F: FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
+    {
+        let Some(base) = self.callback_url() else { return };
+        let Ok(permit) = Arc::clone(&self.receipts_in_flight).try_acquire_owned() else {
+            tracing::warn!(provider, "receipt dropped: too many in flight");
+            return;
+        };
+        let request = build(&self.callbacks, format!("{base}{path}"));
+        tokio::spawn(async move {
+            let _permit = permit;
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => tracing::warn!(provider, status = %response.status(), "receipt refused"),
+                Err(error) => tracing::warn!(provider, %error, "receipt not posted"),
+            }
+        });
     }
 
     pub fn stats(&self, provider: &str) -> &ProviderStats {
@@ -200,6 +253,12 @@ impl Sandbox {
             stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect(),
             fcm: fcm::Tokens::default(),
             apns: apns::ApnsState::default(),
+            callback_url: std::sync::RwLock::new(None),
+            callbacks: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(std::io::Error::other)?,
+            receipts_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_RECEIPTS_IN_FLIGHT)),
         });
         let app = Router::new()
             .route("/stats", get(|s: axum::extract::State<Arc<State>>| async move { axum::Json(s.view()) }))
@@ -207,6 +266,8 @@ impl Sandbox {
             .merge(twilio::routes())
             .merge(fcm::routes())
             .merge(webpush::routes())
+            .merge(vonage::routes())
+            .merge(sendgrid::routes())
             .with_state(Arc::clone(&state));
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;

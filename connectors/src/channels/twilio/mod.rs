@@ -3,7 +3,7 @@
 //! auth with the account SID and auth token.
 //!
 //! - **Pacing**: a token bucket per sender counted in segments ([`super::sms::segments`]), since
-//!   carriers and Twilio meter a long number in segments per second; and at most
+//!   carriers and Twilio meter a long number in segments per second ([`SegmentPacer`]); and at most
 //!   `max_concurrency` requests in flight.
 //! - **Results** ([`classify`]): 2xx is delivered (Twilio's message SID kept); 429 and 5xx,
 //!   timeouts and connection failures are retryable (429's `Retry-After` honoured); Twilio's
@@ -12,15 +12,13 @@
 //! - The delivery id travels in the [`DELIVERY_ID_HEADER`] header, which the provider sandbox
 //!   reads to count duplicates (Twilio ignores it).
 
-use super::sms::segments;
+use super::sms::{SegmentPacer, segments};
 use crate::secret::{Secret, SecretError, SecretSource};
 use async_trait::async_trait;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_schemas::channel::{Channel, ChannelError, DELIVERY_ID_HEADER, SendOutcome};
 use herald_schemas::{DeliveryJob, RenderedContent, Target};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// `[providers.twilio]`.
@@ -105,8 +103,7 @@ pub struct Twilio {
     from: String,
     status_callback: Option<String>,
     max_concurrency: usize,
-    limiter: Arc<DefaultDirectRateLimiter>,
-    burst: NonZeroU32,
+    pacer: SegmentPacer,
 }
 
 impl Twilio {
@@ -121,7 +118,6 @@ impl Twilio {
             .pool_max_idle_per_host(config.max_concurrency)
             .build()
             .map_err(|e| TwilioConfigError::Client(e.to_string()))?;
-        let burst = config.segments_per_second;
         Ok(Twilio {
             client,
             url: format!("{base}/2010-04-01/Accounts/{}/Messages.json", config.account_sid),
@@ -130,8 +126,7 @@ impl Twilio {
             from: config.from.clone(),
             status_callback: config.status_callback.clone(),
             max_concurrency: config.max_concurrency.max(1),
-            limiter: Arc::new(RateLimiter::direct(Quota::per_second(burst))),
-            burst,
+            pacer: SegmentPacer::new(config.segments_per_second),
         })
     }
 
@@ -139,9 +134,7 @@ impl Twilio {
         let (Target::Phone { number }, RenderedContent::Sms { text }) = (&job.target, &job.content) else {
             return SendOutcome::Permanent { reason: "not an SMS delivery".into() };
         };
-        let cost = NonZeroU32::new(segments(text).count).unwrap_or(NonZeroU32::MIN).min(self.burst);
-        // Cannot fail: `cost` is at most the bucket's size.
-        let _ = self.limiter.until_n_ready(cost).await;
+        self.pacer.wait(segments(text)).await;
         let mut form = vec![("To", number.as_str()), ("From", self.from.as_str()), ("Body", text.as_str())];
         if let Some(callback) = &self.status_callback {
             form.push(("StatusCallback", callback));
