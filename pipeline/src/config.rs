@@ -7,7 +7,12 @@
 
 use crate::alerts::AlertsConfig;
 use herald_connectors::channels::breaker::BreakerConfig;
+use herald_connectors::channels::apns::{Apns, ApnsConfig};
+use herald_connectors::channels::fcm::{Fcm, FcmConfig};
+use herald_connectors::channels::sendgrid::{EventWebhookKey, SendGrid, SendGridConfig};
 use herald_connectors::channels::smtp::SmtpConfig;
+use herald_connectors::channels::vonage::{Vonage, VonageConfig};
+use herald_connectors::channels::webpush::{WebPush, WebPushConfig};
 use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_connectors::secret::SecretSource;
 use herald_connectors::unsubscribe::UnsubscribeLinks;
@@ -367,8 +372,13 @@ impl ChannelsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProvidersConfig {
+    pub apns: Option<ApnsConfig>,
+    pub fcm: Option<FcmConfig>,
+    pub webpush: Option<WebPushConfig>,
     pub twilio: Option<TwilioConfig>,
+    pub vonage: Option<VonageConfig>,
     pub smtp: Option<SmtpConfig>,
+    pub sendgrid: Option<SendGridConfig>,
 }
 
 impl ProvidersConfig {
@@ -376,21 +386,45 @@ impl ProvidersConfig {
     pub fn has(&self, kind: ProviderKind) -> bool {
         match kind {
             ProviderKind::Outbox => true,
+            ProviderKind::Apns => self.apns.is_some(),
+            ProviderKind::Fcm => self.fcm.is_some(),
+            ProviderKind::Webpush => self.webpush.is_some(),
             ProviderKind::Twilio => self.twilio.is_some(),
+            ProviderKind::Vonage => self.vonage.is_some(),
             ProviderKind::Smtp => self.smtp.is_some(),
-            ProviderKind::Apns | ProviderKind::Fcm | ProviderKind::Webpush => false,
-            ProviderKind::Vonage | ProviderKind::Sendgrid => false,
+            ProviderKind::Sendgrid => self.sendgrid.is_some(),
         }
     }
 
     /// Checks every present section without opening a socket (and without a runtime).
     fn check(&self) -> Result<(), ConfigError> {
+        // Building a connector resolves its secrets, parses its keys and checks its URLs; none
+        // opens a socket or needs a runtime.
         let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
+        if let Some(apns) = &self.apns {
+            Apns::new(apns).map_err(|e| invalid(&e))?;
+        }
+        if let Some(fcm) = &self.fcm {
+            Fcm::new(fcm).map_err(|e| invalid(&e))?;
+        }
+        if let Some(webpush) = &self.webpush {
+            WebPush::new(webpush).map_err(|e| invalid(&e))?;
+        }
         if let Some(twilio) = &self.twilio {
             Twilio::new(twilio).map_err(|e| invalid(&e))?;
         }
+        if let Some(vonage) = &self.vonage {
+            Vonage::new(vonage).map_err(|e| invalid(&e))?;
+            vonage.receipt_verifier().map_err(|e| invalid(&e))?;
+        }
         if let Some(smtp) = &self.smtp {
             smtp.check().map_err(|e| invalid(&e))?;
+        }
+        if let Some(sendgrid) = &self.sendgrid {
+            SendGrid::new(sendgrid, None).map_err(|e| invalid(&e))?;
+            if let Some(key) = &sendgrid.event_webhook_key {
+                EventWebhookKey::from_base64(key).map_err(|e| invalid(&e))?;
+            }
         }
         Ok(())
     }

@@ -31,10 +31,16 @@ pub enum EventKind {
     Sent,
     /// The provider refused it for good.
     Failed,
+    /// The provider reported it on the handset or in the mailbox (a delivery receipt).
+    Delivered,
+    /// The provider reported it could not be delivered (a delivery receipt).
+    Undelivered,
+    /// The mail bounced (an event webhook or a bounce message).
+    Bounced,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Accepted,
         EventKind::Rejected,
         EventKind::Deduplicated,
@@ -44,6 +50,9 @@ impl EventKind {
         EventKind::RenderFailed,
         EventKind::Sent,
         EventKind::Failed,
+        EventKind::Delivered,
+        EventKind::Undelivered,
+        EventKind::Bounced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +66,9 @@ impl EventKind {
             EventKind::RenderFailed => "render_failed",
             EventKind::Sent => "sent",
             EventKind::Failed => "failed",
+            EventKind::Delivered => "delivered",
+            EventKind::Undelivered => "undelivered",
+            EventKind::Bounced => "bounced",
         }
     }
 }

@@ -199,11 +199,20 @@ impl State {
         F: FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
     {
         let Some(base) = self.callback_url() else { return };
+        self.post_receipt_to(provider, format!("{base}{path}"), build);
+    }
+
+    /// Posts a receipt to `url` in the background (a URL the message named, as Twilio's
+    /// `StatusCallback`).
+    pub fn post_receipt_to<F>(&self, provider: &'static str, url: String, build: F)
+    where
+        F: FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
+    {
         let Ok(permit) = Arc::clone(&self.receipts_in_flight).try_acquire_owned() else {
             tracing::warn!(provider, "receipt dropped: too many in flight");
             return;
         };
-        let request = build(&self.callbacks, format!("{base}{path}"));
+        let request = build(&self.callbacks, url);
         tokio::spawn(async move {
             let _permit = permit;
             match request.send().await {

@@ -30,7 +30,12 @@ use herald_connectors::channels::failover::Failover;
 use herald_connectors::channels::outbox::FileOutbox;
 use herald_connectors::channels::routed::Routed;
 use herald_connectors::channels::smtp::Smtp;
+use herald_connectors::channels::apns::Apns;
+use herald_connectors::channels::fcm::Fcm;
+use herald_connectors::channels::sendgrid::SendGrid;
 use herald_connectors::channels::twilio::Twilio;
+use herald_connectors::channels::vonage::Vonage;
+use herald_connectors::channels::webpush::WebPush;
 use herald_connectors::unsubscribe::UnsubscribeLinks;
 use herald_schemas::channel::{Channel, ChannelError};
 use herald_schemas::job::Route;
@@ -240,22 +245,27 @@ fn provider(
     let name = kind.as_str();
     let missing = || unavailable(name, format!("no [providers.{name}] section"));
     let providers = &config.providers;
-    match kind {
+    let failed = |e: &dyn std::fmt::Display| unavailable(name, e);
+    Ok(match kind {
+        ProviderKind::Apns => Box::new(Apns::new(providers.apns.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?),
+        ProviderKind::Fcm => Box::new(Fcm::new(providers.fcm.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?),
+        ProviderKind::Webpush => {
+            Box::new(WebPush::new(providers.webpush.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)
+        }
         ProviderKind::Twilio => {
-            let twilio = providers.twilio.as_ref().ok_or_else(missing)?;
-            Ok(Box::new(Twilio::new(twilio).map_err(|e| unavailable(name, e))?))
+            Box::new(Twilio::new(providers.twilio.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)
+        }
+        ProviderKind::Vonage => {
+            Box::new(Vonage::new(providers.vonage.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)
         }
         ProviderKind::Smtp => {
-            let smtp = providers.smtp.as_ref().ok_or_else(missing)?;
-            Ok(Box::new(Smtp::new(smtp, links).map_err(|e| unavailable(name, e))?))
+            Box::new(Smtp::new(providers.smtp.as_ref().ok_or_else(missing)?, links).map_err(|e| failed(&e))?)
         }
-        ProviderKind::Outbox
-        | ProviderKind::Apns
-        | ProviderKind::Fcm
-        | ProviderKind::Webpush
-        | ProviderKind::Vonage
-        | ProviderKind::Sendgrid => Err(missing()),
-    }
+        ProviderKind::Sendgrid => {
+            Box::new(SendGrid::new(providers.sendgrid.as_ref().ok_or_else(missing)?, links).map_err(|e| failed(&e))?)
+        }
+        ProviderKind::Outbox => return Err(missing()),
+    })
 }
 
 fn unavailable(channel: &str, detail: impl std::fmt::Display) -> ChannelError {

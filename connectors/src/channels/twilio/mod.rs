@@ -12,6 +12,8 @@
 //! - The delivery id travels in the [`DELIVERY_ID_HEADER`] header, which the provider sandbox
 //!   reads to count duplicates (Twilio ignores it).
 
+pub mod receipt;
+
 use super::sms::{SegmentPacer, segments};
 use crate::secret::{Secret, SecretError, SecretSource};
 use async_trait::async_trait;
@@ -39,7 +41,8 @@ pub struct TwilioConfig {
     /// The sender's rate, in segments per second (a short code's; a long code is about 1).
     #[serde(default = "default_segments_per_second")]
     pub segments_per_second: NonZeroU32,
-    /// Where Twilio posts delivery status (Herald's receipt endpoint), if anywhere.
+    /// Herald's public `POST /v1/receipts/twilio` address, if Twilio should report delivery status;
+    /// each message gets `?delivery=<id>` added ([`receipt::callback_url`]).
     #[serde(default)]
     pub status_callback: Option<String>,
 }
@@ -136,7 +139,8 @@ impl Twilio {
         };
         self.pacer.wait(segments(text)).await;
         let mut form = vec![("To", number.as_str()), ("From", self.from.as_str()), ("Body", text.as_str())];
-        if let Some(callback) = &self.status_callback {
+        let callback = self.status_callback.as_deref().map(|base| receipt::callback_url(base, &job.delivery_id));
+        if let Some(callback) = &callback {
             form.push(("StatusCallback", callback));
         }
         let request = self
