@@ -6,14 +6,14 @@
 //! runs exactly these two steps.
 
 use crate::alerts::AlertsConfig;
-use herald_connectors::channels::breaker::BreakerConfig;
 use herald_connectors::channels::apns::{Apns, ApnsConfig};
+use herald_connectors::channels::breaker::BreakerConfig;
 use herald_connectors::channels::fcm::{Fcm, FcmConfig};
 use herald_connectors::channels::sendgrid::{EventWebhookKey, SendGrid, SendGridConfig};
 use herald_connectors::channels::smtp::SmtpConfig;
+use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_connectors::channels::vonage::{Vonage, VonageConfig};
 use herald_connectors::channels::webpush::{WebPush, WebPushConfig};
-use herald_connectors::channels::twilio::{Twilio, TwilioConfig};
 use herald_connectors::secret::SecretSource;
 use herald_connectors::unsubscribe::UnsubscribeLinks;
 use herald_schemas::Route;

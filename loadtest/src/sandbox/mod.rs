@@ -25,6 +25,7 @@
 //! background (the API answer never waits for them; a failed post is logged and dropped).
 
 pub mod apns;
+pub mod config;
 pub mod fcm;
 pub mod sendgrid;
 pub mod smtp;

@@ -577,7 +577,17 @@ fn header_fields(data: &[u8]) -> Vec<(String, String)> {
     message
         .headers()
         .iter()
-        .filter_map(|h| Some((h.name().to_string(), h.value().as_text()?.trim().to_string())))
+        .map(|h| {
+            // A field mail-parser reads as structured (List-Unsubscribe as URLs, say): its raw value.
+            let value = match h.value().as_text() {
+                Some(text) => text.trim().to_string(),
+                None => {
+                    let raw = data.get(h.offset_start() as usize..h.offset_end() as usize).unwrap_or_default();
+                    String::from_utf8_lossy(raw).split_whitespace().collect::<Vec<_>>().join(" ")
+                }
+            };
+            (h.name().to_string(), value)
+        })
         .collect()
 }
 

@@ -21,10 +21,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
-use herald_schemas::channel::DELIVERY_ID_HEADER;
-use serde_json::json;
 use herald_connectors::channels::twilio::receipt;
 use herald_connectors::secret::SecretSource;
+use herald_schemas::channel::DELIVERY_ID_HEADER;
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

@@ -14,8 +14,8 @@
 //!   and `POST /v1/receipts/smtp` (a bounce message, RFC 3464, posted by the mail system with an
 //!   API key of scope `send`). Each receipt of a delivery Herald made becomes a `delivered`,
 //!   `undelivered` or `bounced` event; a hard bounce or a permanent undelivered deactivates the
-//!   address, when it is the one the delivery went to. Receipts for unknown deliveries are
-//!   acknowledged and ignored (a provider retries what is refused). A receipt delivered twice
+//!   address, when it is the one the delivery went to (its delivery id is derived from it).
+//!   Receipts for unknown notifications are acknowledged and ignored (a provider retries what is refused). A receipt delivered twice
 //!   yields the same event id.
 
 use super::{ApiError, ApiState, authorize};
@@ -28,7 +28,7 @@ use herald_connectors::channels::{sendgrid, smtp, twilio, vonage};
 use herald_connectors::receipts::{Receipt, ReceiptError, ReceiptStatus};
 use herald_schemas::stage::now_ms;
 use herald_schemas::store::Scope;
-use herald_schemas::{DeliveryEvent, DeliveryId, EventKind, NotificationId};
+use herald_schemas::{DeliveryEvent, DeliveryId, EventKind, NotificationId, Route};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -98,7 +98,9 @@ fn not_configured(what: &str) -> ApiError {
 
 fn refused(error: ReceiptError) -> ApiError {
     match error {
-        ReceiptError::Unauthenticated { .. } => ApiError::new(StatusCode::FORBIDDEN, "bad_signature", error.to_string()),
+        ReceiptError::Unauthenticated { .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, "bad_signature", error.to_string())
+        }
         ReceiptError::Malformed { .. } => ApiError::bad_request("malformed_receipt", error.to_string()),
     }
 }
@@ -148,7 +150,11 @@ pub async fn vonage_receipt(
     record(&s, receipt.into_iter().collect()).await
 }
 
-pub async fn sendgrid_receipt(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn sendgrid_receipt(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let config = s.app.config.providers.sendgrid.as_ref();
     let key = config
         .and_then(|c| c.event_webhook_key.as_deref())
@@ -174,6 +180,15 @@ fn form_urlencoded_pairs(body: &[u8]) -> BTreeMap<String, String> {
     form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
+/// The route a receipt's provider serves.
+fn route_of(provider: &str) -> Option<Route> {
+    match provider {
+        "twilio" | "vonage" => Some(Route::Sms),
+        "smtp" | "sendgrid" => Some(Route::Email),
+        _ => None,
+    }
+}
+
 /// Turns receipts into events (and dead addresses) for the deliveries Herald knows.
 async fn record(s: &ApiState, receipts: Vec<Receipt>) -> Result<Response, ApiError> {
     let now = now_ms();
@@ -182,32 +197,37 @@ async fn record(s: &ApiState, receipts: Vec<Receipt>) -> Result<Response, ApiErr
         let id = &receipt.delivery_id;
         let notification = NotificationId(id.0.split('.').next().unwrap_or_default().to_string());
         let timeline = s.app.backends.timeline.timeline(&notification).await.map_err(|e| ApiError::internal(&e))?;
-        let Some(sent) = timeline.iter().find(|e| e.delivery_id.as_ref() == Some(id) && e.route.is_some()) else {
-            tracing::debug!(provider = receipt.provider, "receipt for a delivery Herald does not know; ignored");
+        // Any event of the notification names its user and client: a receipt may arrive before
+        // the dispatcher's own `sent` event is in the log.
+        let (Some(sent), Some(route)) = (timeline.first(), route_of(receipt.provider)) else {
+            tracing::debug!(provider = receipt.provider, "receipt for a notification Herald does not know; ignored");
             continue;
         };
-        let Some(route) = sent.route else { continue };
         let kind = match receipt.status {
             ReceiptStatus::Delivered => EventKind::Delivered,
             ReceiptStatus::Undelivered { .. } => EventKind::Undelivered,
             ReceiptStatus::Bounced { .. } => EventKind::Bounced,
         };
         // Only the address the delivery went to: its id is derived from it.
-        let address = receipt
-            .address
-            .as_deref()
-            .filter(|a| DeliveryId::derive(&notification, route.as_str(), a) == *id && receipt.status.address_is_dead());
+        let address = receipt.address.as_deref().filter(|a| {
+            DeliveryId::derive(&notification, route.as_str(), a) == *id && receipt.status.address_is_dead()
+        });
         if let Some(address) = address {
             let contacts = &s.app.backends.contacts;
             if contacts.mark_unreachable(&sent.user_id, address).await.map_err(|e| ApiError::internal(&e))? {
                 s.app.contact_cache.invalidate(&sent.user_id);
-                tracing::info!(provider = receipt.provider, route = route.as_str(), "address reported dead by a receipt");
+                tracing::info!(
+                    provider = receipt.provider,
+                    route = route.as_str(),
+                    "address reported dead by a receipt"
+                );
             }
         }
-        let reason = receipt.reason.clone().or(receipt.provider_id.clone()).map(|r| format!("{}:{r}", receipt.provider));
+        let reason =
+            receipt.reason.clone().or(receipt.provider_id.clone()).map(|r| format!("{}:{r}", receipt.provider));
         events.push(
             DeliveryEvent::new(&notification, &sent.client_id, &sent.user_id, kind, None, reason, now)
-                .for_delivery(id, route, sent.attempt),
+                .for_delivery(id, route, 0),
         );
     }
     if !events.is_empty() {

@@ -25,14 +25,14 @@ use crate::alerts::Alerts;
 use crate::app::App;
 use crate::config::{Config, ProviderKind};
 use dispatch::{ChannelFactory, Dispatcher};
+use herald_connectors::channels::apns::Apns;
 use herald_connectors::channels::breaker::{BreakerConfig, BreakerState, Guarded};
 use herald_connectors::channels::failover::Failover;
+use herald_connectors::channels::fcm::Fcm;
 use herald_connectors::channels::outbox::FileOutbox;
 use herald_connectors::channels::routed::Routed;
-use herald_connectors::channels::smtp::Smtp;
-use herald_connectors::channels::apns::Apns;
-use herald_connectors::channels::fcm::Fcm;
 use herald_connectors::channels::sendgrid::SendGrid;
+use herald_connectors::channels::smtp::Smtp;
 use herald_connectors::channels::twilio::Twilio;
 use herald_connectors::channels::vonage::Vonage;
 use herald_connectors::channels::webpush::WebPush;
@@ -247,7 +247,9 @@ fn provider(
     let providers = &config.providers;
     let failed = |e: &dyn std::fmt::Display| unavailable(name, e);
     Ok(match kind {
-        ProviderKind::Apns => Box::new(Apns::new(providers.apns.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?),
+        ProviderKind::Apns => {
+            Box::new(Apns::new(providers.apns.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)
+        }
         ProviderKind::Fcm => Box::new(Fcm::new(providers.fcm.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?),
         ProviderKind::Webpush => {
             Box::new(WebPush::new(providers.webpush.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)

@@ -145,12 +145,18 @@ impl Herald {
 
     /// Starts `herald serve` on the data directory and waits for its `listening on` line.
     pub fn serve(&mut self) {
+        self.serve_on("127.0.0.1:0");
+    }
+
+    /// [`Herald::serve`] on `listen` (for a test that must know the address before the start,
+    /// such as one whose configuration points callbacks at it).
+    pub fn serve_on(&mut self, listen: &str) {
         assert!(self.running.is_none(), "the server is already running");
         self.starts += 1;
         let log_path = self.dir.path().join(format!("serve-{}.log", self.starts));
         let log = fs::File::create(&log_path).expect("create the server log");
         let mut cmd = Command::new(herald_bin());
-        cmd.arg("serve").arg("--data-dir").arg(&self.data_dir).args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("serve").arg("--data-dir").arg(&self.data_dir).args(["--listen", listen]);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
         }

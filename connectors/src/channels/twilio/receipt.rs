@@ -131,7 +131,10 @@ mod tests {
         };
         let delivered = receipt("delivered", "").unwrap();
         assert_eq!(delivered.status, ReceiptStatus::Delivered);
-        assert_eq!((delivered.address.as_deref(), delivered.provider_id.as_deref()), (Some("+14155550100"), Some("SM1")));
+        assert_eq!(
+            (delivered.address.as_deref(), delivered.provider_id.as_deref()),
+            (Some("+14155550100"), Some("SM1"))
+        );
         assert_eq!(receipt("undelivered", "30006").unwrap().status, ReceiptStatus::Undelivered { permanent: true });
         assert_eq!(receipt("failed", "30003").unwrap().status, ReceiptStatus::Undelivered { permanent: false });
         assert_eq!(receipt("sent", ""), None);
