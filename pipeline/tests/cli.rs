@@ -49,6 +49,23 @@ fn config_check_rejects_unknown_fields_with_a_clear_message() {
     assert!(err.contains("listen_port"), "{err}");
 }
 
+/// A P-256 key in PKCS#8 PEM (test-only, never used anywhere else).
+const APNS_KEY: &str = "key = \"\"\"\n-----BEGIN PRIVATE KEY-----\n\
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgyvmrs4m1mZh8O1lm\n\
+L4ySX8iaESnfPwgMF6Oe+LGa3W2hRANCAAR8VNbF1SjIwhXouHwI/39mhUZ4RSWE\n\
+VHXLNxS0ybYVTC6ELjtuzAQOPg0pTMm6F1flzJ9mamcKZJYHsah/FHy0\n\
+-----END PRIVATE KEY-----\n\"\"\"";
+
+/// `[providers.apns]` with token auth, the `key` line given, and extra lines in `[…auth]`
+/// or, for a `base_url`, in the provider section.
+fn apns(key: &str, extra: &str) -> String {
+    let (top, auth) = if extra.starts_with("base_url") { (extra, "") } else { ("", extra) };
+    format!(
+        "[providers.apns]\ntopic = \"com.example.app\"\n{top}\n[providers.apns.auth]\nkind = \"token\"\n\
+         key_id = \"K1\"\nteam_id = \"T1\"\n{key}\n{auth}\n"
+    )
+}
+
 #[test]
 fn config_check_names_the_provider_field_that_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,6 +84,26 @@ fn config_check_names_the_provider_field_that_is_wrong() {
         (twilio("auth_token = \"t\"\nmax_concurency = 3"), "max_concurency"),
         ("[channels]\nemail = \"smtp\"\n".to_string(), "[providers.smtp]"),
         ("[providers.smtp]\nurl = \"gopher://x\"\nfrom = \"a@b.c\"\n".to_string(), "providers.smtp.url"),
+        (apns("key = { file = \"/nonexistent/AuthKey.p8\" }", ""), "/nonexistent/AuthKey.p8"),
+        (apns("key = \"not a PEM key\"", ""), "providers.apns.auth"),
+        (apns(APNS_KEY, "base_url = \"ftp://api.push.apple.com\""), "providers.apns.base_url"),
+        (apns(APNS_KEY, "token_refresh_every = \"30m\""), "token_refresh_every"),
+        ("[providers.fcm]\nservice_account = \"{ not json\"\n".to_string(), "providers.fcm.service_account"),
+        (
+            "[providers.fcm]\nservice_account = { file = \"/nonexistent/sa.json\" }\n".to_string(),
+            "/nonexistent/sa.json",
+        ),
+        (
+            "[providers.webpush]\nvapid_private_key = \"short\"\nsubject = \"mailto:a@b.c\"\n".to_string(),
+            "providers.webpush",
+        ),
+        ("[providers.sendgrid]\napi_kee = \"k\"\nfrom = \"a@b.c\"\n".to_string(), "api_kee"),
+        (
+            "[providers.vonage]\napi_key = \"k\"\napi_secret = { env = \"HERALD_UNSET_VONAGE\" }\nfrom = \"H\"\n"
+                .to_string(),
+            "HERALD_UNSET_VONAGE",
+        ),
+        ("[channels]\nios = \"fcm\"\n".to_string(), "channels.ios"),
     ];
     for (text, named) in cases {
         std::fs::write(&path, &text).unwrap();
@@ -75,6 +112,10 @@ fn config_check_names_the_provider_field_that_is_wrong() {
         assert!(!out.status.success(), "accepted:\n{text}");
         assert!(err.contains(named), "{named} not named in {err}\nfor:\n{text}");
     }
+    // A good APNs section passes: the cases above fail for their own reason.
+    std::fs::write(&path, apns(APNS_KEY, "")).unwrap();
+    let out = herald(&["config", "check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A complete section passes, and the inline token is not printed back.
     std::fs::write(&path, twilio("auth_token = \"s3cr3t-token\"")).unwrap();
     let out = herald(&["config", "check", "--config", path.to_str().unwrap()]);
