@@ -88,6 +88,7 @@ async fn smtp_delivers_multipart_mail_with_the_right_headers() {
         from: "Herald <no-reply@herald.example>".into(),
         timeout: Duration::from_secs(10),
         max_connections: 4,
+        messages_per_second: None,
     };
     let secret = SecretSource::Inline("unsubscribe-key".into()).resolve().unwrap();
     let links = Arc::new(UnsubscribeLinks::new("https://herald.example/v1/unsubscribe", &secret));
@@ -140,6 +141,7 @@ async fn an_unreachable_smtp_server_is_retryable() {
         from: "no-reply@herald.example".into(),
         timeout: Duration::from_secs(2),
         max_connections: 1,
+        messages_per_second: None,
     };
     let mut smtp = Smtp::new(&config, None).unwrap();
     let outcomes = smtp.send(&[email(1, "ada@example.com", "transactional")]).await.unwrap();

@@ -36,6 +36,7 @@ fn smtp(sandbox: &Sandbox, timeout: Duration, max_connections: u32) -> Smtp {
         from: "Herald <noreply@herald.example>".into(),
         timeout,
         max_connections,
+        messages_per_second: None,
     };
     Smtp::new(&config, None).unwrap()
 }

@@ -3,6 +3,7 @@
 //! - [`routed`]: one channel over several routes (the push dispatcher's APNs, FCM, Web Push).
 //! - [`outbox`]: the file outbox, one JSON line per delivery, exactly once with the ledger.
 //! - [`breaker`]: the circuit breaker every provider's channel runs behind.
+//! - [`pace`]: a provider's rate limit in messages per second, around any connector.
 //! - [`failover`]: several providers for one route, the next used while the first's breaker is open.
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
 //! - [`apns`]: Apple Push Notification service (HTTP/2, token or certificate auth).
@@ -18,6 +19,7 @@ pub mod breaker;
 pub mod failover;
 pub mod fcm;
 pub mod outbox;
+pub mod pace;
 pub mod routed;
 pub mod sendgrid;
 pub mod sms;

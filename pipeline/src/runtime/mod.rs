@@ -30,6 +30,7 @@ use herald_connectors::channels::breaker::{BreakerConfig, BreakerState, Guarded}
 use herald_connectors::channels::failover::Failover;
 use herald_connectors::channels::fcm::Fcm;
 use herald_connectors::channels::outbox::FileOutbox;
+use herald_connectors::channels::pace::Paced;
 use herald_connectors::channels::routed::Routed;
 use herald_connectors::channels::sendgrid::SendGrid;
 use herald_connectors::channels::smtp::Smtp;
@@ -246,27 +247,40 @@ fn provider(
     let missing = || unavailable(name, format!("no [providers.{name}] section"));
     let providers = &config.providers;
     let failed = |e: &dyn std::fmt::Display| unavailable(name, e);
-    Ok(match kind {
+    // The connector, and the rate limit it does not apply itself.
+    let (channel, per_second): (Box<dyn Channel>, _) = match kind {
         ProviderKind::Apns => {
-            Box::new(Apns::new(providers.apns.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)
+            let config = providers.apns.as_ref().ok_or_else(missing)?;
+            (Box::new(Apns::new(config).map_err(|e| failed(&e))?), config.messages_per_second)
         }
-        ProviderKind::Fcm => Box::new(Fcm::new(providers.fcm.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?),
+        ProviderKind::Fcm => {
+            let config = providers.fcm.as_ref().ok_or_else(missing)?;
+            (Box::new(Fcm::new(config).map_err(|e| failed(&e))?), config.messages_per_second)
+        }
         ProviderKind::Webpush => {
-            Box::new(WebPush::new(providers.webpush.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)
-        }
-        ProviderKind::Twilio => {
-            Box::new(Twilio::new(providers.twilio.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)
-        }
-        ProviderKind::Vonage => {
-            Box::new(Vonage::new(providers.vonage.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?)
+            let config = providers.webpush.as_ref().ok_or_else(missing)?;
+            (Box::new(WebPush::new(config).map_err(|e| failed(&e))?), config.messages_per_second)
         }
         ProviderKind::Smtp => {
-            Box::new(Smtp::new(providers.smtp.as_ref().ok_or_else(missing)?, links).map_err(|e| failed(&e))?)
+            let config = providers.smtp.as_ref().ok_or_else(missing)?;
+            (Box::new(Smtp::new(config, links).map_err(|e| failed(&e))?), config.messages_per_second)
+        }
+        // These pace themselves: SMS in segments, SendGrid per request.
+        ProviderKind::Twilio => {
+            (Box::new(Twilio::new(providers.twilio.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?), None)
+        }
+        ProviderKind::Vonage => {
+            (Box::new(Vonage::new(providers.vonage.as_ref().ok_or_else(missing)?).map_err(|e| failed(&e))?), None)
         }
         ProviderKind::Sendgrid => {
-            Box::new(SendGrid::new(providers.sendgrid.as_ref().ok_or_else(missing)?, links).map_err(|e| failed(&e))?)
+            let config = providers.sendgrid.as_ref().ok_or_else(missing)?;
+            (Box::new(SendGrid::new(config, links).map_err(|e| failed(&e))?), None)
         }
         ProviderKind::Outbox => return Err(missing()),
+    };
+    Ok(match per_second {
+        Some(rate) => Box::new(Paced::new(channel, rate)),
+        None => channel,
     })
 }
 

@@ -4,7 +4,7 @@
 use super::ApnsConfigError;
 use crate::secret::SecretSource;
 use serde::{Deserialize, Serialize};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 /// Apple's production endpoint.
@@ -47,6 +47,9 @@ pub struct ApnsConfig {
     /// one attempt only.
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// At most this many messages a second (a GCRA token bucket); none when unset.
+    #[serde(default)]
+    pub messages_per_second: Option<NonZeroU32>,
 }
 
 /// `[providers.apns.auth]`, chosen by `kind`.
@@ -109,6 +112,7 @@ impl ApnsConfig {
             connections: default_connections(),
             streams_per_connection: default_streams(),
             ttl: default_ttl(),
+            messages_per_second: None,
         }
     }
 

@@ -4,6 +4,7 @@ use super::FcmConfigError;
 use super::auth::Assertion;
 use crate::secret::SecretSource;
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// `[providers.fcm]`.
@@ -30,6 +31,13 @@ pub struct FcmConfig {
     /// How long FCM keeps a message for an offline device (`android.ttl`).
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// At most this many messages a second: FCM allows 600,000 a minute per project.
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: Option<NonZeroU32>,
+}
+
+fn default_messages_per_second() -> Option<NonZeroU32> {
+    NonZeroU32::new(10_000)
 }
 
 fn default_base_url() -> String {
@@ -56,6 +64,7 @@ impl FcmConfig {
             timeout: default_timeout(),
             max_concurrency: default_concurrency(),
             ttl: default_ttl(),
+            messages_per_second: default_messages_per_second(),
         }
     }
 }

@@ -25,6 +25,7 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ pub struct SmtpConfig {
     /// Pooled connections, and messages in flight.
     #[serde(default = "default_connections")]
     pub max_connections: u32,
+    /// At most this many messages a second (a GCRA token bucket); none when unset.
+    #[serde(default)]
+    pub messages_per_second: Option<NonZeroU32>,
 }
 
 fn default_timeout() -> Duration {
@@ -243,6 +247,7 @@ mod tests {
             from: from.into(),
             timeout: default_timeout(),
             max_connections: 2,
+            messages_per_second: None,
         };
         // Checked without a runtime: `config check` must not need one.
         let err = config("ftp://mail.example.com", "a@example.com").check().err().map(|e| e.to_string());

@@ -3,6 +3,7 @@
 use super::WebPushConfigError;
 use crate::secret::SecretSource;
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
 use std::time::Duration;
 use web_push::{PartialVapidSignatureBuilder, VapidSignatureBuilder};
 
@@ -22,6 +23,9 @@ pub struct WebPushConfig {
     /// How long the push service keeps a message for an offline browser (`TTL`).
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// At most this many messages a second (a GCRA token bucket); none when unset.
+    #[serde(default)]
+    pub messages_per_second: Option<NonZeroU32>,
 }
 
 fn default_timeout() -> Duration {
@@ -43,6 +47,7 @@ impl WebPushConfig {
             timeout: default_timeout(),
             max_concurrency: default_concurrency(),
             ttl: default_ttl(),
+            messages_per_second: None,
         }
     }
 
