@@ -1,7 +1,8 @@
 //! Provider failover end to end: SMS routed to `["twilio", "vonage"]` and email to
 //! `["smtp", "sendgrid"]`, with Twilio and the SMTP server unreachable. The first failures are
 //! retried; once each first provider's breaker opens, the retries and everything after go to
-//! the second provider. Every message arrives there exactly once.
+//! the second provider. Every message arrives there exactly once, and the signed receipts the
+//! sandbox then posts (Vonage DLRs, SendGrid events) become `delivered` events.
 
 mod common;
 
@@ -41,6 +42,7 @@ api_secret = "{vonage_secret}"
 from = "Herald"
 base_url = "{base}"
 segments_per_second = 100000
+signature_secret = "{vonage_signature}"
 
 [providers.smtp]
 url = "smtp://{dead}"
@@ -51,12 +53,18 @@ timeout = "1s"
 api_key = "{sendgrid_key}"
 from = "Herald <no-reply@herald.example>"
 base_url = "{base}"
+event_webhook_key = "{sendgrid_webhook_key}"
 "#,
         vonage_key = vonage::API_KEY,
         vonage_secret = vonage::API_SECRET,
+        vonage_signature = vonage::SIGNATURE_SECRET,
         sendgrid_key = sendgrid::API_KEY,
+        sendgrid_webhook_key = sendgrid::EVENT_WEBHOOK_PUBLIC_KEY,
     );
-    let mut herald = Herald::start(Some(&config));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut herald = Herald::new(Some(&config));
+    herald.serve_on(&format!("127.0.0.1:{port}"));
+    sandbox.state.set_callback_url(Some(format!("http://127.0.0.1:{port}")));
     let api = herald.api();
     for u in 0..USERS {
         let user = json!({ "phone": format!("+1415555{u:04}"), "email": format!("u{u}@example.org") });
@@ -72,7 +80,7 @@ base_url = "{base}"
         })
         .collect();
     let started = Instant::now();
-    api.submit_all(&items, 20).await;
+    let ids = api.submit_all(&items, 20).await;
 
     loop {
         let stats = sandbox.state.view();
@@ -90,6 +98,22 @@ base_url = "{base}"
         assert_eq!(stats[provider].duplicates, 0, "{provider}: {stats:?}");
     }
     println!("failed over in {:?}: {stats:?}", started.elapsed());
+
+    // The receipts came back signed, through Herald's API: each notification's SMS and mail are
+    // reported delivered.
+    let receipts = Instant::now();
+    for id in &ids {
+        loop {
+            let reply = api.timeline(id).await.expect(200, "GET /v1/notifications/{id}");
+            let events = reply.json["events"].as_array().cloned().unwrap_or_default();
+            let delivered = |route: &str| events.iter().any(|e| e["kind"] == "delivered" && e["route"] == route);
+            if delivered("sms") && delivered("email") {
+                break;
+            }
+            assert!(receipts.elapsed() < Duration::from_secs(30), "no receipts for {id}: {events:#?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let dead_letters = herald_dlq_count(&mut herald);
     assert_eq!(dead_letters, 0, "nothing was given up");
     sandbox.shutdown().await;

@@ -77,6 +77,7 @@ async fn every_routed_provider_receipts_fallback_and_unsubscribe_through_the_san
         ),
         ("bo", json!({ "phone": "+14155550111", "devices": [{ "id": "i2", "platform": "ios", "token": dead_ios }] })),
         ("cy", json!({ "phone": twilio::UNDELIVERED_NUMBER })),
+        ("dee", json!({ "email": "dee@example.org" })),
     ];
     for (id, user) in &users {
         api.put_user(id, user).await.expect(201, "PUT /v1/users");
@@ -94,6 +95,8 @@ async fn every_routed_provider_receipts_fallback_and_unsubscribe_through_the_san
                 "category": "transactional", "data": { "n": 2 } }),
         json!({ "user_id": "cy", "template": "news", "channels": ["sms"], "category": "transactional",
                 "data": { "n": 3 } }),
+        json!({ "user_id": "dee", "template": "news", "channels": ["email"], "category": "transactional",
+                "data": { "n": 5 } }),
     ];
     let ids = api.submit_all(&items, 10).await;
 
@@ -102,7 +105,7 @@ async fn every_routed_provider_receipts_fallback_and_unsubscribe_through_the_san
     let stats = eventually(
         "every provider's messages",
         || async { serde_json::to_value(sandbox.state.view()).unwrap() },
-        |s| s["twilio"]["accepted"] == 3 && s["smtp"]["accepted"] == 1 && s["webpush"]["accepted"] == 1,
+        |s| s["twilio"]["accepted"] == 3 && s["smtp"]["accepted"] == 2 && s["webpush"]["accepted"] == 1,
     )
     .await;
     assert_eq!(stats["apns"]["accepted"], 1, "{stats:#}");
@@ -162,6 +165,35 @@ async fn every_routed_provider_receipts_fallback_and_unsubscribe_through_the_san
     )
     .await;
 
+    // dee's mailbox does not exist after all: the mail system's bounce (RFC 3464), posted with a
+    // `send` key, records the bounce and deactivates the address.
+    let inbox = sandbox.smtp_inbox();
+    let to_dee = inbox.iter().find(|m| m.recipients.iter().any(|r| r.contains("dee@example.org"))).unwrap();
+    let delivery = to_dee.header("X-Herald-Delivery-Id").unwrap().to_string();
+    let bounce = dsn("dee@example.org", &delivery);
+    let unauthenticated = http.post(format!("{}/v1/receipts/smtp", herald.url())).body(bounce.clone()).send().await;
+    assert_eq!(unauthenticated.unwrap().status(), 401);
+    let reply = api.send(api.request(reqwest::Method::POST, "/v1/receipts/smtp").body(bounce)).await;
+    assert_eq!(reply.expect(200, "POST /v1/receipts/smtp").json["recorded"], 1);
+    let dee = timeline(&api, &ids[3]).await;
+    assert!(kinds(&dee).contains(&"bounced:email".into()), "{:?}", kinds(&dee));
+    let dee_user = api.get("/v1/users/dee").await.expect(200, "GET /v1/users/dee").json;
+    assert_eq!(dee_user["unreachable"], json!(["dee@example.org"]));
+
     herald.stop();
     sandbox.shutdown().await;
+}
+
+/// A Postfix-style bounce of the mail with `delivery` to `to`: mailbox unknown (5.1.1).
+fn dsn(to: &str, delivery: &str) -> String {
+    format!(
+        "From: MAILER-DAEMON@mx.example.org\r\nTo: no-reply@herald.example\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n\
+         --b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n\
+         Final-Recipient: rfc822; {to}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n\
+         --b1\r\nContent-Type: text/rfc822-headers\r\n\r\nTo: {to}\r\nX-Herald-Delivery-Id: {delivery}\r\n\r\n\
+         --b1--\r\n"
+    )
 }
