@@ -139,3 +139,34 @@ fn dlq_lists_an_empty_queue_and_replay_needs_a_choice() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no open dead letter for delivery nope"));
 }
+
+#[test]
+fn serve_refuses_a_bad_provider_config_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, apns("key = { file = \"/nonexistent/AuthKey.p8\" }", "")).unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", path.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("serve started with a key file that does not exist");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/AuthKey.p8") && err.contains("providers.apns"), "{err}");
+    assert!(!data.exists(), "nothing was created before the configuration was checked");
+}

@@ -2,9 +2,12 @@
 //! their target's route, each route to its own connector (or several routes to one, such as the
 //! file outbox for the routes with no provider).
 //!
-//! A batch is split by route and the parts are sent concurrently; outcomes come back in job
-//! order. At most one of the connectors is a sink Herald owns (the outbox): its position is the
-//! channel's position, and `recover` reaches every connector.
+//! A batch is split by route; outcomes come back in job order. At most one of the connectors is
+//! a sink Herald owns (the outbox): its position is the channel's position, and `recover`
+//! reaches every connector. The sink's part is sent first, alone: a sink can fail the whole
+//! batch (a disk error), and the dispatcher then replays it, so nothing may have gone to a
+//! provider yet. The providers' parts then go concurrently; a provider connector reports its
+//! failures as outcomes, never as an error.
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
@@ -68,11 +71,24 @@ impl Channel for Routed {
                 }
             }
         }
-        let sends = self.channels.iter_mut().zip(&parts).filter(|(_, (_, part))| !part.is_empty()).map(
-            |(channel, (positions, part))| async move {
+        let is_sink: Vec<bool> = self.channels.iter().map(|c| c.position().is_some()).collect();
+        for (channel, (positions, part)) in self.channels.iter_mut().zip(&parts).filter(|(c, _)| c.position().is_some())
+        {
+            if !part.is_empty() {
+                for (i, outcome) in positions.iter().zip(channel.send(part).await?) {
+                    outcomes[*i] = Some(outcome);
+                }
+            }
+        }
+        let sends = self
+            .channels
+            .iter_mut()
+            .zip(&parts)
+            .zip(is_sink)
+            .filter(|((_, (_, part)), sink)| !sink && !part.is_empty())
+            .map(|((channel, (positions, part)), _)| async move {
                 channel.send(part).await.map(|answers| positions.iter().copied().zip(answers).collect::<Vec<_>>())
-            },
-        );
+            });
         for (i, outcome) in try_join_all(sends).await?.into_iter().flatten() {
             outcomes[i] = Some(outcome);
         }
@@ -149,6 +165,47 @@ mod tests {
             .collect();
         assert_eq!(ids[..3], ["outbox", "apns", "outbox"]);
         assert!(ids[3].contains("no connector serves route webpush"), "{}", ids[3]);
+    }
+
+    /// A sink Herald owns whose disk fails.
+    struct BrokenSink;
+
+    #[async_trait]
+    impl Channel for BrokenSink {
+        fn name(&self) -> &str {
+            "outbox"
+        }
+        async fn send(&mut self, _: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
+            Err(ChannelError::Unavailable { channel: "outbox".into(), detail: "disk full".into() })
+        }
+        fn position(&self) -> Option<u64> {
+            Some(0)
+        }
+    }
+
+    /// Counts what it is sent.
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    #[async_trait]
+    impl Channel for Counting {
+        fn name(&self) -> &str {
+            "apns"
+        }
+        async fn send(&mut self, jobs: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
+            self.0.fetch_add(jobs.len(), std::sync::atomic::Ordering::SeqCst);
+            Ok(vec![SendOutcome::Delivered { provider_id: None }; jobs.len()])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_fails_the_batch_before_anything_reaches_a_provider() {
+        let sent = std::sync::Arc::default();
+        let channels: Vec<Box<dyn Channel>> =
+            vec![Box::new(Counting(std::sync::Arc::clone(&sent))), Box::new(BrokenSink)];
+        let mut routed = Routed::new("push", channels, vec![(Route::Apns, 0), (Route::Fcm, 1)]).unwrap();
+        let jobs = [push(0, Platform::Ios), push(1, Platform::Android)];
+        assert!(routed.send(&jobs).await.is_err(), "the batch is replayed whole");
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 0, "so nothing may have been sent");
     }
 
     #[test]
