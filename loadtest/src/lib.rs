@@ -1,4 +1,9 @@
-//! Herald's load tools: the provider sandbox ([`sandbox`]) that tests and load tests use in place
-//! of the SaaS providers. The open-loop load generator comes with issue 4.
+//! Herald's load tools.
+//!
+//! # Layout
+//! - [`sandbox`]: the provider sandbox that tests and load tests use in place of the SaaS
+//!   providers.
+//! - [`run`]: the open-loop load generator (`herald-loadtest run`), its report and latency plot.
 
+pub mod run;
 pub mod sandbox;

@@ -1,10 +1,12 @@
-//! `herald-loadtest`: the provider sandbox (and, with issue 4, the load generator).
+//! `herald-loadtest`: the provider sandbox, and the open-loop load generator.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use herald_loadtest::run::{Mix, RunOptions, plot, run};
 use herald_loadtest::sandbox::config::herald_config;
 use herald_loadtest::sandbox::{Faults, Sandbox};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -33,37 +35,121 @@ enum Command {
     /// SendGrid events) are posted to Herald, signed as the providers sign them. Stops on
     /// Ctrl-C or SIGTERM and prints the stats.
     Sandbox {
-        /// Address to serve HTTP/1.1 and cleartext HTTP/2 on (loopback unless you mean otherwise).
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        listen: SocketAddr,
-        /// Address of the SMTP server (cleartext, no authentication).
-        #[arg(long, default_value = "127.0.0.1:2525")]
-        smtp_listen: SocketAddr,
-        /// Herald's base URL as the sandbox reaches it (`http://127.0.0.1:8080`): where delivery
-        /// receipts are posted, and what --print-config points receipts and unsubscribe links at.
-        #[arg(long, value_parser = http_url)]
-        callback_url: Option<String>,
-        /// Mean added latency per request, in milliseconds (uniform in [0, 2 × mean]).
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-        /// Fraction of requests refused before acceptance: 503, 429 with Retry-After, or held
-        /// past the client's timeout and dropped.
-        #[arg(long, default_value_t = 0.0, value_parser = rate)]
-        fail_rate: f64,
-        /// Fraction of requests accepted and then never answered (the duplicates a retry then
-        /// causes are counted, not prevented).
-        #[arg(long, default_value_t = 0.0, value_parser = rate)]
-        accept_then_timeout_rate: f64,
-        /// Fraction of requests answered with the provider's bad-address error.
-        #[arg(long, default_value_t = 0.0, value_parser = rate)]
-        bad_token_rate: f64,
-        /// How long a simulated timeout holds a request; keep it above Herald's provider timeout.
-        #[arg(long, default_value = "30s", value_parser = humantime_duration)]
-        hold: Duration,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
         /// Print the herald.toml that sends every configured provider here, and exit.
         #[arg(long)]
         print_config: bool,
     },
+    /// Load a running Herald open loop and measure API and end-to-end latency.
+    ///
+    /// Hosts the provider sandbox in process on --listen and --smtp-listen (the same flags as
+    /// `sandbox`), so start Herald with the `sandbox --print-config` output for those addresses:
+    ///
+    ///   herald-loadtest sandbox --print-config > herald.toml
+    ///   herald serve --config herald.toml &
+    ///   herald-loadtest run --target http://127.0.0.1:8080 --key $KEY --rate 2000 --duration 30s
+    ///
+    /// Notifications are sent on schedule (batch k at start + k × batch / rate) whether or not
+    /// earlier requests have returned, and latency counts from that intended time, so a stall
+    /// shows as latency. End to end is from the intended send until the provider received the
+    /// notification's last delivery. Prints a report (text, or one JSON object with --json, the
+    /// last thing on stdout) and writes a latency plot (percentile spectrum, SVG).
+    Run {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Notifications per second.
+        #[arg(long)]
+        rate: f64,
+        /// How long to send, like `20s` or `2m`.
+        #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+        duration: Duration,
+    },
+}
+
+/// Where the sandbox serves, and the faults it injects.
+#[derive(clap::Args, Debug, Clone)]
+struct SandboxArgs {
+    /// Address to serve HTTP/1.1 and cleartext HTTP/2 on (loopback unless you mean otherwise).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// Address of the SMTP server (cleartext, no authentication).
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    smtp_listen: SocketAddr,
+    /// Herald's base URL as the sandbox reaches it (`http://127.0.0.1:8080`): where delivery
+    /// receipts are posted, and what --print-config points receipts and unsubscribe links at.
+    #[arg(long, value_parser = http_url)]
+    callback_url: Option<String>,
+    /// Mean added latency per request, in milliseconds (uniform in [0, 2 × mean]).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fraction of requests refused before acceptance: 503, 429 with Retry-After, or held
+    /// past the client's timeout and dropped.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    fail_rate: f64,
+    /// Fraction of requests accepted and then never answered (the duplicates a retry then
+    /// causes are counted, not prevented).
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    accept_then_timeout_rate: f64,
+    /// Fraction of requests answered with the provider's bad-address error.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    bad_token_rate: f64,
+    /// How long a simulated timeout holds a request; keep it above Herald's provider timeout.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    hold: Duration,
+}
+
+impl SandboxArgs {
+    fn faults(&self) -> Faults {
+        Faults {
+            latency_ms: self.latency_ms,
+            fail_rate: self.fail_rate,
+            accept_then_timeout_rate: self.accept_then_timeout_rate,
+            bad_token_rate: self.bad_token_rate,
+            hold: self.hold,
+        }
+    }
+
+    async fn start(&self) -> anyhow::Result<Sandbox> {
+        let sandbox = Sandbox::start_with_smtp(self.listen, Some(self.smtp_listen), self.faults())
+            .await
+            .with_context(|| format!("cannot listen on {} and {}", self.listen, self.smtp_listen))?;
+        sandbox.state.set_callback_url(self.callback_url.clone());
+        Ok(sandbox)
+    }
+}
+
+/// What `run` shares with `find-max`: the target, the load's shape, the report.
+#[derive(clap::Args, Debug, Clone)]
+struct LoadArgs {
+    /// Herald's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_parser = http_url)]
+    target: String,
+    /// An API key with the send, contacts and templates scopes (an admin key has them).
+    #[arg(long, env = "HERALD_KEY", hide_env_values = true)]
+    key: String,
+    /// The channel mix as weights; the default follows the daily volumes (10M push, 1M SMS,
+    /// 5M email).
+    #[arg(long, default_value = "push=10,sms=1,email=5")]
+    mix: Mix,
+    /// Users lt-0… to create (each with an iOS and an Android device, an email and a phone) and
+    /// send to.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Notifications per HTTP request.
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// How long to wait for the last deliveries after the last send.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    drain: Duration,
+    /// Print one JSON object (the last thing on stdout) instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the latency plot (SVG) [default: herald-loadtest-<run id>.svg].
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -88,30 +174,16 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     match Cli::parse().command {
-        Command::Sandbox {
-            listen,
-            smtp_listen,
-            callback_url,
-            latency_ms,
-            fail_rate,
-            accept_then_timeout_rate,
-            bad_token_rate,
-            hold,
-            print_config,
-        } => {
+        Command::Sandbox { sandbox, print_config } => {
             if print_config {
-                print!("{}", herald_config(listen, smtp_listen, callback_url.as_deref()));
+                print!("{}", herald_config(sandbox.listen, sandbox.smtp_listen, sandbox.callback_url.as_deref()));
                 return Ok(());
             }
-            let faults = Faults { latency_ms, fail_rate, accept_then_timeout_rate, bad_token_rate, hold };
-            let sandbox = Sandbox::start_with_smtp(listen, Some(smtp_listen), faults)
-                .await
-                .with_context(|| format!("cannot listen on {listen} and {smtp_listen}"))?;
-            sandbox.state.set_callback_url(callback_url);
+            let sandbox = sandbox.start().await?;
             eprintln!(
                 "provider sandbox on {} (SMTP on {}); stats at {}/stats",
                 sandbox.local_addr,
-                smtp_listen,
+                sandbox.smtp_addr.map(|a| a.to_string()).unwrap_or_default(),
                 sandbox.base_url()
             );
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -122,6 +194,36 @@ async fn main() -> anyhow::Result<()> {
             let stats = serde_json::to_string(&sandbox.state.view())?;
             sandbox.shutdown().await;
             println!("{stats}");
+            Ok(())
+        }
+        Command::Run { load, rate, duration } => {
+            let sandbox = load.sandbox.start().await?;
+            let options = RunOptions {
+                target: load.target.clone(),
+                key: load.key.clone(),
+                rate,
+                duration,
+                mix: load.mix.clone(),
+                users: load.users,
+                batch: load.batch,
+                drain: load.drain,
+                progress: true,
+            };
+            let mut report = run(&options, &sandbox).await?;
+            sandbox.shutdown().await;
+            let path =
+                load.plot.clone().unwrap_or_else(|| PathBuf::from(format!("herald-loadtest-{}.svg", report.run_id)));
+            let title = format!("Herald at {rate}/s: latency by percentile (run {})", report.run_id);
+            let series = [("API ack", &report.ack_histogram), ("end to end", &report.e2e_histogram)];
+            match plot::write_svg(&path, &title, &series) {
+                Ok(()) => report.plot = Some(path.display().to_string()),
+                Err(error) => eprintln!("cannot write the plot {}: {error}", path.display()),
+            }
+            if load.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
             Ok(())
         }
     }

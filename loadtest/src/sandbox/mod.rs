@@ -103,13 +103,37 @@ impl Faults {
 }
 
 /// Counters of one provider.
-#[derive(Default)]
 pub struct ProviderStats {
+    name: &'static str,
     requests: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
     duplicates: AtomicU64,
     seen: Mutex<HashSet<String>>,
+    /// Told of each delivery id accepted for the first time (the load generator's clock).
+    observer: Arc<Observer>,
+}
+
+/// A function told of every delivery id a provider accepts for the first time, with the
+/// provider's name.
+pub type OnAccept = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
+
+/// The slot every provider's stats share for the [`OnAccept`] function.
+#[derive(Default)]
+pub struct Observer(std::sync::RwLock<Option<OnAccept>>);
+
+impl ProviderStats {
+    fn new(name: &'static str, observer: Arc<Observer>) -> ProviderStats {
+        ProviderStats {
+            name,
+            requests: AtomicU64::default(),
+            accepted: AtomicU64::default(),
+            rejected: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            seen: Mutex::default(),
+            observer,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -136,6 +160,10 @@ impl ProviderStats {
             let fresh = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_string());
             if !fresh {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(observe) =
+                self.observer.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref()
+            {
+                observe(self.name, id);
             }
         }
     }
@@ -154,6 +182,7 @@ impl ProviderStats {
 pub struct State {
     faults: std::sync::RwLock<Faults>,
     pub stats: BTreeMap<&'static str, ProviderStats>,
+    observer: Arc<Observer>,
     /// The OAuth2 access tokens issued to FCM clients.
     pub fcm: fcm::Tokens,
     /// APNs' provider tokens and settings.
@@ -179,6 +208,12 @@ impl State {
     /// Changes the faults from now on (a test taking a provider down and bringing it back).
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.write().unwrap_or_else(std::sync::PoisonError::into_inner) = faults;
+    }
+
+    /// From now on, `on_accept` is told of every delivery id a provider accepts for the first
+    /// time (`None` stops it). The load generator times end-to-end latency with it.
+    pub fn observe_accepted(&self, on_accept: Option<OnAccept>) {
+        *self.observer.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = on_accept;
     }
 
     /// Where receipts are posted from now on: Herald's base URL (`http://host:port`), or `None`
@@ -258,9 +293,11 @@ impl Sandbox {
         smtp: Option<SocketAddr>,
         faults: Faults,
     ) -> std::io::Result<Sandbox> {
+        let observer = Arc::new(Observer::default());
         let state = Arc::new(State {
             faults: std::sync::RwLock::new(faults),
-            stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::default())).collect(),
+            stats: PROVIDERS.iter().map(|p| (*p, ProviderStats::new(p, Arc::clone(&observer)))).collect(),
+            observer,
             fcm: fcm::Tokens::default(),
             apns: apns::ApnsState::default(),
             callback_url: std::sync::RwLock::new(None),
