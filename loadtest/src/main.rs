@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use herald_loadtest::run::find_max::{FindMaxOptions, find_max};
 use herald_loadtest::run::{Mix, RunOptions, plot, run};
 use herald_loadtest::sandbox::config::herald_config;
 use herald_loadtest::sandbox::{Faults, Sandbox};
@@ -65,6 +66,50 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = humantime_duration)]
         duration: Duration,
     },
+    /// Find the highest rate Herald sustains: steps of rising rate until one fails.
+    ///
+    /// Each step is a whole `run` (same flags, but the rate): it passes when every notification
+    /// sent was received within --drain, nothing failed, and the end-to-end p99 is within
+    /// --slo-p99-ms. The rate grows by --growth each step; after the first failure one step at
+    /// the midpoint narrows the answer. Stops by itself within about --max-time.
+    ///
+    ///   herald-loadtest find-max --target http://127.0.0.1:8080 --key $KEY --json
+    FindMax {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// The first step's rate, notifications per second.
+        #[arg(long, default_value_t = 1000.0)]
+        start_rate: f64,
+        /// Each step's length.
+        #[arg(long, default_value = "15s", value_parser = humantime_duration)]
+        step: Duration,
+        /// The next step's rate is this times the last one's.
+        #[arg(long, default_value_t = 1.5)]
+        growth: f64,
+        /// The end-to-end p99 a step must stay within, in milliseconds.
+        #[arg(long, default_value_t = 100.0)]
+        slo_p99_ms: f64,
+        /// Stop starting steps after this long.
+        #[arg(long, default_value = "5m", value_parser = humantime_duration)]
+        max_time: Duration,
+    },
+}
+
+impl LoadArgs {
+    fn options(&self, rate: f64, duration: Duration) -> RunOptions {
+        RunOptions {
+            target: self.target.clone(),
+            key: self.key.clone(),
+            rate,
+            duration,
+            mix: self.mix.clone(),
+            users: self.users,
+            batch: self.batch,
+            drain: self.drain,
+            progress: true,
+            set_up: true,
+        }
+    }
 }
 
 /// Where the sandbox serves, and the faults it injects.
@@ -196,19 +241,21 @@ async fn main() -> anyhow::Result<()> {
             println!("{stats}");
             Ok(())
         }
+        Command::FindMax { load, start_rate, step, growth, slo_p99_ms, max_time } => {
+            let sandbox = load.sandbox.start().await?;
+            let options = FindMaxOptions { load: load.options(start_rate, step), growth, slo_p99_ms, max_time };
+            let report = find_max(&options, &sandbox).await?;
+            sandbox.shutdown().await;
+            if load.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
         Command::Run { load, rate, duration } => {
             let sandbox = load.sandbox.start().await?;
-            let options = RunOptions {
-                target: load.target.clone(),
-                key: load.key.clone(),
-                rate,
-                duration,
-                mix: load.mix.clone(),
-                users: load.users,
-                batch: load.batch,
-                drain: load.drain,
-                progress: true,
-            };
+            let options = load.options(rate, duration);
             let mut report = run(&options, &sandbox).await?;
             sandbox.shutdown().await;
             let path =

@@ -5,6 +5,7 @@
 mod common;
 
 use common::server::Herald;
+use herald_loadtest::run::find_max::{FindMaxOptions, find_max};
 use herald_loadtest::run::{Mix, RunOptions, plot, run};
 use herald_loadtest::sandbox::config::herald_config;
 use herald_loadtest::sandbox::{Faults, Sandbox};
@@ -25,6 +26,7 @@ async fn a_short_run_receives_everything_it_sent_and_reports_it() {
         batch: 10,
         drain: Duration::from_secs(60),
         progress: false,
+        set_up: true,
     };
     let report = run(&options, &sandbox).await.unwrap();
     assert_eq!(report.requested, 120);
@@ -54,5 +56,14 @@ async fn a_short_run_receives_everything_it_sent_and_reports_it() {
     // A second run on the same data directory: fresh idempotency keys, nothing deduplicated away.
     let again = run(&options, &sandbox).await.unwrap();
     assert_eq!((again.sent, again.received), (120, 120), "{}", again.to_text());
+
+    // find-max, bounded to a few seconds with an SLO no run here can miss: it reports steps and
+    // a highest sustainable rate.
+    let load = RunOptions { rate: 20.0, duration: Duration::from_secs(1), ..options };
+    let search = FindMaxOptions { load, growth: 2.0, slo_p99_ms: 60_000.0, max_time: Duration::from_secs(2) };
+    let found = find_max(&search, &sandbox).await.unwrap();
+    let json: serde_json::Value = serde_json::to_value(&found).unwrap();
+    assert!(json["max_sustainable_per_s"].as_f64().is_some_and(|r| r >= 20.0), "{json}");
+    assert!(found.steps.iter().all(|s| s.passed), "{}", found.to_text());
     sandbox.shutdown().await;
 }

@@ -16,6 +16,7 @@
 //!   on one data directory. Bounded: `rate × duration` notifications, then at most `drain` for the
 //!   last deliveries.
 
+pub mod find_max;
 pub mod plot;
 pub mod report;
 
@@ -123,6 +124,8 @@ pub struct RunOptions {
     pub drain: Duration,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Put the users and the template first (a later step of `find-max` skips it).
+    pub set_up: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +212,9 @@ pub async fn run(options: &RunOptions, sandbox: &Sandbox) -> Result<Report, RunE
     }
     let client =
         reqwest::Client::builder().pool_max_idle_per_host(256).build().map_err(|e| RunError::Options(e.to_string()))?;
-    set_up(&client, options).await?;
+    if options.set_up {
+        set_up(&client, options).await?;
+    }
 
     let total = (options.rate * options.duration.as_secs_f64()).round().max(1.0) as u64;
     let run_id = format!("{:08x}", rand::random::<u32>());

@@ -34,9 +34,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The project of the test service account; the only one the sandbox sends for.
 pub const TEST_PROJECT: &str = "herald-sandbox";
@@ -73,15 +73,30 @@ pub fn test_service_account(base_url: &str) -> String {
 
 /// The access tokens the sandbox issued.
 pub struct Tokens {
-    issued: Mutex<HashMap<String, Instant>>,
+    /// Revocations so far: a token names the epoch it was issued in.
+    epoch: AtomicU64,
     lifetime_secs: AtomicU64,
     grants: AtomicU64,
 }
 
+/// The key the sandbox signs its access tokens with. Tokens carry their own expiry and
+/// signature, as Google's do, so a restarted sandbox (each `herald-loadtest run`) still accepts
+/// the token a long-running Herald holds.
+const TOKEN_KEY: &[u8] = b"herald-sandbox-fcm-access-tokens";
+
 impl Default for Tokens {
     fn default() -> Self {
-        Tokens { issued: Mutex::default(), lifetime_secs: AtomicU64::new(3600), grants: AtomicU64::new(0) }
+        Tokens { epoch: AtomicU64::new(0), lifetime_secs: AtomicU64::new(3600), grants: AtomicU64::new(0) }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn mac(body: &str) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, TOKEN_KEY);
+    hex::encode(aws_lc_rs::hmac::sign(&key, body.as_bytes()))
 }
 
 impl Tokens {
@@ -97,24 +112,27 @@ impl Tokens {
 
     /// Revokes every token issued (FCM then answers 401 until a new one is fetched).
     pub fn revoke_all(&self) {
-        self.issued.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     fn issue(&self) -> (String, u64) {
         let lifetime = self.lifetime_secs.load(Ordering::Relaxed);
-        let token = format!("ya29.sandbox-{:032x}", rand::random::<u128>());
-        let now = Instant::now();
-        let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
-        issued.retain(|_, expires| *expires > now);
-        issued.insert(token.clone(), now + Duration::from_secs(lifetime));
-        drop(issued);
+        let expires = unix_ms() + lifetime * 1_000;
+        let body =
+            format!("ya29.sandbox.{}.{expires}.{:016x}", self.epoch.load(Ordering::Relaxed), rand::random::<u64>());
         self.grants.fetch_add(1, Ordering::Relaxed);
-        (token, lifetime)
+        (format!("{body}.{}", mac(&body)), lifetime)
     }
 
     fn valid(&self, token: &str) -> bool {
-        let issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
-        issued.get(token).is_some_and(|expires| Instant::now() < *expires)
+        let Some((body, signature)) = token.rsplit_once('.') else { return false };
+        let signed = aws_lc_rs::constant_time::verify_slices_are_equal(mac(body).as_bytes(), signature.as_bytes());
+        let mut fields = body.split('.').skip(2);
+        let epoch = fields.next().and_then(|e| e.parse::<u64>().ok());
+        let expires = fields.next().and_then(|e| e.parse::<u64>().ok());
+        signed.is_ok()
+            && epoch == Some(self.epoch.load(Ordering::Relaxed))
+            && expires.is_some_and(|expires| unix_ms() < expires)
     }
 }
 
