@@ -1,6 +1,7 @@
 //! The stage chain over real embedded stores: validate → enrich → dedup →
-//! throttle → render → fan-out, one batch of 1,000 notifications at a time,
-//! plus JSON decoding of API items and of internal records.
+//! throttle → render → fan-out, one batch of 1,000 notifications at a time, each
+//! stage alone on what the stages before it produced, and JSON decoding of API
+//! items and of internal records.
 //!
 //! `cargo bench -p herald-benches --bench stages`
 
@@ -78,6 +79,16 @@ fn item(k: usize) -> WorkItem {
     })
 }
 
+/// `items` through `stages`, in order.
+async fn through(stages: &mut [Box<dyn Stage>], mut items: Vec<WorkItem>) -> Vec<WorkItem> {
+    for stage in stages.iter_mut() {
+        let mut out = StageOutput::with_capacity(items.len());
+        stage.process(items, &mut out).await.expect("stage");
+        items = out.items;
+    }
+    items
+}
+
 fn stage_chain(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -106,16 +117,36 @@ fn stage_chain(c: &mut Criterion) {
     group.bench_function("chain_1000", |b| {
         b.iter_batched(
             || (0..BATCH).map(item).collect::<Vec<_>>(),
-            |mut items| {
-                rt.block_on(async {
-                    for stage in stages.iter_mut() {
+            |items| fan_out(rt.block_on(through(&mut stages, items))),
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+
+    // Each stage alone, on a batch the stages before it produced (untimed), fresh ids each time.
+    let mut group = c.benchmark_group("stage");
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).throughput(Throughput::Elements(BATCH as u64));
+    for i in 0..stages.len() {
+        let (before, rest) = stages.split_at_mut(i);
+        let name = rest[0].name();
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || rt.block_on(through(before, (0..BATCH).map(item).collect())),
+                |items| {
+                    rt.block_on(async {
                         let mut out = StageOutput::with_capacity(items.len());
-                        stage.process(items, &mut out).await.expect("stage");
-                        items = out.items;
-                    }
-                    fan_out(items)
-                })
-            },
+                        rest[0].process(items, &mut out).await.expect("stage");
+                        out
+                    })
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.bench_function("fanout", |b| {
+        b.iter_batched(
+            || rt.block_on(through(&mut stages, (0..BATCH).map(item).collect())),
+            fan_out,
             BatchSize::LargeInput,
         )
     });
@@ -139,19 +170,8 @@ fn stage_chain(c: &mut Criterion) {
     group.bench_function("request_envelope_1000", |b| {
         b.iter(|| envelopes.iter().map(|e| codec::decode::<RequestEnvelope>(e).expect("decode")).collect::<Vec<_>>())
     });
-    let jobs: Vec<Vec<u8>> = rt
-        .block_on(async {
-            let mut items: Vec<WorkItem> = (0..BATCH).map(item).collect();
-            for stage in stages.iter_mut() {
-                let mut out = StageOutput::with_capacity(items.len());
-                stage.process(items, &mut out).await.expect("stage");
-                items = out.items;
-            }
-            fan_out(items)
-        })
-        .iter()
-        .map(codec::encode)
-        .collect();
+    let jobs: Vec<Vec<u8>> =
+        fan_out(rt.block_on(through(&mut stages, (0..BATCH).map(item).collect()))).iter().map(codec::encode).collect();
     group.bench_function("delivery_job", |b| {
         b.iter(|| {
             jobs.iter().map(|j| codec::decode::<herald_schemas::DeliveryJob>(j).expect("decode")).collect::<Vec<_>>()
