@@ -54,3 +54,34 @@ where
     done.sort_unstable_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, outcome)| outcome).collect()
 }
+
+/// A provider's HTTP answer, read whole.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// A header's value, when present and visible ASCII.
+    pub fn header(&self, name: impl reqwest::header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends a provider request and reads its answer. A timeout or a transport failure (refused,
+/// reset, TLS) is the retryable outcome every HTTP connector gives it.
+pub async fn exchange(request: reqwest::RequestBuilder) -> Result<HttpAnswer, SendOutcome> {
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.text().await.unwrap_or_default();
+            Ok(HttpAnswer { status, headers, body })
+        }
+        Err(error) => {
+            let kind = if error.is_timeout() { "timeout" } else { "transport" };
+            Err(SendOutcome::Retryable { reason: format!("{kind}: {error}"), retry_after: None })
+        }
+    }
+}

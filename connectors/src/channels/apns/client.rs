@@ -258,18 +258,12 @@ impl Apns {
             Ok(builder) => builder,
             Err(error) => return SendOutcome::Permanent { reason: error.to_string() },
         };
-        let response = match builder.send().await {
-            Ok(response) => response,
-            Err(error) => {
-                let kind = if error.is_timeout() { "timeout" } else { "transport" };
-                return SendOutcome::Retryable { reason: format!("{kind}: {error}"), retry_after: None };
-            }
+        let answer = match crate::channels::exchange(builder).await {
+            Ok(answer) => answer,
+            Err(failed) => return failed,
         };
-        let status = response.status().as_u16();
-        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let (apns_id, retry_after) = (header("apns-id"), header("retry-after"));
-        let body = response.text().await.unwrap_or_default();
-        let outcome = classify(status, apns_id.as_deref(), retry_after.as_deref(), &body);
+        let status = answer.status;
+        let outcome = classify(status, answer.header("apns-id"), answer.header("retry-after"), &answer.body);
         match (outcome, &self.auth, bearer) {
             (SendOutcome::Retryable { reason, retry_after: None }, Auth::Token(cache), Some(jwt)) if status == 403 => {
                 let wait = cache.rejected(&jwt, self.now());

@@ -126,24 +126,14 @@ impl Fcm {
             .bearer_auth(&*access)
             .header(DELIVERY_ID_HEADER, &job.delivery_id.0)
             .json(&message(job, device, title, body, self.ttl));
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let body = response.text().await.unwrap_or_default();
-                if status == 401 && FcmError::parse(&body).is_unauthenticated() {
+        match crate::channels::exchange(request).await {
+            Ok(answer) => {
+                if answer.status == 401 && FcmError::parse(&answer.body).is_unauthenticated() {
                     self.tokens.reject(&access);
                 }
-                classify(status, retry_after.as_deref(), &body)
+                classify(answer.status, answer.header(reqwest::header::RETRY_AFTER), &answer.body)
             }
-            Err(error) => {
-                let kind = if error.is_timeout() { "timeout" } else { "transport" };
-                SendOutcome::Retryable { reason: format!("{kind}: {error}"), retry_after: None }
-            }
+            Err(failed) => failed,
         }
     }
 }

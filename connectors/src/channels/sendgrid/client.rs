@@ -183,17 +183,9 @@ impl SendGrid {
             .bearer_auth(self.api_key.expose())
             .header(DELIVERY_ID_HEADER, &job.delivery_id.0)
             .json(&body);
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let headers = response.headers().clone();
-                let body = response.text().await.unwrap_or_default();
-                classify(status, &headers, &body, SystemTime::now())
-            }
-            Err(error) => {
-                let kind = if error.is_timeout() { "timeout" } else { "transport" };
-                SendOutcome::Retryable { reason: format!("{kind}: {error}"), retry_after: None }
-            }
+        match crate::channels::exchange(request).await {
+            Ok(answer) => classify(answer.status, &answer.headers, &answer.body, SystemTime::now()),
+            Err(failed) => failed,
         }
     }
 }

@@ -160,21 +160,9 @@ impl Vonage {
         };
         self.pacer.wait(cost).await;
         let request = self.client.post(&self.url).header(DELIVERY_ID_HEADER, &job.delivery_id.0).form(&form);
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let body = response.text().await.unwrap_or_default();
-                classify(status, retry_after.as_deref(), &body)
-            }
-            Err(error) => {
-                let kind = if error.is_timeout() { "timeout" } else { "transport" };
-                SendOutcome::Retryable { reason: format!("{kind}: {error}"), retry_after: None }
-            }
+        match crate::channels::exchange(request).await {
+            Ok(answer) => classify(answer.status, answer.header(reqwest::header::RETRY_AFTER), &answer.body),
+            Err(failed) => failed,
         }
     }
 }

@@ -116,19 +116,11 @@ impl WebPush {
             }
             request = request.body(payload.content);
         }
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-                let retry_after = header(reqwest::header::RETRY_AFTER);
-                let location = header(reqwest::header::LOCATION);
-                let body = response.text().await.unwrap_or_default();
-                classify(status, retry_after.as_deref(), location.as_deref(), &body)
+        match crate::channels::exchange(request).await {
+            Ok(a) => {
+                classify(a.status, a.header(reqwest::header::RETRY_AFTER), a.header(reqwest::header::LOCATION), &a.body)
             }
-            Err(error) => {
-                let kind = if error.is_timeout() { "timeout" } else { "transport" };
-                SendOutcome::Retryable { reason: format!("{kind}: {error}"), retry_after: None }
-            }
+            Err(failed) => failed,
         }
     }
 }
