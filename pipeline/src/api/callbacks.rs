@@ -30,7 +30,7 @@ use herald_schemas::stage::now_ms;
 use herald_schemas::store::Scope;
 use herald_schemas::{DeliveryEvent, DeliveryId, EventKind, NotificationId, Route};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Deserialize)]
 pub struct TokenQuery {
@@ -193,13 +193,19 @@ fn route_of(provider: &str) -> Option<Route> {
 async fn record(s: &ApiState, receipts: Vec<Receipt>) -> Result<Response, ApiError> {
     let now = now_ms();
     let mut events = Vec::with_capacity(receipts.len());
+    // A webhook batch often names one notification many times: its first event is read once.
+    let mut first_events: HashMap<NotificationId, Option<DeliveryEvent>> = HashMap::new();
     for receipt in receipts {
         let id = &receipt.delivery_id;
         let notification = NotificationId(id.0.split('.').next().unwrap_or_default().to_string());
-        let timeline = s.app.backends.timeline.timeline(&notification).await.map_err(|e| ApiError::internal(&e))?;
+        if !first_events.contains_key(&notification) {
+            let timeline = s.app.backends.timeline.timeline(&notification).await.map_err(|e| ApiError::internal(&e))?;
+            first_events.insert(notification.clone(), timeline.into_iter().next());
+        }
         // Any event of the notification names its user and client: a receipt may arrive before
         // the dispatcher's own `sent` event is in the log.
-        let (Some(sent), Some(route)) = (timeline.first(), route_of(receipt.provider)) else {
+        let first = first_events.get(&notification).and_then(Option::as_ref);
+        let (Some(sent), Some(route)) = (first, route_of(receipt.provider)) else {
             tracing::debug!(provider = receipt.provider, "receipt for a notification Herald does not know; ignored");
             continue;
         };
