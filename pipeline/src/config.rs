@@ -132,8 +132,9 @@ pub struct PipelineConfig {
     pub lanes: NonZeroU32,
     /// Most records carried as one batch (one durable write per batch downstream).
     pub batch_size: NonZeroU32,
-    /// How long the head of a chain waits to fill a batch from several
-    /// partitions; more throughput under load for at most this much latency.
+    /// How long the head of a chain waits to fill a batch from several partitions. Zero (the
+    /// default) takes only what is already queued: under load batches still grow, since records
+    /// queue while the previous batch is processed, and an idle pipeline adds no wait.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     /// Records that may wait between two stages; a full queue blocks the stage before it.
@@ -162,7 +163,7 @@ impl Default for PipelineConfig {
             partitions: NonZeroU32::new(8).expect("8 > 0"),
             lanes: NonZeroU32::new(1).expect("1 > 0"),
             batch_size: NonZeroU32::new(8000).expect("8000 > 0"),
-            linger: Duration::from_millis(10),
+            linger: Duration::ZERO,
             queue_records: NonZeroU32::new(32000).expect("32000 > 0"),
             read_wait: Duration::from_millis(200),
             monitor_interval: Duration::from_millis(250),

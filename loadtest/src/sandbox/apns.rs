@@ -128,6 +128,17 @@ impl ApnsState {
             iss: String,
             iat: u64,
         }
+        let max_age = *self.max_token_age.lock().unwrap_or_else(PoisonError::into_inner);
+        let expired = |iat: u64| now.saturating_sub(iat) > max_age.as_secs();
+        // Like APNs, the token a team is currently using was verified when it first came: only
+        // its age is checked again (an ES256 verification per request would be most of the cost).
+        let known = {
+            let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+            tokens.values().find(|(current, _)| current == jwt).map(|(_, iat)| *iat)
+        };
+        if let Some(iat) = known {
+            return if expired(iat) { Err((StatusCode::FORBIDDEN, "ExpiredProviderToken")) } else { Ok(()) };
+        }
         let key = self.key.as_ref().ok_or(INVALID)?;
         let mut validation = Validation::new(Algorithm::ES256);
         validation.required_spec_claims = HashSet::new();
@@ -138,8 +149,7 @@ impl ApnsState {
             return Err(INVALID);
         }
         let iat = data.claims.iat;
-        let max_age = *self.max_token_age.lock().unwrap_or_else(PoisonError::into_inner);
-        if now.saturating_sub(iat) > max_age.as_secs() {
+        if expired(iat) {
             return Err((StatusCode::FORBIDDEN, "ExpiredProviderToken"));
         }
         let interval = *self.token_update_interval.lock().unwrap_or_else(PoisonError::into_inner);

@@ -35,6 +35,7 @@ pub mod webpush;
 
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use rand::Rng;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -320,6 +321,11 @@ impl Sandbox {
         let local_addr = listener.local_addr()?;
         let stop = tokio_util::sync::CancellationToken::new();
         let stopped = stop.clone();
+        // Responses on one HTTP/2 connection are many small writes; with Nagle's algorithm each
+        // would wait for the client's delayed ACK (tens of milliseconds).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await
         });

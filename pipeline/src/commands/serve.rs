@@ -7,6 +7,7 @@
 use crate::api::{ApiState, router};
 use crate::app::App;
 use crate::runtime::Runtime;
+use axum::serve::ListenerExt;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,12 @@ pub async fn run(app: App, listen: SocketAddr) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     let state = ApiState { app: app.clone(), request_lag: runtime.request_lag.clone() };
+    // No Nagle: a response must not wait for the client's delayed ACK of the one before it.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await

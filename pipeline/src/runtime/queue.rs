@@ -136,6 +136,9 @@ impl<T> QueueRx<T> {
             let next = match self.rx.try_recv() {
                 Ok(next) => next,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                // A zero linger must not touch the timer: a deadline already due still waits for
+                // the timer driver's next tick (about a millisecond), at every hop of the chain.
+                Err(mpsc::error::TryRecvError::Empty) if linger.is_zero() => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                         Ok(Some(next)) => next,
