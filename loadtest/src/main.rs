@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_loadtest::run::find_max::{FindMaxOptions, find_max};
-use herald_loadtest::run::{Mix, RunOptions, plot, run};
+use herald_loadtest::run::{Mix, RunOptions, plot, run, warm_up};
 use herald_loadtest::sandbox::config::herald_config;
 use herald_loadtest::sandbox::{Faults, Sandbox};
 use std::net::SocketAddr;
@@ -187,6 +187,11 @@ struct LoadArgs {
     /// How long to wait for the last deliveries after the last send.
     #[arg(long, default_value = "30s", value_parser = humantime_duration)]
     drain: Duration,
+    /// Load at the (first) rate for this long before measuring, and leave it out of the report:
+    /// connections, provider tokens, caches and pools are set up in it, as in production. 0s
+    /// measures from the first request.
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    warm_up: Duration,
     /// Print one JSON object (the last thing on stdout) instead of the text report.
     #[arg(long)]
     json: bool,
@@ -243,7 +248,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::FindMax { load, start_rate, step, growth, slo_p99_ms, max_time } => {
             let sandbox = load.sandbox.start().await?;
-            let options = FindMaxOptions { load: load.options(start_rate, step), growth, slo_p99_ms, max_time };
+            let mut options = FindMaxOptions { load: load.options(start_rate, step), growth, slo_p99_ms, max_time };
+            warm_up(&mut options.load, load.warm_up, &sandbox).await.context("warm-up failed")?;
             let report = find_max(&options, &sandbox).await?;
             sandbox.shutdown().await;
             if load.json {
@@ -255,7 +261,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run { load, rate, duration } => {
             let sandbox = load.sandbox.start().await?;
-            let options = load.options(rate, duration);
+            let mut options = load.options(rate, duration);
+            warm_up(&mut options, load.warm_up, &sandbox).await.context("warm-up failed")?;
             let mut report = run(&options, &sandbox).await?;
             sandbox.shutdown().await;
             let path =

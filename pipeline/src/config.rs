@@ -164,7 +164,7 @@ impl Default for PipelineConfig {
             lanes: NonZeroU32::new(1).expect("1 > 0"),
             batch_size: NonZeroU32::new(8000).expect("8000 > 0"),
             linger: Duration::ZERO,
-            queue_records: NonZeroU32::new(32000).expect("32000 > 0"),
+            queue_records: NonZeroU32::new(16000).expect("16000 > 0"),
             read_wait: Duration::from_millis(200),
             monitor_interval: Duration::from_millis(250),
             retention_interval: Duration::from_secs(30),

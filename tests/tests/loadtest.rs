@@ -6,7 +6,7 @@ mod common;
 
 use common::server::Herald;
 use herald_loadtest::run::find_max::{FindMaxOptions, find_max};
-use herald_loadtest::run::{Mix, RunOptions, plot, run};
+use herald_loadtest::run::{Mix, RunOptions, plot, run, warm_up};
 use herald_loadtest::sandbox::config::herald_config;
 use herald_loadtest::sandbox::{Faults, Sandbox};
 use std::time::Duration;
@@ -28,6 +28,11 @@ async fn a_short_run_receives_everything_it_sent_and_reports_it() {
         progress: false,
         set_up: true,
     };
+    // The warm-up sets up the users and the template, sends, and stays out of the report.
+    let mut options = options;
+    let warm = warm_up(&mut options, Duration::from_secs(1), &sandbox).await.unwrap().unwrap();
+    assert_eq!((warm.sent, warm.received), (40, 40), "{}", warm.to_text());
+    assert!(!options.set_up, "a run after the warm-up sets up again");
     let report = run(&options, &sandbox).await.unwrap();
     assert_eq!(report.requested, 120);
     assert_eq!(report.sent, 120, "{}", report.to_text());

@@ -128,6 +128,28 @@ pub struct RunOptions {
     pub set_up: bool,
 }
 
+/// Runs the load for `length` unmeasured (setting up the users and the template if `options`
+/// says so), so the measured run that follows starts warm: connections, provider tokens, caches
+/// and pools are set up, as they are in production. Returns its report (for a log line); a later
+/// run with `options` no longer sets up.
+pub async fn warm_up(
+    options: &mut RunOptions,
+    length: Duration,
+    sandbox: &Sandbox,
+) -> Result<Option<Report>, RunError> {
+    if length.is_zero() {
+        return Ok(None);
+    }
+    let warm = RunOptions { duration: length, ..options.clone() };
+    let report = run(&warm, sandbox).await?;
+    tracing::info!(sent = report.sent, received = report.received, "warm-up done; measuring");
+    if options.progress {
+        eprintln!("warm-up: {} sent, {} received (not in the report)", report.sent, report.received);
+    }
+    options.set_up = false;
+    Ok(Some(report))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot reach {url}: {detail}")]

@@ -31,6 +31,9 @@ pub struct BenchOptions {
     pub clients: u32,
     /// Give up waiting for deliveries after this long.
     pub timeout: Duration,
+    /// Append every request before the pipeline starts, so it works through a backlog of
+    /// `notifications` (and the time is the pipeline's alone).
+    pub backlog: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +49,10 @@ pub struct BenchReport {
     /// Durable writes (fsyncs) and the writes they covered, for the embedded backend.
     pub fsyncs: Option<u64>,
     pub durable_writes: Option<u64>,
+    /// Requests queued in `herald-requests` when the pipeline started (with `--backlog`).
+    pub backlog: u64,
+    /// The process's peak resident memory (Linux), in MiB.
+    pub peak_rss_mib: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,24 +83,85 @@ pub async fn run(app: App, options: BenchOptions) -> Result<BenchReport, BenchEr
     let mut counter = OutboxCounter::new(&app.outbox_dir());
     let baseline = counter.count();
 
-    let runtime = Runtime::start(&app);
+    let bar_style = |template: &str| {
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
+    };
+    let (runtime, started, mut submit, mut ingest_time) = if options.backlog {
+        // Everything appended first, with the pipeline stopped: the backlog sits on disk.
+        let bar = ProgressBar::new(options.notifications);
+        bar.set_style(bar_style("{spinner} appended [{bar:40}] {pos}/{len} ({per_sec}, {eta})"));
+        let submit = spawn_submitters(&app, &options, &run_id, Some(bar.clone()));
+        let ingest = join_submitters(submit).await?;
+        bar.finish_and_clear();
+        tracing::info!(requests = options.notifications, seconds = ingest.as_secs_f64(), "backlog appended");
+        (Runtime::start(&app), Instant::now(), None, ingest)
+    } else {
+        let runtime = Runtime::start(&app);
+        (runtime, Instant::now(), Some(spawn_submitters(&app, &options, &run_id, None)), Duration::ZERO)
+    };
     let bar = ProgressBar::new(expected);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} delivered [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    bar.set_style(bar_style("{spinner} delivered [{bar:40}] {pos}/{len} ({per_sec}, {eta})"));
+    let n = options.notifications;
+
+    let mut delivered = 0;
+    while delivered < expected {
+        if started.elapsed() > options.timeout {
+            bar.abandon();
+            runtime.stop().await;
+            return Err(BenchError::Timeout { delivered, expected, timeout: options.timeout });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        delivered = counter.count().saturating_sub(baseline);
+        bar.set_position(delivered.min(expected));
+        if submit.as_ref().is_some_and(|s| s.is_finished())
+            && let Some(handle) = submit.take()
+        {
+            match join_submitters(handle).await {
+                Ok(t) => ingest_time = t,
+                Err(e) => {
+                    runtime.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    runtime.stop().await;
+    let stages = telemetry::stage_totals();
+    let stats = app.backends.embedded.as_ref().map(|db| db.commit_stats());
+    Ok(BenchReport {
+        notifications: n,
+        deliveries: delivered,
+        seconds,
+        throughput_per_s: n as f64 / seconds,
+        deliveries_per_s: delivered as f64 / seconds,
+        ingest_seconds: ingest_time.as_secs_f64(),
+        stages,
+        fsyncs: stats.map(|s| s.syncs),
+        durable_writes: stats.map(|s| s.waiters),
+        backlog: if options.backlog { n } else { 0 },
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+type Submitters = tokio::task::JoinHandle<Result<Duration, BenchError>>;
+
+/// Appends the bench's requests through the API's accept path from `clients` concurrent
+/// submitters (as several API connections would: their appends share fsyncs); the task ends with
+/// the time the last append took to finish.
+fn spawn_submitters(app: &App, options: &BenchOptions, run_id: &str, bar: Option<ProgressBar>) -> Submitters {
     let started = Instant::now();
     let ingestor = app.ingestor.clone();
     let users = options.users.max(1);
     let n = options.notifications;
-    // Several submitters, as several API connections would be: their appends share fsyncs.
     let clients = options.clients.max(1) as u64;
     let batches = n.div_ceil(SUBMIT_BATCH as u64);
     let submitters: Vec<_> = (0..clients)
         .map(|client| {
             let ingestor = ingestor.clone();
-            let run_id = run_id.clone();
+            let run_id = run_id.to_string();
+            let bar = bar.clone();
             tokio::spawn(async move {
                 for b in (client..batches).step_by(clients as usize) {
                     let (from, to) = (b * SUBMIT_BATCH as u64, ((b + 1) * SUBMIT_BATCH as u64).min(n));
@@ -120,62 +188,32 @@ pub async fn run(app: App, options: BenchOptions) -> Result<BenchReport, BenchEr
                     if let Some(first) = rejected.first() {
                         return Err(BenchError::Rejected(rejected.len(), first.clone()));
                     }
+                    if let Some(bar) = &bar {
+                        bar.inc(to - from);
+                    }
                 }
                 Ok(())
             })
         })
         .collect();
-    let submit = tokio::spawn(async move {
+    tokio::spawn(async move {
         for s in submitters {
             s.await.map_err(|e| BenchError::Rejected(0, format!("submitter failed: {e}")))??;
         }
-        Ok::<Duration, BenchError>(Instant::now().duration_since(started))
-    });
-
-    let mut delivered = 0;
-    let mut submit = Some(submit);
-    let mut ingest_time = Duration::ZERO;
-    while delivered < expected {
-        if started.elapsed() > options.timeout {
-            bar.abandon();
-            runtime.stop().await;
-            return Err(BenchError::Timeout { delivered, expected, timeout: options.timeout });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        delivered = counter.count().saturating_sub(baseline);
-        bar.set_position(delivered.min(expected));
-        if submit.as_ref().is_some_and(|s| s.is_finished())
-            && let Some(handle) = submit.take()
-        {
-            match handle.await {
-                Ok(Ok(t)) => ingest_time = t,
-                Ok(Err(e)) => {
-                    runtime.stop().await;
-                    return Err(e);
-                }
-                Err(join) => {
-                    runtime.stop().await;
-                    return Err(BenchError::Rejected(0, format!("submitter failed: {join}")));
-                }
-            }
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    runtime.stop().await;
-    let stages = telemetry::stage_totals();
-    let stats = app.backends.embedded.as_ref().map(|db| db.commit_stats());
-    Ok(BenchReport {
-        notifications: n,
-        deliveries: delivered,
-        seconds,
-        throughput_per_s: n as f64 / seconds,
-        deliveries_per_s: delivered as f64 / seconds,
-        ingest_seconds: ingest_time.as_secs_f64(),
-        stages,
-        fsyncs: stats.map(|s| s.syncs),
-        durable_writes: stats.map(|s| s.waiters),
+        Ok::<Duration, BenchError>(started.elapsed())
     })
+}
+
+async fn join_submitters(handle: Submitters) -> Result<Duration, BenchError> {
+    handle.await.map_err(|join| BenchError::Rejected(0, format!("submitter failed: {join}")))?
+}
+
+/// `VmHWM` of `/proc/self/status`: the most memory the process had resident, in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 async fn setup(app: &App, users: u64) -> Result<(), BenchError> {

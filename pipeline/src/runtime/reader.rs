@@ -44,14 +44,13 @@ pub fn spawn_readers<T: Send + 'static>(
     tasks: &mut JoinSet<TaskResult>,
 ) -> QueueRx<T> {
     let (tx, rx) = queue::<T>(name, settings.queue_records);
+    let sources: Vec<(String, u32)> = sources.into_iter().collect();
+    // A reader whose queue is full holds the batch it read until there is room: each reads at most
+    // its share of the queue, so all of them together hold no more than the queue does.
+    let share = (settings.queue_records / sources.len().max(1)).clamp(1, settings.batch_size.max(1));
     for (topic, partition) in sources {
-        let spec = ReaderSpec {
-            topic,
-            partition,
-            group: group.to_string(),
-            batch_size: settings.batch_size,
-            wait: settings.read_wait,
-        };
+        let spec =
+            ReaderSpec { topic, partition, group: group.to_string(), batch_size: share, wait: settings.read_wait };
         tasks.spawn(run_reader(log.clone(), spec, decode, tx.clone(), token.clone()));
     }
     rx
