@@ -123,6 +123,10 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// Bytes of filler in each request's data (carried through the request path), to see how
+        /// the cost grows with payload size.
+        #[arg(long, default_value_t = 0)]
+        payload_bytes: usize,
         /// Append all requests first, then start the pipeline: it works through a backlog of
         /// --notifications, and the time and rate are the pipeline's alone. With millions, this
         /// shows how memory behaves however deep the backlog (it waits on disk).
@@ -366,7 +370,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
-        Command::Bench { common, notifications, users, clients, timeout_secs, backlog, json } => {
+        Command::Bench { common, notifications, users, clients, timeout_secs, payload_bytes, backlog, json } => {
             herald::telemetry::prometheus();
             let (config, dir) = common.load()?;
             let app = commands::open_for_command(config, dir, "run bench on another data directory").await?;
@@ -375,6 +379,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 users,
                 clients,
                 timeout: std::time::Duration::from_secs(timeout_secs),
+                payload_bytes,
                 backlog,
             };
             let report = bench::run(app, options).await?;

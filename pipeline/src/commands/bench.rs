@@ -31,6 +31,9 @@ pub struct BenchOptions {
     pub clients: u32,
     /// Give up waiting for deliveries after this long.
     pub timeout: Duration,
+    /// Bytes of filler in each request's data (carried through validate, the log and render's
+    /// input), to see how the cost grows with payload size.
+    pub payload_bytes: usize,
     /// Append every request before the pipeline starts, so it works through a backlog of
     /// `notifications` (and the time is the pipeline's alone).
     pub backlog: bool,
@@ -156,12 +159,14 @@ fn spawn_submitters(app: &App, options: &BenchOptions, run_id: &str, bar: Option
     let users = options.users.max(1);
     let n = options.notifications;
     let clients = options.clients.max(1) as u64;
+    let filler = "x".repeat(options.payload_bytes);
     let batches = n.div_ceil(SUBMIT_BATCH as u64);
     let submitters: Vec<_> = (0..clients)
         .map(|client| {
             let ingestor = ingestor.clone();
             let run_id = run_id.to_string();
             let bar = bar.clone();
+            let filler = filler.clone();
             tokio::spawn(async move {
                 for b in (client..batches).step_by(clients as usize) {
                     let (from, to) = (b * SUBMIT_BATCH as u64, ((b + 1) * SUBMIT_BATCH as u64).min(n));
@@ -170,7 +175,7 @@ fn spawn_submitters(app: &App, options: &BenchOptions, run_id: &str, bar: Option
                             Submission::json(json!({
                                 "user_id": format!("bench-{}", k % users),
                                 "template": "bench",
-                                "data": {"n": k, "name": "Ada"},
+                                "data": {"n": k, "name": "Ada", "filler": filler},
                                 "channels": [channels_of(k).0],
                                 "category": "transactional",
                                 "idempotency_key": format!("{run_id}-{k}"),
