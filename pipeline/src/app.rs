@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::ingest::Ingestor;
 use herald_connectors::embedded::{EmbeddedDb, EmbeddedError, EmbeddedOptions};
 use herald_connectors::unsubscribe::UnsubscribeLinks;
+use herald_schemas::analytics::RecipientHasher;
 use herald_schemas::job::Route;
 use herald_schemas::stage::{Clock, SystemClock};
 use herald_schemas::store::{
@@ -90,6 +91,8 @@ pub struct App {
     pub alerts: Arc<Alerts>,
     /// Signed one-click unsubscribe links, when `[unsubscribe]` is on.
     pub unsubscribe: Option<Arc<UnsubscribeLinks>>,
+    /// Hashes addresses for delivery events and analytics, with this data directory's key.
+    pub recipients: Arc<RecipientHasher>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,8 @@ pub enum OpenError {
     Topics(#[from] LogError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot read or create the recipient hash key {path}: {source}")]
+    RecipientKey { path: PathBuf, source: std::io::Error },
 }
 
 impl App {
@@ -120,8 +125,10 @@ impl App {
         let limits = config.render_limits();
         let alerts = Arc::new(Alerts::new(config.alerts.clone()));
         let unsubscribe = config.unsubscribe.links()?.map(Arc::new);
+        let recipients = Arc::new(recipient_hasher(&data_dir)?);
         Ok(App {
             unsubscribe,
+            recipients,
             alerts,
             config,
             data_dir,
@@ -141,4 +148,40 @@ impl App {
     pub fn outbox_dir(&self) -> PathBuf {
         self.data_dir.join("outbox")
     }
+
+    /// Where the analytics sink writes Parquet (`events/date=YYYY-MM-DD/…`).
+    pub fn events_dir(&self) -> PathBuf {
+        self.data_dir.join("events")
+    }
+}
+
+/// The data directory's key for hashing recipient addresses: 32 random bytes made on first open
+/// and kept in `recipient-hash.key` (readable by the owner only), so one address hashes the same
+/// way for the life of the data directory, and differently in any other.
+fn recipient_hasher(data_dir: &Path) -> Result<RecipientHasher, OpenError> {
+    let path = data_dir.join("recipient-hash.key");
+    let failed = |source| OpenError::RecipientKey { path: path.clone(), source };
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(RecipientHasher::new(key)),
+        Ok(_) => return Err(failed(std::io::Error::other("shorter than 32 bytes"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let key: [u8; 32] = rand::random();
+    let temp = data_dir.join("recipient-hash.key.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(failed)?;
+        file.write_all(&key).map_err(failed)?;
+        file.sync_all().map_err(failed)?;
+    }
+    std::fs::rename(&temp, &path).map_err(failed)?;
+    Ok(RecipientHasher::new(key))
 }

@@ -62,6 +62,31 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub alerts: AlertsConfig,
     pub unsubscribe: UnsubscribeConfig,
+    pub analytics: AnalyticsConfig,
+}
+
+/// `[analytics]`: delivery events as Parquet under `<data-dir>/events/` (see `herald sql`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// Write the event files (on by default).
+    pub enabled: bool,
+    /// Flush once this many events are buffered.
+    pub flush_rows: NonZeroU32,
+    /// Flush at least this often while events come in; events newer than this may not be in a
+    /// file yet.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            flush_rows: NonZeroU32::new(65_536).expect("> 0"),
+            flush_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[unsubscribe]`: the one-click unsubscribe links (RFC 8058) of non-transactional email. Off

@@ -13,6 +13,7 @@
 //! - [`telemetry`]: metric names and named events, logging set-up.
 
 pub mod alerts;
+pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod commands;

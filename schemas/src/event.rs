@@ -98,6 +98,20 @@ pub struct DeliveryEvent {
     #[serde(default)]
     pub attempt: u32,
     pub at_ms: u64,
+    /// The request's template, category and the rendered locale, when the stage that emits the
+    /// event knows them (for analytics; not part of the event id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// When Herald accepted the notification (ms since the Unix epoch), for latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at_ms: Option<u64>,
+    /// The address, as a keyed hash ([`crate::analytics::RecipientHasher`]), never in the clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
 }
 
 impl DeliveryEvent {
@@ -123,6 +137,11 @@ impl DeliveryEvent {
             reason,
             attempt: 0,
             at_ms,
+            template: None,
+            category: None,
+            locale: None,
+            requested_at_ms: None,
+            recipient: None,
         };
         e.event_id = e.derive_id();
         e

@@ -11,6 +11,7 @@
 //! - [`work`]: the item that moves through the stages and the rendered targets.
 //! - [`job`]: a delivery job, one per target, on `herald-deliveries-<route>`.
 //! - [`event`]: delivery events, one for every outcome, on `herald-events`.
+//! - [`analytics`]: events as Arrow rows (the schema of the analytics files and SQL tables).
 //! - [`topic`]: the topic-log interface and topic names.
 //! - [`store`]: the state-store interfaces.
 //! - [`channel`]: the channel (provider) interface and its result taxonomy.
@@ -18,6 +19,7 @@
 //! - [`codec`]: the versioned encoding of records on internal topics.
 //! - [`ids`]: notification, delivery and event identifiers.
 
+pub mod analytics;
 pub mod channel;
 pub mod codec;
 pub mod contacts;

@@ -42,6 +42,7 @@ use super::requests::{event_appends, job_appends, keyed_jobs};
 use super::supervise::{TaskFailed, TaskResult};
 use crate::alerts::Alerts;
 use crate::telemetry::ChannelBatchSent;
+use herald_schemas::analytics::RecipientHasher;
 use herald_schemas::channel::{Channel, ChannelError, SendOutcome};
 use herald_schemas::codec::{self, CodecError};
 use herald_schemas::job::{DeadLetter, RetryJob, Route};
@@ -77,6 +78,8 @@ pub struct Dispatcher {
     pub read: ReadSettings,
     /// When to try a refused delivery again, and when to give up.
     pub retry: RetryPolicy,
+    /// Hashes the address each delivery event names.
+    pub recipients: Arc<RecipientHasher>,
 }
 
 fn decode_job(record: &StoredRecord) -> Result<DeliveryJob, CodecError> {
@@ -120,8 +123,12 @@ impl Dispatcher {
                     continue;
                 }
                 match state {
-                    Some(LedgerState::Sent) => events.push(job_event(&job, EventKind::Sent, None, now)),
-                    Some(LedgerState::Failed) => events.push(job_event(&job, EventKind::Failed, None, now)),
+                    Some(LedgerState::Sent) => {
+                        events.push(job_event(&job, EventKind::Sent, None, now, &self.recipients))
+                    }
+                    Some(LedgerState::Failed) => {
+                        events.push(job_event(&job, EventKind::Failed, None, now, &self.recipients))
+                    }
                     Some(LedgerState::InFlight) | None => fresh.push(job),
                 }
             }
@@ -170,7 +177,7 @@ impl Dispatcher {
                 if kind == EventKind::Failed {
                     failed_for_good.insert(job.delivery_id.clone());
                 }
-                events.push(job_event(job, kind, reason, now));
+                events.push(job_event(job, kind, reason, now, &self.recipients));
             }
             let fallbacks = self.due_fallbacks(&fresh, &failed_for_good).await.map_err(|e| TaskFailed::new(name, e))?;
             // Dead addresses are recorded before the ledger: a replay after a crash between the
@@ -267,12 +274,23 @@ fn dead_letter(
     (EventKind::Failed, Some(why))
 }
 
-fn job_event(job: &DeliveryJob, kind: EventKind, reason: Option<String>, at_ms: u64) -> DeliveryEvent {
-    DeliveryEvent::new(&job.notification_id, &job.client_id, &job.user_id, kind, None, reason, at_ms).for_delivery(
-        &job.delivery_id,
-        job.target.route(),
-        job.attempt,
-    )
+/// An event about a delivery, with what analytics groups by: the request's template, category
+/// and locale, when it was accepted, and the address as a keyed hash.
+fn job_event(
+    job: &DeliveryJob,
+    kind: EventKind,
+    reason: Option<String>,
+    at_ms: u64,
+    recipients: &RecipientHasher,
+) -> DeliveryEvent {
+    let mut event = DeliveryEvent::new(&job.notification_id, &job.client_id, &job.user_id, kind, None, reason, at_ms)
+        .for_delivery(&job.delivery_id, job.target.route(), job.attempt);
+    event.template = Some(job.template.clone());
+    event.category = Some(job.category.clone());
+    event.locale = Some(job.locale.clone());
+    event.requested_at_ms = Some(job.requested_at_ms);
+    event.recipient = Some(recipients.hash(job.target.address()));
+    event
 }
 
 #[cfg(test)]
@@ -329,6 +347,7 @@ pub(crate) mod tests {
                 linger: Duration::ZERO,
             },
             retry: RetryPolicy::default(),
+            recipients: Arc::new(RecipientHasher::new("test")),
         }
     }
 

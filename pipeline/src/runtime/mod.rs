@@ -5,6 +5,7 @@
 //! - the retry scheduler ([`retry`]): `herald-retry` back onto the delivery topics when due;
 //! - the timeline sink ([`timeline`]) over `herald-events`, when the timeline store needs a feed;
 //! - the `herald-ingest` consumer ([`ingest_topic`]);
+//! - the analytics sink ([`crate::analytics::sink`]): `herald-events` as Parquet files;
 //! - the monitor ([`monitor`]): offsets, lag, retention.
 //!
 //! Each chain runs under [`supervise`](supervise::supervise): a failure
@@ -110,6 +111,7 @@ impl Runtime {
                 event_partitions: partitions,
                 read: read.clone(),
                 retry: app.config.retry.policy(channel).clone(),
+                recipients: app.recipients.clone(),
             };
             for route in &dispatcher.routes {
                 watches.push(Watch { group: dispatcher.group(), topic: route.topic().into(), partitions });
@@ -130,6 +132,23 @@ impl Runtime {
                 timeline::TimelineSink { log: log.clone(), store, event_partitions: partitions, read: read.clone() };
             watches.push(Watch { group: timeline::GROUP.into(), topic: topic::EVENTS.into(), partitions });
             tasks.push(tokio::spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
+        }
+
+        if app.config.analytics.enabled {
+            let sink = crate::analytics::sink::AnalyticsSink {
+                log: log.clone(),
+                root: app.events_dir(),
+                event_partitions: partitions,
+                read: read.clone(),
+                flush_rows: app.config.analytics.flush_rows.get() as usize,
+                flush_interval: app.config.analytics.flush_interval,
+            };
+            watches.push(Watch {
+                group: crate::analytics::sink::GROUP.into(),
+                topic: topic::EVENTS.into(),
+                partitions,
+            });
+            tasks.push(tokio::spawn(supervise("analytics", shutdown.clone(), move |t, set| sink.start(t, set))));
         }
 
         if app.config.ingest.enabled {

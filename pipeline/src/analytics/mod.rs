@@ -1,0 +1,7 @@
+//! Delivery analytics: events as Arrow record batches, stored as Parquet (zstd) under
+//! `<data-dir>/events/date=YYYY-MM-DD/`, one file per partition of `herald-events` and offset
+//! range, written exactly once ([`files`], [`sink`]). The schema is
+//! [`herald_schemas::analytics::event_schema`].
+
+pub mod files;
+pub mod sink;
