@@ -133,6 +133,11 @@ pub struct ApiConfig {
     /// `Retry-After` sent with a 503.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// `POST /v1/analytics/sql`: a query running longer is stopped (400).
+    #[serde(with = "humantime_serde")]
+    pub sql_timeout: Duration,
+    /// `POST /v1/analytics/sql`: most rows returned (the answer says when it cut).
+    pub sql_max_rows: usize,
 }
 
 impl Default for ApiConfig {
@@ -143,6 +148,8 @@ impl Default for ApiConfig {
             max_items: 1000,
             lag_high_water: 2_000_000,
             retry_after: Duration::from_secs(1),
+            sql_timeout: Duration::from_secs(30),
+            sql_max_rows: 10_000,
         }
     }
 }

@@ -136,6 +136,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Query delivery events with SQL (read-only), on a data directory whose server is stopped.
+    ///
+    /// Tables: `events` (one row per event: status, channel, provider, template, locale,
+    /// category, reason, attempt, event_time, request_time, latency_ms, recipient hash, date),
+    /// `deliveries` (one row per delivery: final status, attempts, time_to_send_ms) and `funnel`
+    /// (by date, channel, template, category: requested, sent, delivered, opened, clicked).
+    /// Events not yet flushed to Parquet are included. While the server runs, use
+    /// `POST /v1/analytics/sql` instead. Examples:
+    ///   herald sql "SELECT status, count(*) FROM deliveries GROUP BY status"
+    ///   herald sql --format csv "SELECT * FROM funnel WHERE date = DATE '2026-11-26'"
+    Sql {
+        #[command(flatten)]
+        common: Common,
+        /// How to print the rows.
+        #[arg(long, value_enum, default_value = "table")]
+        format: herald::analytics::sql::Format,
+        /// Stop a query that runs longer (e.g. 30s, 2m).
+        #[arg(long, default_value = "5m", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Most rows printed (a note on stderr says when more existed).
+        #[arg(long, default_value_t = 100_000)]
+        max_rows: usize,
+        /// The query: SELECT, WITH … SELECT or EXPLAIN.
+        query: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -368,6 +393,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             loaded.validate()?;
             print!("{}", toml::to_string_pretty(&loaded).context("cannot print the configuration")?);
             eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Sql { common, format, timeout, max_rows, query } => {
+            use herald::analytics::sql;
+            sql::check_read_only(&query)?;
+            let (config, dir) = common.load()?;
+            let app =
+                commands::open_for_command(config, dir, "use POST /v1/analytics/sql while the server runs").await?;
+            let source =
+                sql::EventSource { root: &app.events_dir(), log: &app.backends.log, partitions: app.partitions() };
+            let ctx = sql::session(&source).await?;
+            let answer = sql::query(&ctx, &query, sql::Limits { time: timeout, rows: max_rows }).await?;
+            print!("{}", sql::render(&answer, format)?);
+            if answer.truncated {
+                eprintln!("(only the first {max_rows} rows; raise --max-rows for more)");
+            }
             Ok(())
         }
         Command::Bench { common, notifications, users, clients, timeout_secs, payload_bytes, backlog, json } => {

@@ -268,8 +268,43 @@ async fn ten_thousand_notifications_reach_exactly_their_targets() {
         await_timeline(&api, &ids[n], &[("accepted", 1..=1), ("opted_out", 1..=usize::MAX), ("sent", 0..=0)]).await;
     }
 
+    // Analytics over HTTP while the server runs (events not yet in Parquet included): one
+    // `sent` delivery per outbox line; refusals for what is not a read-only query.
+    let sql = |q: &str| api.request(reqwest::Method::POST, "/v1/analytics/sql").json(&json!({ "sql": q }));
+    let by_status = api.send(sql("SELECT status, count(*) AS n FROM deliveries GROUP BY status")).await;
+    assert_eq!(by_status.status, 200, "{}", by_status.text);
+    let sent_over_http = count_of(&by_status.json["rows"], "sent");
+    for bad in ["DROP VIEW deliveries", "INSERT INTO events SELECT * FROM events", "SELEC 1"] {
+        let refused = api.send(sql(bad)).await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text);
+        assert_eq!(refused.json["error"]["code"], "invalid_query", "{bad}: {}", refused.text);
+    }
+    let minted = api.create_key("no-analytics", &["send"]).await.expect(201, "POST /v1/keys");
+    let send_only = minted.json["key"].as_str().expect("a key").to_string();
+    let sql_as = |key: &str, q: &str| {
+        api.with_key(Some(key)).request(reqwest::Method::POST, "/v1/analytics/sql").json(&json!({ "sql": q }))
+    };
+    let forbidden = api.send(sql_as(&send_only, "SELECT 1")).await;
+    assert_eq!(forbidden.status, 403, "a key without the analytics scope: {}", forbidden.text);
+
     herald.stop();
     let outbox = Outbox::read(herald.data_dir(), TornTail::Forbid);
+    // And with the server stopped, from the Parquet files it flushed on SIGTERM.
+    let out =
+        herald.command(&["sql", "--format", "json", "SELECT status, count(*) AS n FROM deliveries GROUP BY status"]);
+    assert!(out.status.success(), "herald sql: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("herald sql --format json prints JSON");
+    assert_eq!(count_of(&rows, "sent"), outbox.len(), "deliveries with status sent vs outbox lines: {rows}");
+    assert_eq!(sent_over_http, outbox.len(), "the API's count vs outbox lines: {}", by_status.json);
+    // A reader this project did not write (pyarrow, installed by .ci/run) sees the same files the
+    // same way: every event once, one `sent` per delivery.
+    let (events_in_files, sent_in_files) = pyarrow_counts(&herald.data_dir().join("events"));
+    assert_eq!(sent_in_files, outbox.len(), "pyarrow: distinct deliveries with a sent event vs outbox lines");
+    let out =
+        herald.command(&["sql", "--format", "json", "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events"]);
+    let totals: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(totals[0]["n"].as_u64(), Some(events_in_files), "herald sql vs pyarrow: events");
+    assert_eq!(totals[0]["n"], totals[0]["d"], "an event is in the files twice: {totals}");
 
     let mut seen: HashMap<(usize, ChannelKind, &str), usize> = HashMap::new();
     let mut delivery_ids: HashMap<&str, usize> = HashMap::new();
@@ -327,4 +362,34 @@ async fn ten_thousand_notifications_reach_exactly_their_targets() {
     assert!(wrong.is_empty(), "{} lines with wrong fields, e.g. {:#?}", wrong.len(), &wrong[..wrong.len().min(5)]);
     assert_eq!(outbox.len(), expected_total, "outbox lines vs expected deliveries");
     assert_eq!(got_per_channel, per_channel, "deliveries per channel");
+}
+
+/// The `n` of the row whose `status` is `status` in `[{"status": …, "n": …}, …]` (0 if none).
+fn count_of(rows: &Value, status: &str) -> usize {
+    rows.as_array()
+        .and_then(|rows| rows.iter().find(|r| r["status"] == status))
+        .and_then(|r| r["n"].as_u64())
+        .unwrap_or(0) as usize
+}
+
+/// Reads `events/**/*.parquet` with pyarrow (hive partitioning): the number of rows, and of
+/// distinct delivery ids with a `sent` event.
+fn pyarrow_counts(events: &std::path::Path) -> (u64, usize) {
+    const SCRIPT: &str = r#"
+import sys, pyarrow.dataset as ds, pyarrow.compute as pc
+t = ds.dataset(sys.argv[1], format="parquet", partitioning="hive").to_table()
+sent = t.filter(pc.equal(pc.cast(t["status"], "string"), "sent"))
+print(t.num_rows, len(pc.unique(sent["delivery_id"])))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(events)
+        .output()
+        .expect("run python3 (pyarrow is installed by .ci/run: python3 -m pip install pyarrow)");
+    assert!(out.status.success(), "pyarrow could not read the files: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().expect("a count"));
+    let rows = numbers.next().expect("rows");
+    let sent = numbers.next().expect("sent") as usize;
+    (rows, sent)
 }

@@ -1,7 +1,9 @@
 //! Delivery analytics: events as Arrow record batches, stored as Parquet (zstd) under
 //! `<data-dir>/events/date=YYYY-MM-DD/`, one file per partition of `herald-events` and offset
 //! range, written exactly once ([`files`], [`sink`]). The schema is
-//! [`herald_schemas::analytics::event_schema`].
+//! [`herald_schemas::analytics::event_schema`]. [`sql`] queries them (and the events not yet in a
+//! file) with DataFusion.
 
 pub mod files;
 pub mod sink;
+pub mod sql;

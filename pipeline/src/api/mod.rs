@@ -47,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/users/{user_id}", put(put_user).get(get_user))
         .route("/v1/templates", post(post_template))
         .route("/v1/keys", post(post_key))
+        .route("/v1/analytics/sql", post(post_sql))
         .route("/v1/unsubscribe", get(callbacks::unsubscribe_page).post(callbacks::unsubscribe))
         .route("/v1/receipts/twilio", post(callbacks::twilio_receipt))
         .route("/v1/receipts/vonage", get(callbacks::vonage_receipt).post(callbacks::vonage_receipt))
@@ -257,4 +258,34 @@ async fn post_key(State(s): State<ApiState>, req: Request) -> Result<Response, A
         .await
         .map_err(|e| ApiError::internal(&e))?;
     Ok((StatusCode::CREATED, axum::Json(json!({ "key": secret, "client_id": new.client_id }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+/// `POST /v1/analytics/sql` (scope `analytics`): `{"sql": "SELECT …"}` → `{"columns": [...],
+/// "rows": [{...}], "row_count": n, "truncated": bool}`. Read-only, under the time and row
+/// limits of `[api]`; a query that is not read-only, does not parse or runs too long is a 400.
+async fn post_sql(State(s): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+    use crate::analytics::sql::{self, EventSource, Format, SqlError};
+    authorize(&s, req.headers(), Scope::Analytics).await?;
+    let body: SqlRequest = read_json(&s, req)
+        .await
+        .map_err(|e| if e.code == "invalid_json" { ApiError::bad_request("invalid_query", e.message) } else { e })?;
+    let fail = |e: SqlError| {
+        if e.is_client_error() { ApiError::bad_request("invalid_query", e.to_string()) } else { ApiError::internal(&e) }
+    };
+    let app = &s.app;
+    let source = EventSource { root: &app.events_dir(), log: &app.backends.log, partitions: app.partitions() };
+    let ctx = sql::session(&source).await.map_err(fail)?;
+    let limits = sql::Limits { time: app.config.api.sql_timeout, rows: app.config.api.sql_max_rows };
+    let answer = sql::query(&ctx, &body.sql, limits).await.map_err(fail)?;
+    let rows: serde_json::Value =
+        serde_json::from_str(&sql::render(&answer, Format::Json).map_err(fail)?).map_err(|e| ApiError::internal(&e))?;
+    let columns: Vec<&str> = answer.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let reply = json!({ "columns": columns, "rows": rows, "row_count": answer.rows, "truncated": answer.truncated });
+    Ok((StatusCode::OK, axum::Json(reply)).into_response())
 }

@@ -1,0 +1,317 @@
+//! Read-only SQL over delivery events with DataFusion: `herald sql` and `POST /v1/analytics/sql`.
+//!
+//! Tables and views:
+//! - `events`: one row per event ([`event_schema`] plus `date`, the UTC day). It is the Parquet
+//!   files *and* the events not yet flushed to them, read from `herald-events`: the files are
+//!   listed first, and for each partition the log is read from where the listed files end, so a
+//!   flush racing the query neither repeats nor hides an event.
+//! - `deliveries`: one row per delivery: its final status (the latest event), attempts, request
+//!   time, time of the first send and time to send.
+//! - `funnel`: by day, channel, template and category, the deliveries that were requested
+//!   (fanned out), sent, delivered, opened and clicked.
+//!
+//! Only `SELECT`, `WITH … SELECT` and `EXPLAIN` of those are accepted; a query runs under a
+//! time limit and returns at most `row_limit` rows (and says when it cut).
+
+use super::files::FileRange;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement;
+use herald_schemas::analytics::{EventRows, event_schema};
+use herald_schemas::topic::{self, TopicLog};
+use herald_schemas::{DeliveryEvent, EncodedEvent};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("only read-only queries are accepted (SELECT, WITH … SELECT, EXPLAIN); got {0}")]
+    NotReadOnly(String),
+    #[error("one statement per query, got {0}")]
+    Statements(usize),
+    #[error("invalid SQL: {0}")]
+    Invalid(String),
+    #[error("the query ran longer than its limit of {0:?} and was stopped")]
+    TimedOut(Duration),
+    #[error("the query failed: {0}")]
+    Failed(String),
+    #[error("cannot read the analytics files in {dir}: {detail}")]
+    Files { dir: PathBuf, detail: String },
+    #[error("cannot read herald-events: {0}")]
+    Log(#[from] topic::LogError),
+}
+
+impl SqlError {
+    /// Whether the query (not Herald) is at fault: a 4xx.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            SqlError::NotReadOnly(_) | SqlError::Statements(_) | SqlError::Invalid(_) | SqlError::TimedOut(_)
+        )
+    }
+}
+
+/// Limits of one query.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub time: Duration,
+    pub rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { time: Duration::from_secs(30), rows: 10_000 }
+    }
+}
+
+/// A query's answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    /// More rows existed than the row limit let through.
+    pub truncated: bool,
+}
+
+/// Refuses anything but one `SELECT` / `WITH` / `EXPLAIN` of a query, with a clear reason.
+pub fn check_read_only(sql: &str) -> Result<(), SqlError> {
+    let statements = DFParser::parse_sql(sql).map_err(|e| SqlError::Invalid(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(SqlError::Statements(statements.len()));
+    }
+    let read_only = |s: &Statement| matches!(s, Statement::Query(_));
+    match &statements[0] {
+        DfStatement::Statement(s) if read_only(s) => Ok(()),
+        DfStatement::Statement(s) => match s.as_ref() {
+            Statement::Explain { statement, .. } if read_only(statement) => Ok(()),
+            other => Err(SqlError::NotReadOnly(first_words(&other.to_string()))),
+        },
+        DfStatement::Explain(explain) => match explain.statement.as_ref() {
+            DfStatement::Statement(s) if read_only(s) => Ok(()),
+            _ => Err(SqlError::NotReadOnly("EXPLAIN of a statement that is not a query".into())),
+        },
+        other => Err(SqlError::NotReadOnly(first_words(&other.to_string()))),
+    }
+}
+
+fn first_words(statement: &str) -> String {
+    let words: Vec<&str> = statement.split_whitespace().take(3).collect();
+    format!("\"{} …\"", words.join(" "))
+}
+
+/// Where the events are: the files' directory and the log for what is not in files yet.
+pub struct EventSource<'a> {
+    pub root: &'a Path,
+    pub log: &'a Arc<dyn TopicLog>,
+    pub partitions: u32,
+}
+
+/// A session with `events`, `deliveries` and `funnel` registered, as of now.
+pub async fn session(source: &EventSource<'_>) -> Result<SessionContext, SqlError> {
+    let config = SessionConfig::new().with_target_partitions(2).with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    let (urls, ends) = list_files(source.root)?;
+    let failed = |e: datafusion::error::DataFusionError| SqlError::Failed(e.to_string());
+    if urls.is_empty() {
+        ctx.register_table("event_files", Arc::new(MemTable::try_new(event_schema(), vec![vec![]]).map_err(failed)?))
+            .map_err(failed)?;
+    } else {
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config =
+            ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(event_schema());
+        ctx.register_table("event_files", Arc::new(ListingTable::try_new(config).map_err(failed)?)).map_err(failed)?;
+    }
+    let tail = read_tail(source, &ends).await?;
+    ctx.register_table("event_tail", Arc::new(MemTable::try_new(event_schema(), vec![tail]).map_err(failed)?))
+        .map_err(failed)?;
+    for view in VIEWS {
+        ctx.sql(view).await.map_err(failed)?;
+    }
+    Ok(ctx)
+}
+
+const VIEWS: [&str; 3] = [
+    "CREATE VIEW events AS
+     SELECT *, CAST(event_time AS DATE) AS date FROM (
+        SELECT * FROM event_files UNION ALL SELECT * FROM event_tail)",
+    "CREATE VIEW deliveries AS
+     SELECT delivery_id,
+            first_value(notification_id) AS notification_id,
+            first_value(client) AS client,
+            first_value(user_id) AS user_id,
+            first_value(channel) AS channel,
+            first_value(provider) AS provider,
+            first_value(template) AS template,
+            first_value(locale) AS locale,
+            first_value(category) AS category,
+            last_value(status ORDER BY event_time) AS status,
+            max(attempt) AS attempts,
+            min(request_time) AS request_time,
+            min(CASE WHEN status = 'sent' THEN event_time END) AS sent_time,
+            min(CASE WHEN status = 'sent' THEN latency_ms END) AS time_to_send_ms
+     FROM events WHERE delivery_id IS NOT NULL
+     GROUP BY delivery_id",
+    "CREATE VIEW funnel AS
+     SELECT date, channel, template, category,
+            count(DISTINCT delivery_id) AS requested,
+            count(DISTINCT CASE WHEN status = 'sent' THEN delivery_id END) AS sent,
+            count(DISTINCT CASE WHEN status = 'delivered' THEN delivery_id END) AS delivered,
+            count(DISTINCT CASE WHEN status = 'opened' THEN delivery_id END) AS opened,
+            count(DISTINCT CASE WHEN status = 'clicked' THEN delivery_id END) AS clicked
+     FROM events WHERE delivery_id IS NOT NULL
+     GROUP BY date, channel, template, category",
+];
+
+/// The final files now (as URLs) and, per partition, the offset their ranges reach.
+fn list_files(root: &Path) -> Result<(Vec<ListingTableUrl>, HashMap<u32, u64>), SqlError> {
+    let failed = |detail: String| SqlError::Files { dir: root.to_path_buf(), detail };
+    let mut urls = Vec::new();
+    let mut ends: HashMap<u32, u64> = HashMap::new();
+    let days = match std::fs::read_dir(root) {
+        Ok(days) => days,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((urls, ends)),
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    for day in days {
+        let day = day.map_err(|e| failed(e.to_string()))?;
+        if !day.file_name().to_string_lossy().starts_with("date=") {
+            continue;
+        }
+        for entry in std::fs::read_dir(day.path()).map_err(|e| failed(e.to_string()))? {
+            let entry = entry.map_err(|e| failed(e.to_string()))?;
+            let Some(range) = FileRange::parse(&entry.file_name().to_string_lossy()) else { continue };
+            let end = ends.entry(range.partition).or_insert(0);
+            *end = (*end).max(range.to);
+            let path = entry.path();
+            let absolute = std::path::absolute(&path).map_err(|e| failed(e.to_string()))?;
+            urls.push(ListingTableUrl::parse(absolute.to_string_lossy()).map_err(|e| failed(e.to_string()))?);
+        }
+    }
+    Ok((urls, ends))
+}
+
+/// The events of each partition from where the listed files end to the end of the log.
+async fn read_tail(source: &EventSource<'_>, ends: &HashMap<u32, u64>) -> Result<Vec<RecordBatch>, SqlError> {
+    let mut rows = EventRows::new();
+    for partition in 0..source.partitions {
+        let mut from = ends.get(&partition).copied().unwrap_or(0);
+        let end = source.log.end_offset(topic::EVENTS, partition).await?;
+        while from < end {
+            let records = source.log.read(topic::EVENTS, partition, from, 8192, Duration::ZERO).await?;
+            let Some(last) = records.last() else { break };
+            from = last.offset + 1;
+            for record in records {
+                let decoded: Option<DeliveryEvent> =
+                    EncodedEvent::from_record(&record.key, record.value).and_then(|e| e.decode().ok());
+                if let Some(event) = decoded {
+                    rows.push(&event);
+                }
+            }
+        }
+    }
+    Ok(vec![rows.finish().map_err(|e| SqlError::Failed(e.to_string()))?])
+}
+
+/// Runs one read-only query under `limits`.
+pub async fn query(ctx: &SessionContext, sql: &str, limits: Limits) -> Result<Answer, SqlError> {
+    check_read_only(sql)?;
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let run = async {
+        let frame = ctx.sql_with_options(sql, options).await.map_err(|e| SqlError::Invalid(e.to_string()))?;
+        let frame = frame.limit(0, Some(limits.rows + 1)).map_err(|e| SqlError::Invalid(e.to_string()))?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await.map_err(|e| SqlError::Failed(e.to_string()))?;
+        Ok::<_, SqlError>((schema, batches))
+    };
+    let (schema, mut batches) =
+        tokio::time::timeout(limits.time, run).await.map_err(|_| SqlError::TimedOut(limits.time))??;
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let truncated = total > limits.rows;
+    if truncated {
+        let mut keep = limits.rows;
+        for batch in &mut batches {
+            let n = batch.num_rows().min(keep);
+            *batch = batch.slice(0, n);
+            keep -= n;
+        }
+    }
+    Ok(Answer { schema, batches, rows: total.min(limits.rows), truncated })
+}
+
+/// How `herald sql` prints an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// The answer as text in `format` (JSON: one array of row objects).
+pub fn render(answer: &Answer, format: Format) -> Result<String, SqlError> {
+    let failed = |e: arrow::error::ArrowError| SqlError::Failed(e.to_string());
+    match format {
+        Format::Table => {
+            Ok(arrow::util::pretty::pretty_format_batches(&answer.batches).map_err(failed)?.to_string() + "\n")
+        }
+        Format::Csv => {
+            let mut out = Vec::new();
+            {
+                let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+                for batch in &answer.batches {
+                    writer.write(batch).map_err(failed)?;
+                }
+            }
+            String::from_utf8(out).map_err(|e| SqlError::Failed(e.to_string()))
+        }
+        Format::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            let batches: Vec<&RecordBatch> = answer.batches.iter().collect();
+            writer.write_batches(&batches).map_err(failed)?;
+            writer.finish().map_err(failed)?;
+            let mut text = String::from_utf8(writer.into_inner()).map_err(|e| SqlError::Failed(e.to_string()))?;
+            if text.is_empty() {
+                text.push_str("[]");
+            }
+            text.push('\n');
+            Ok(text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_queries_pass() {
+        for ok in [
+            "SELECT 1",
+            "select status, count(*) from events group by status",
+            "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+            "EXPLAIN SELECT * FROM events",
+        ] {
+            check_read_only(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, says) in [
+            ("DROP TABLE events", "read-only"),
+            ("CREATE TABLE t AS SELECT 1", "read-only"),
+            ("INSERT INTO events VALUES (1)", "read-only"),
+            ("COPY events TO '/tmp/x.parquet'", "read-only"),
+            ("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'", "read-only"),
+            ("SET datafusion.execution.batch_size = 1", "read-only"),
+            ("SELECT 1; SELECT 2", "one statement"),
+            ("SELEC 1", "invalid SQL"),
+        ] {
+            let error = check_read_only(bad).expect_err(bad).to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+}
