@@ -289,6 +289,87 @@ pub fn render(answer: &Answer, format: Format) -> Result<String, SqlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analytics::sink::AnalyticsSink;
+    use crate::runtime::reader::ReadSettings;
+    use crate::runtime::requests::event_appends;
+    use herald_connectors::embedded::{EmbeddedDb, EmbeddedOptions};
+    use herald_schemas::{EventKind, NotificationId};
+
+    /// A data directory with `flushed` events in Parquet files and `tail` more only in the log.
+    async fn events(dir: &Path, flushed: usize, tail: usize) -> Arc<dyn TopicLog> {
+        let db = Arc::new(EmbeddedDb::open(dir, EmbeddedOptions::default()).unwrap());
+        db.ensure_topic(topic::EVENTS, 2).await.unwrap();
+        let append = |from: usize, n: usize| {
+            let events: Vec<DeliveryEvent> = (from..from + n)
+                .map(|i| {
+                    let id = NotificationId(format!("n-{i}"));
+                    DeliveryEvent::new(&id, "c", "u", EventKind::Accepted, None, None, 1_795_737_000_000)
+                })
+                .collect();
+            event_appends(&events, 2)
+        };
+        db.append(append(0, flushed)).await.unwrap();
+        let sink = AnalyticsSink {
+            log: db.clone(),
+            root: dir.join("events"),
+            event_partitions: 2,
+            read: ReadSettings {
+                batch_size: 1000,
+                read_wait: Duration::from_millis(20),
+                queue_records: 2000,
+                linger: Duration::ZERO,
+            },
+            flush_rows: 10_000,
+            flush_interval: Duration::from_millis(20),
+        };
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        sink.start(token.clone(), &mut tasks);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel();
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        db.append(append(flushed, tail)).await.unwrap();
+        db
+    }
+
+    /// A SQL session over [`events`]`(dir, flushed, tail)`.
+    async fn session_over(dir: &Path, flushed: usize, tail: usize) -> SessionContext {
+        let log = events(dir, flushed, tail).await;
+        let root = dir.join("events");
+        session(&EventSource { root: &root, log: &log, partitions: 2 }).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_and_the_unflushed_tail_are_counted_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = session_over(dir.path(), 300, 45).await;
+        let answer =
+            query(&ctx, "SELECT count(*) AS n, count(DISTINCT notification_id) AS d FROM events", Limits::default())
+                .await
+                .unwrap();
+        let json = render(&answer, Format::Json).unwrap();
+        assert!(json.contains(r#""n":345"#) && json.contains(r#""d":345"#), "{json}");
+        let cut =
+            query(&ctx, "SELECT * FROM events", Limits { time: Duration::from_secs(30), rows: 10 }).await.unwrap();
+        assert!(cut.truncated);
+        assert_eq!(cut.rows, 10);
+        assert_eq!(cut.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_over_its_time_limit_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = session_over(dir.path(), 0, 2000).await;
+        // 2000³ = 8 × 10⁹ row triples to compare: far more than 200 ms of work (a plain count of a
+        // cross join would be answered from the row counts alone).
+        let slow = "SELECT count(*) FROM events a, events b, events c \
+                    WHERE a.event_id < b.event_id AND b.event_id < c.event_id";
+        let error = query(&ctx, slow, Limits { time: Duration::from_millis(200), rows: 10 }).await.unwrap_err();
+        assert!(matches!(error, SqlError::TimedOut(_)), "{error}");
+        assert!(error.is_client_error());
+    }
 
     #[test]
     fn only_queries_pass() {
