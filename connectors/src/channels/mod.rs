@@ -4,6 +4,7 @@
 //! - [`outbox`]: the file outbox, one JSON line per delivery, exactly once with the ledger.
 //! - [`breaker`]: the circuit breaker every provider's channel runs behind.
 //! - [`pace`]: a provider's rate limit in messages per second, around any connector.
+//! - [`io`]: the runtime every provider exchange runs on, apart from the pipeline's.
 //! - [`failover`]: several providers for one route, the next used while the first's breaker is open.
 //! - [`sms`]: SMS segment counting, shared by the SMS providers.
 //! - [`apns`]: Apple Push Notification service (HTTP/2, token or certificate auth).
@@ -18,6 +19,7 @@ pub mod apns;
 pub mod breaker;
 pub mod failover;
 pub mod fcm;
+pub mod io;
 pub mod outbox;
 pub mod pace;
 pub mod routed;
@@ -69,19 +71,23 @@ impl HttpAnswer {
     }
 }
 
-/// Sends a provider request and reads its answer. A timeout or a transport failure (refused,
-/// reset, TLS) is the retryable outcome every HTTP connector gives it.
+/// Sends a provider request and reads its answer, on the [`io`] runtime (so a stall of the
+/// pipeline's runtime cannot expire the request's timer). A timeout or a transport failure
+/// (refused, reset, TLS) is the retryable outcome every HTTP connector gives it.
 pub async fn exchange(request: reqwest::RequestBuilder) -> Result<HttpAnswer, SendOutcome> {
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response.text().await.unwrap_or_default();
-            Ok(HttpAnswer { status, headers, body })
+    io::run(async move {
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let body = response.text().await.unwrap_or_default();
+                Ok(HttpAnswer { status, headers, body })
+            }
+            Err(error) => {
+                let kind = if error.is_timeout() { "timeout" } else { "transport" };
+                Err(SendOutcome::Retryable { reason: format!("{kind}: {error}"), retry_after: None })
+            }
         }
-        Err(error) => {
-            let kind = if error.is_timeout() { "timeout" } else { "transport" };
-            Err(SendOutcome::Retryable { reason: format!("{kind}: {error}"), retry_after: None })
-        }
-    }
+    })
+    .await
 }

@@ -191,8 +191,11 @@ impl Smtp {
         // is bounded here. A send cut short leaves its connection mid-transaction, and lettre
         // would return that connection to its pool, so the pool is retired and a fresh one
         // serves later sends (the old one ends when its last send does).
+        // On the provider runtime, as every exchange (see `channels::io`).
         let transport = Arc::clone(&self.transport.read().unwrap_or_else(PoisonError::into_inner));
-        match tokio::time::timeout(self.timeout, transport.send(message)).await {
+        let sending = Arc::clone(&transport);
+        let timeout = self.timeout;
+        match super::io::run(async move { tokio::time::timeout(timeout, sending.send(message)).await }).await {
             Ok(Ok(response)) => SendOutcome::Delivered { provider_id: response.message().next().map(str::to_string) },
             Ok(Err(error)) => outcome_of(&error),
             Err(_) => {
