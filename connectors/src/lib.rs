@@ -8,10 +8,12 @@
 //!   [`channels::outbox`] is the file outbox used when no provider is configured.
 //! - [`receipts`]: delivery receipts from the providers' callbacks, in one shape.
 //! - [`secret`]: secrets from the configuration (inline, environment, file), never logged.
+//! - [`signed`]: signed tokens (HMAC-SHA256) for links Herald reads back.
 //! - [`unsubscribe`]: signed one-click unsubscribe links for the email connectors.
 
 pub mod channels;
 pub mod embedded;
 pub mod receipts;
 pub mod secret;
+pub mod signed;
 pub mod unsubscribe;

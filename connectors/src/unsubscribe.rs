@@ -1,18 +1,16 @@
 //! One-click unsubscribe links (RFC 8058), signed so that only Herald's own links record an
 //! opt-out.
 //!
-//! A link is `{base_url}?token=<payload>.<mac>`: the payload is the user, client, category and
-//! delivery id, base64url-encoded; the mac is HMAC-SHA256 of the payload under the configured
-//! secret, base64url too. The email connectors put it in `List-Unsubscribe` (with
+//! A link is `{base_url}?token=<token>`, the token a [`Signer`] token of the user, client,
+//! category and delivery id. The email connectors put it in `List-Unsubscribe` (with
 //! `List-Unsubscribe-Post: List-Unsubscribe=One-Click`) for every category but
 //! `transactional`; the API's `POST /v1/unsubscribe?token=…` checks it with [`UnsubscribeLinks::verify`]
 //! and records the category opt-out. A token does not expire: an unsubscribe link in an old
 //! mail must still work (RFC 8058 §3 expects it to for a reasonable time).
 
 use crate::secret::Secret;
-use aws_lc_rs::hmac;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use crate::signed::Signer;
+pub use crate::signed::TokenError;
 use herald_schemas::{DeliveryJob, TRANSACTIONAL};
 use serde::{Deserialize, Serialize};
 
@@ -29,18 +27,10 @@ pub struct Unsubscribe {
     pub delivery_id: String,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TokenError {
-    #[error("the unsubscribe token is malformed")]
-    Malformed,
-    #[error("the unsubscribe token's signature does not match")]
-    BadSignature,
-}
-
 /// Makes and checks signed unsubscribe links.
 pub struct UnsubscribeLinks {
     base_url: String,
-    key: hmac::Key,
+    signer: Signer,
 }
 
 impl std::fmt::Debug for UnsubscribeLinks {
@@ -52,10 +42,7 @@ impl std::fmt::Debug for UnsubscribeLinks {
 impl UnsubscribeLinks {
     /// `base_url` is the public address of `POST /v1/unsubscribe`.
     pub fn new(base_url: &str, secret: &Secret) -> UnsubscribeLinks {
-        UnsubscribeLinks {
-            base_url: base_url.to_string(),
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes()),
-        }
+        UnsubscribeLinks { base_url: base_url.to_string(), signer: Signer::new(secret) }
     }
 
     /// The link for a delivery, or `None` for a transactional one (which has no opt-out).
@@ -73,20 +60,13 @@ impl UnsubscribeLinks {
     }
 
     pub fn link(&self, claim: &Unsubscribe) -> String {
-        // Serializing a struct of strings cannot fail.
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claim).unwrap_or_default());
-        let mac = URL_SAFE_NO_PAD.encode(hmac::sign(&self.key, payload.as_bytes()));
         let separator = if self.base_url.contains('?') { '&' } else { '?' };
-        format!("{}{separator}token={payload}.{mac}", self.base_url)
+        format!("{}{separator}token={}", self.base_url, self.signer.sign(claim))
     }
 
     /// The claim of a token from a link, if Herald signed it.
     pub fn verify(&self, token: &str) -> Result<Unsubscribe, TokenError> {
-        let (payload, mac) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| TokenError::Malformed)?;
-        hmac::verify(&self.key, payload.as_bytes(), &mac).map_err(|_| TokenError::BadSignature)?;
-        let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
-        serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
+        self.signer.verify(token)
     }
 }
 
@@ -94,6 +74,8 @@ impl UnsubscribeLinks {
 mod tests {
     use super::*;
     use crate::secret::SecretSource;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn links(secret: &str) -> UnsubscribeLinks {
         UnsubscribeLinks::new(

@@ -93,6 +93,8 @@ pub struct App {
     pub unsubscribe: Option<Arc<UnsubscribeLinks>>,
     /// Hashes addresses for delivery events and analytics, with this data directory's key.
     pub recipients: Arc<RecipientHasher>,
+    /// Email open and click tracking, when `[tracking]` is on.
+    pub tracking: Option<Arc<crate::tracking::Tracking>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +127,11 @@ impl App {
         let limits = config.render_limits();
         let alerts = Arc::new(Alerts::new(config.alerts.clone()));
         let unsubscribe = config.unsubscribe.links()?.map(Arc::new);
+        let tracking = config.tracking.tracking()?.map(Arc::new);
         let recipients = Arc::new(recipient_hasher(&data_dir)?);
         Ok(App {
             unsubscribe,
+            tracking,
             recipients,
             alerts,
             config,

@@ -62,6 +62,7 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub alerts: AlertsConfig,
     pub unsubscribe: UnsubscribeConfig,
+    pub tracking: TrackingConfig,
     pub analytics: AnalyticsConfig,
 }
 
@@ -77,6 +78,14 @@ pub struct AnalyticsConfig {
     /// file yet.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// How many of each event partition's latest event ids the sink remembers, to drop an event
+    /// a replaying stage appended twice (16 bytes and a set entry each).
+    pub dedup_window: NonZeroU32,
+    /// How often runs of small files are merged into files of up to `compact_target_mib`
+    /// (a day at a time, swapped in atomically); `0s` never merges.
+    #[serde(with = "humantime_serde")]
+    pub compact_interval: Duration,
+    pub compact_target_mib: NonZeroU32,
 }
 
 impl Default for AnalyticsConfig {
@@ -85,6 +94,9 @@ impl Default for AnalyticsConfig {
             enabled: true,
             flush_rows: NonZeroU32::new(65_536).expect("> 0"),
             flush_interval: Duration::from_secs(1),
+            dedup_window: NonZeroU32::new(32_768).expect("> 0"),
+            compact_interval: Duration::from_secs(600),
+            compact_target_mib: NonZeroU32::new(64).expect("> 0"),
         }
     }
 }
@@ -104,17 +116,46 @@ pub struct UnsubscribeConfig {
 impl UnsubscribeConfig {
     /// The link maker, or `None` when unsubscribe links are off.
     pub fn links(&self) -> Result<Option<UnsubscribeLinks>, ConfigError> {
-        let Some(url) = &self.url else { return Ok(None) };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::Invalid(format!("unsubscribe.url {url:?}: use an http:// or https:// URL")));
-        }
-        let source = self
-            .secret
-            .as_ref()
-            .ok_or_else(|| ConfigError::Invalid("unsubscribe.url needs unsubscribe.secret to sign its links".into()))?;
-        let secret = source.resolve().map_err(|e| ConfigError::Invalid(format!("unsubscribe.secret: {e}")))?;
-        Ok(Some(UnsubscribeLinks::new(url, &secret)))
+        let signing = signed_links("unsubscribe", self.url.as_deref(), self.secret.as_ref())?;
+        Ok(signing.map(|(url, secret)| UnsubscribeLinks::new(url, &secret)))
     }
+}
+
+/// `[tracking]`: email open and click tracking. Off unless `url` is set; then `secret` signs the
+/// links, so the click redirect only goes where a message Herald rendered pointed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// Herald's public address as mail recipients reach it (`https://herald.example`); the
+    /// links are `{url}/v1/t/o/…` (open pixel) and `{url}/v1/t/c/…` (click redirect).
+    pub url: Option<String>,
+    /// The key signing the links (inline, `{ env = "…" }` or `{ file = "…" }`). Changing it
+    /// invalidates the links of mail already sent.
+    pub secret: Option<SecretSource>,
+}
+
+impl TrackingConfig {
+    /// The link maker, or `None` when tracking is off.
+    pub fn tracking(&self) -> Result<Option<crate::tracking::Tracking>, ConfigError> {
+        let signing = signed_links("tracking", self.url.as_deref(), self.secret.as_ref())?;
+        Ok(signing.map(|(url, secret)| crate::tracking::Tracking::new(url, &secret)))
+    }
+}
+
+/// A section's link address and resolved signing secret; `None` when its `url` is not set.
+fn signed_links<'a>(
+    section: &str,
+    url: Option<&'a str>,
+    secret: Option<&SecretSource>,
+) -> Result<Option<(&'a str, herald_connectors::secret::Secret)>, ConfigError> {
+    let Some(url) = url else { return Ok(None) };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ConfigError::Invalid(format!("{section}.url {url:?}: use an http:// or https:// URL")));
+    }
+    let source = secret
+        .ok_or_else(|| ConfigError::Invalid(format!("{section}.url needs {section}.secret to sign its links")))?;
+    let secret = source.resolve().map_err(|e| ConfigError::Invalid(format!("{section}.secret: {e}")))?;
+    Ok(Some((url, secret)))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,6 +11,7 @@
 //! - [`commands`]: the CLI's commands (`serve`, `send`, `contacts import`, …).
 //! - [`keys`]: API key creation and hashing.
 //! - [`telemetry`]: metric names and named events, logging set-up.
+//! - [`tracking`]: email open and click tracking, and the engagement events apps report.
 
 pub mod alerts;
 pub mod analytics;
@@ -23,3 +24,4 @@ pub mod ingest;
 pub mod keys;
 pub mod runtime;
 pub mod telemetry;
+pub mod tracking;

@@ -141,7 +141,8 @@ enum Command {
     /// Tables: `events` (one row per event: status, channel, provider, template, locale,
     /// category, reason, attempt, event_time, request_time, latency_ms, recipient hash, date),
     /// `deliveries` (one row per delivery: final status, attempts, time_to_send_ms) and `funnel`
-    /// (by date, channel, template, category: requested, sent, delivered, opened, clicked).
+    /// (by day of request, channel, template, category: requested, sent, delivered, opened,
+    /// clicked). For ready-made reports, see `herald report`.
     /// Events not yet flushed to Parquet are included. While the server runs, use
     /// `POST /v1/analytics/sql` instead. Examples:
     ///   herald sql "SELECT status, count(*) FROM deliveries GROUP BY status"
@@ -160,6 +161,29 @@ enum Command {
         max_rows: usize,
         /// The query: SELECT, WITH … SELECT or EXPLAIN.
         query: String,
+    },
+    /// Canned delivery reports, for when you would rather not write SQL (server stopped, like
+    /// `herald sql`; while it runs, post a report's query to `POST /v1/analytics/sql`).
+    ///
+    ///   herald report delivery            delivery rate by channel and provider, last 7 days
+    ///   herald report failures --days 1   today's most frequent failure reasons
+    ///   herald report funnel --format csv requested → sent → opened → clicked, per template
+    ///   herald report funnel --show-sql   print the query, to start your own from it
+    Report {
+        #[command(flatten)]
+        common: Common,
+        /// Which report.
+        #[arg(value_enum)]
+        report: herald::analytics::reports::Report,
+        /// The last N days, UTC, today included.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+        /// How to print the rows.
+        #[arg(long, value_enum, default_value = "table")]
+        format: herald::analytics::sql::Format,
+        /// Print the report's SQL instead of running it.
+        #[arg(long)]
+        show_sql: bool,
     },
 }
 
@@ -395,6 +419,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
+        Command::Report { common, report, days, format, show_sql } => {
+            use herald::analytics::sql;
+            let query = report.sql(days);
+            if show_sql {
+                println!("{query}");
+                return Ok(());
+            }
+            let (config, dir) = common.load()?;
+            let app = commands::open_for_command(
+                config,
+                dir,
+                "post the report's query (--show-sql) to POST /v1/analytics/sql while the server runs",
+            )
+            .await?;
+            let source =
+                sql::EventSource { root: &app.events_dir(), log: &app.backends.log, partitions: app.partitions() };
+            let answer =
+                sql::run(&source, &query, sql::Limits { time: std::time::Duration::from_secs(300), rows: 100_000 })
+                    .await?;
+            print!("{}", sql::render(&answer, format)?);
+            Ok(())
+        }
         Command::Sql { common, format, timeout, max_rows, query } => {
             use herald::analytics::sql;
             sql::check_read_only(&query)?;
@@ -403,8 +449,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 commands::open_for_command(config, dir, "use POST /v1/analytics/sql while the server runs").await?;
             let source =
                 sql::EventSource { root: &app.events_dir(), log: &app.backends.log, partitions: app.partitions() };
-            let ctx = sql::session(&source).await?;
-            let answer = sql::query(&ctx, &query, sql::Limits { time: timeout, rows: max_rows }).await?;
+            let answer = sql::run(&source, &query, sql::Limits { time: timeout, rows: max_rows }).await?;
             print!("{}", sql::render(&answer, format)?);
             if answer.truncated {
                 eprintln!("(only the first {max_rows} rows; raise --max-rows for more)");

@@ -37,10 +37,16 @@ pub enum EventKind {
     Undelivered,
     /// The mail bounced (an event webhook or a bounce message).
     Bounced,
+    /// The recipient opened it: the email's tracking pixel was loaded, or the app reported a
+    /// push opened (`POST /v1/events`).
+    Opened,
+    /// The recipient followed a link of it (the email's click redirect), or the app reported a
+    /// push's action taken.
+    Clicked,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Accepted,
         EventKind::Rejected,
         EventKind::Deduplicated,
@@ -53,6 +59,8 @@ impl EventKind {
         EventKind::Delivered,
         EventKind::Undelivered,
         EventKind::Bounced,
+        EventKind::Opened,
+        EventKind::Clicked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +77,8 @@ impl EventKind {
             EventKind::Delivered => "delivered",
             EventKind::Undelivered => "undelivered",
             EventKind::Bounced => "bounced",
+            EventKind::Opened => "opened",
+            EventKind::Clicked => "clicked",
         }
     }
 }

@@ -53,6 +53,11 @@ impl fmt::Display for DeliveryId {
 }
 
 /// A 128-bit hex digest of the parts, separated so that ("ab","c") != ("a","bc").
+/// A 128-bit fingerprint of an id: what a set of recently seen ids keeps instead of the id.
+pub fn fingerprint(id: &str) -> u128 {
+    xxh3_128(id.as_bytes())
+}
+
 pub fn hash_hex(parts: &[&[u8]]) -> String {
     let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for part in parts {

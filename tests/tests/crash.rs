@@ -180,7 +180,24 @@ async fn settle_and_verify(herald: &mut Herald, work: &Workload, test: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     herald.stop();
-    work.verify(&Outbox::read(herald.data_dir(), TornTail::Forbid), test);
+    let outbox = Outbox::read(herald.data_dir(), TornTail::Forbid);
+    work.verify(&outbox, test);
+    verify_event_files(herald, outbox.len(), test);
+}
+
+/// The analytics files, written by a sink that was SIGKILLed with the rest of the process while
+/// events flowed (and whose input holds the events the replays emitted again): every event once,
+/// and one `sent` event per outbox line. Read with the server stopped, so from the files alone.
+fn verify_event_files(herald: &Herald, outbox_lines: usize, test: &str) {
+    let query = "SELECT count(*) AS n, count(DISTINCT event_id) AS distinct_ids, \
+                 count(*) FILTER (WHERE status = 'sent') AS sent FROM events";
+    let out = herald.command(&["sql", "--format", "json", query]);
+    assert!(out.status.success(), "[{test}] herald sql: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("herald sql --format json prints JSON");
+    let count = |column: &str| rows[0][column].as_u64().unwrap_or_else(|| panic!("[{test}] {column} in {rows}"));
+    println!("[{test}] event files: {rows}");
+    assert_eq!(count("n"), count("distinct_ids"), "[{test}] an event is in the files more than once: {rows}");
+    assert_eq!(count("sent"), outbox_lines as u64, "[{test}] sent events in the files vs outbox lines: {rows}");
 }
 
 /// What the submitting client and the killer share.

@@ -62,6 +62,8 @@ pub fn utc_day(at_ms: u64) -> String {
 pub struct Recovered {
     /// Per partition, the furthest offset a final file covers.
     pub ends: HashMap<u32, u64>,
+    /// Per partition, its final files, in offset order.
+    pub by_partition: HashMap<u32, Vec<(FileRange, PathBuf)>>,
     pub files: usize,
     /// Temporary files of an interrupted write, deleted.
     pub removed_temporaries: usize,
@@ -86,9 +88,13 @@ pub fn recover(root: &Path) -> std::io::Result<Recovered> {
             } else if let Some(range) = FileRange::parse(&name) {
                 let end = found.ends.entry(range.partition).or_insert(0);
                 *end = (*end).max(range.to);
+                found.by_partition.entry(range.partition).or_default().push((range, entry.path()));
                 found.files += 1;
             }
         }
+    }
+    for files in found.by_partition.values_mut() {
+        files.sort_by_key(|(range, _)| (range.to, range.from));
     }
     Ok(found)
 }
@@ -147,6 +153,8 @@ mod tests {
         assert_eq!(found.ends.get(&0), Some(&25));
         assert_eq!(found.ends.get(&2), Some(&7));
         assert_eq!(found.ends.get(&1), None);
+        let zero: Vec<_> = found.by_partition[&0].iter().map(|(r, _)| (r.from, r.to)).collect();
+        assert_eq!(zero, [(0, 10), (10, 25)]);
         let names: Vec<_> = std::fs::read_dir(&day).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(names.iter().all(|n| n.to_string_lossy().ends_with(".parquet")), "{names:?}");
     }

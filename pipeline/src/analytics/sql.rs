@@ -7,8 +7,9 @@
 //!   flush racing the query neither repeats nor hides an event.
 //! - `deliveries`: one row per delivery: its final status (the latest event), attempts, request
 //!   time, time of the first send and time to send.
-//! - `funnel`: by day, channel, template and category, the deliveries that were requested
-//!   (fanned out), sent, delivered, opened and clicked.
+//! - `funnel`: by day of request, channel, template and category, the deliveries that were
+//!   requested (fanned out), sent, delivered, opened and clicked (a delivery counts once at each
+//!   step, whatever day its open came).
 //!
 //! Only `SELECT`, `WITH … SELECT` and `EXPLAIN` of those are accepted; a query runs under a
 //! time limit and returns at most `row_limit` rows (and says when it cut).
@@ -44,6 +45,11 @@ pub enum SqlError {
     Failed(String),
     #[error("cannot read the analytics files in {dir}: {detail}")]
     Files { dir: PathBuf, detail: String },
+    #[error(
+        "more than {limit} events are in herald-events but not in the analytics files: is the \
+         analytics sink off (analytics.enabled) or far behind? Start the server with it on to flush them"
+    )]
+    TailTooLong { limit: usize },
     #[error("cannot read herald-events: {0}")]
     Log(#[from] topic::LogError),
 }
@@ -161,12 +167,23 @@ const VIEWS: [&str; 3] = [
      GROUP BY delivery_id",
     "CREATE VIEW funnel AS
      SELECT date, channel, template, category,
-            count(DISTINCT delivery_id) AS requested,
-            count(DISTINCT CASE WHEN status = 'sent' THEN delivery_id END) AS sent,
-            count(DISTINCT CASE WHEN status = 'delivered' THEN delivery_id END) AS delivered,
-            count(DISTINCT CASE WHEN status = 'opened' THEN delivery_id END) AS opened,
-            count(DISTINCT CASE WHEN status = 'clicked' THEN delivery_id END) AS clicked
-     FROM events WHERE delivery_id IS NOT NULL
+            count(*) AS requested,
+            sum(CASE WHEN sent THEN 1 ELSE 0 END) AS sent,
+            sum(CASE WHEN delivered THEN 1 ELSE 0 END) AS delivered,
+            sum(CASE WHEN opened THEN 1 ELSE 0 END) AS opened,
+            sum(CASE WHEN clicked THEN 1 ELSE 0 END) AS clicked
+     FROM (
+        SELECT delivery_id,
+               CAST(min(coalesce(request_time, event_time)) AS DATE) AS date,
+               first_value(channel) AS channel,
+               first_value(template) AS template,
+               first_value(category) AS category,
+               bool_or(status = 'sent') AS sent,
+               bool_or(status = 'delivered') AS delivered,
+               bool_or(status = 'opened') AS opened,
+               bool_or(status = 'clicked') AS clicked
+        FROM events WHERE delivery_id IS NOT NULL
+        GROUP BY delivery_id)
      GROUP BY date, channel, template, category",
 ];
 
@@ -198,9 +215,24 @@ fn list_files(root: &Path) -> Result<(Vec<ListingTableUrl>, HashMap<u32, u64>), 
     Ok((urls, ends))
 }
 
-/// The events of each partition from where the listed files end to the end of the log.
+/// The most events read from the log for one query. The sink keeps the unflushed tail to about
+/// a second of events; a tail this long means the sink is not running (`analytics.enabled =
+/// false`) or has fallen far behind, and reading it all would hold it all in memory.
+pub const TAIL_LIMIT: usize = 2_000_000;
+
+/// The events of each partition from where the listed files end to the end of the log; an event
+/// the log holds twice (a replay's repeat) once.
 async fn read_tail(source: &EventSource<'_>, ends: &HashMap<u32, u64>) -> Result<Vec<RecordBatch>, SqlError> {
     let mut rows = EventRows::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut unflushed = 0;
+    for partition in 0..source.partitions {
+        let from = ends.get(&partition).copied().unwrap_or(0);
+        unflushed += source.log.end_offset(topic::EVENTS, partition).await?.saturating_sub(from);
+    }
+    if unflushed > TAIL_LIMIT as u64 {
+        return Err(SqlError::TailTooLong { limit: TAIL_LIMIT });
+    }
     for partition in 0..source.partitions {
         let mut from = ends.get(&partition).copied().unwrap_or(0);
         let end = source.log.end_offset(topic::EVENTS, partition).await?;
@@ -211,13 +243,30 @@ async fn read_tail(source: &EventSource<'_>, ends: &HashMap<u32, u64>) -> Result
             for record in records {
                 let decoded: Option<DeliveryEvent> =
                     EncodedEvent::from_record(&record.key, record.value).and_then(|e| e.decode().ok());
-                if let Some(event) = decoded {
+                if let Some(event) = decoded
+                    && seen.insert(herald_schemas::ids::fingerprint(&event.event_id))
+                {
                     rows.push(&event);
                 }
             }
         }
     }
     Ok(vec![rows.finish().map_err(|e| SqlError::Failed(e.to_string()))?])
+}
+
+/// Builds a session as of now and runs one read-only query in it. A file listed and then gone
+/// before it was read (a compaction swapped its day in between; see [`super::compact`]) fails the
+/// query with "not found"; it is run once more on a fresh listing.
+pub async fn run(source: &EventSource<'_>, sql: &str, limits: Limits) -> Result<Answer, SqlError> {
+    check_read_only(sql)?;
+    let answer = query(&session(source).await?, sql, limits).await;
+    match answer {
+        Err(SqlError::Failed(message)) if message.to_ascii_lowercase().contains("not found") => {
+            tracing::debug!(%message, "an event file went away during the query; running it again");
+            query(&session(source).await?, sql, limits).await
+        }
+        answer => answer,
+    }
 }
 
 /// Runs one read-only query under `limits`.
@@ -321,6 +370,9 @@ mod tests {
             },
             flush_rows: 10_000,
             flush_interval: Duration::from_millis(20),
+            dedup_window: 1_000,
+            compact_interval: None,
+            compact_target_bytes: 64 << 20,
         };
         let token = tokio_util::sync::CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();

@@ -193,19 +193,21 @@ fn route_of(provider: &str) -> Option<Route> {
 async fn record(s: &ApiState, receipts: Vec<Receipt>) -> Result<Response, ApiError> {
     let now = now_ms();
     let mut events = Vec::with_capacity(receipts.len());
-    // A webhook batch often names one notification many times: its first event is read once.
-    let mut first_events: HashMap<NotificationId, Option<DeliveryEvent>> = HashMap::new();
+    // A webhook batch often names one notification many times: its timeline is read once.
+    let mut timelines: HashMap<NotificationId, Vec<DeliveryEvent>> = HashMap::new();
     for receipt in receipts {
         let id = &receipt.delivery_id;
         let notification = NotificationId(id.0.split('.').next().unwrap_or_default().to_string());
-        if !first_events.contains_key(&notification) {
+        if !timelines.contains_key(&notification) {
             let timeline = s.app.backends.timeline.timeline(&notification).await.map_err(|e| ApiError::internal(&e))?;
-            first_events.insert(notification.clone(), timeline.into_iter().next());
+            timelines.insert(notification.clone(), timeline);
         }
-        // Any event of the notification names its user and client: a receipt may arrive before
-        // the dispatcher's own `sent` event is in the log.
-        let first = first_events.get(&notification).and_then(Option::as_ref);
-        let (Some(sent), Some(route)) = (first, route_of(receipt.provider)) else {
+        // The delivery's own event, whose template, category and locale the receipt's event
+        // copies (so it joins the funnel); else any event of the notification, which names its
+        // user and client: a receipt may arrive before the dispatcher's `sent` is in the log.
+        let timeline = &timelines[&notification];
+        let of = timeline.iter().find(|e| e.delivery_id.as_ref() == Some(id)).or(timeline.first());
+        let (Some(sent), Some(route)) = (of, route_of(receipt.provider)) else {
             tracing::debug!(provider = receipt.provider, "receipt for a notification Herald does not know; ignored");
             continue;
         };
@@ -231,10 +233,9 @@ async fn record(s: &ApiState, receipts: Vec<Receipt>) -> Result<Response, ApiErr
         }
         let reason =
             receipt.reason.clone().or(receipt.provider_id.clone()).map(|r| format!("{}:{r}", receipt.provider));
-        events.push(
-            DeliveryEvent::new(&notification, &sent.client_id, &sent.user_id, kind, None, reason, now)
-                .for_delivery(id, route, 0),
-        );
+        let mut event = crate::tracking::follow_up(sent, id, route, kind, now);
+        event.reason = reason;
+        events.push(event);
     }
     if !events.is_empty() {
         let appends = event_appends(&events, s.app.partitions());

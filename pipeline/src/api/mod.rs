@@ -9,6 +9,7 @@
 //! `Retry-After` instead (429 stays for a client over its own rate limit).
 
 mod callbacks;
+mod engagement;
 mod error;
 
 pub use error::ApiError;
@@ -48,6 +49,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/templates", post(post_template))
         .route("/v1/keys", post(post_key))
         .route("/v1/analytics/sql", post(post_sql))
+        .route("/v1/events", post(engagement::post_events))
+        .route("/v1/t/o/{token}", get(engagement::open))
+        .route("/v1/t/c/{token}", get(engagement::click))
         .route("/v1/unsubscribe", get(callbacks::unsubscribe_page).post(callbacks::unsubscribe))
         .route("/v1/receipts/twilio", post(callbacks::twilio_receipt))
         .route("/v1/receipts/vonage", get(callbacks::vonage_receipt).post(callbacks::vonage_receipt))
@@ -280,9 +284,8 @@ async fn post_sql(State(s): State<ApiState>, req: Request) -> Result<Response, A
     };
     let app = &s.app;
     let source = EventSource { root: &app.events_dir(), log: &app.backends.log, partitions: app.partitions() };
-    let ctx = sql::session(&source).await.map_err(fail)?;
     let limits = sql::Limits { time: app.config.api.sql_timeout, rows: app.config.api.sql_max_rows };
-    let answer = sql::query(&ctx, &body.sql, limits).await.map_err(fail)?;
+    let answer = sql::run(&source, &body.sql, limits).await.map_err(fail)?;
     let rows: serde_json::Value =
         serde_json::from_str(&sql::render(&answer, Format::Json).map_err(fail)?).map_err(|e| ApiError::internal(&e))?;
     let columns: Vec<&str> = answer.schema.fields().iter().map(|f| f.name().as_str()).collect();

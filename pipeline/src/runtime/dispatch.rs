@@ -80,6 +80,8 @@ pub struct Dispatcher {
     pub retry: RetryPolicy,
     /// Hashes the address each delivery event names.
     pub recipients: Arc<RecipientHasher>,
+    /// Rewrites email for open and click tracking before it is sent, when on.
+    pub tracking: Option<Arc<crate::tracking::Tracking>>,
 }
 
 fn decode_job(record: &StoredRecord) -> Result<DeliveryJob, CodecError> {
@@ -133,6 +135,9 @@ impl Dispatcher {
                 }
             }
             let skipped = seen.len() - fresh.len();
+            if let Some(tracking) = &self.tracking {
+                fresh.iter_mut().for_each(|job| tracking.apply(job));
+            }
             let outcomes = if fresh.is_empty() {
                 Vec::new()
             } else {
@@ -348,6 +353,7 @@ pub(crate) mod tests {
             },
             retry: RetryPolicy::default(),
             recipients: Arc::new(RecipientHasher::new("test")),
+            tracking: None,
         }
     }
 

@@ -112,6 +112,7 @@ impl Runtime {
                 read: read.clone(),
                 retry: app.config.retry.policy(channel).clone(),
                 recipients: app.recipients.clone(),
+                tracking: app.tracking.clone(),
             };
             for route in &dispatcher.routes {
                 watches.push(Watch { group: dispatcher.group(), topic: route.topic().into(), partitions });
@@ -142,6 +143,9 @@ impl Runtime {
                 read: read.clone(),
                 flush_rows: app.config.analytics.flush_rows.get() as usize,
                 flush_interval: app.config.analytics.flush_interval,
+                dedup_window: app.config.analytics.dedup_window.get() as usize,
+                compact_interval: Some(app.config.analytics.compact_interval).filter(|i| !i.is_zero()),
+                compact_target_bytes: app.config.analytics.compact_target_mib.get() as u64 * 1024 * 1024,
             };
             watches.push(Watch {
                 group: crate::analytics::sink::GROUP.into(),

@@ -76,10 +76,14 @@ impl<'a> ApnsRequest<'a> {
             apns_topic: Some(topic),
             apns_collapse_id: collapse_id,
         };
-        let payload = DefaultNotificationBuilder::new()
+        let mut payload = DefaultNotificationBuilder::new()
             .set_title(self.title)
             .set_body(self.body)
             .build(self.device_token, options);
+        // The app reports the push opened with it (`POST /v1/events`), as with FCM and Web Push.
+        payload
+            .add_custom_data("delivery_id", &self.delivery_id)
+            .map_err(|e| ApnsRequestError::Payload(e.to_string()))?;
         let json = payload.to_json_string().map_err(|e| ApnsRequestError::Payload(e.to_string()))?;
         let options = payload.get_options();
         let mut request = client
@@ -358,7 +362,10 @@ mod tests {
         assert_eq!(header(DELIVERY_ID_HEADER), "n-1.x");
         assert_eq!(header("authorization"), "bearer JWT");
         let body: serde_json::Value = serde_json::from_slice(built.body().unwrap().as_bytes().unwrap()).unwrap();
-        assert_eq!(body, serde_json::json!({"aps": {"alert": {"title": "Hi", "body": "there"}, "mutable-content": 0}}));
+        assert_eq!(
+            body,
+            serde_json::json!({"aps": {"alert": {"title": "Hi", "body": "there"}, "mutable-content": 0}, "delivery_id": "n-1.x"})
+        );
 
         request.priority = Priority::Normal;
         request.collapse_id = None;
