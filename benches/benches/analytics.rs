@@ -1,5 +1,6 @@
 //! Analytics: delivery events into Arrow record batches (the sink's per-event cost), Parquet
-//! encoding of a flush, and a `GROUP BY channel, status` with DataFusion over many events.
+//! encoding of a flush, and a `GROUP BY channel, status` with DataFusion over many events, in
+//! memory and stored as Parquet files.
 //!
 //! `cargo bench -p herald-benches --bench analytics`; `HERALD_BENCH_GROUP_BY_ROWS` sets the rows
 //! of the group-by table (default 50 million, as issue 5's budget: ≥ 50 million rows/s).
@@ -110,6 +111,38 @@ fn group_by(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 let frame = ctx
+                    .sql("SELECT channel, status, count(*) FROM events GROUP BY channel, status")
+                    .await
+                    .expect("planned");
+                frame.collect().await.expect("ran")
+            })
+        })
+    });
+    // The same rows stored as the sink stores them (Parquet, zstd, dictionary pages), eight
+    // files, read through DataFusion's Parquet scan: the query path of `herald sql`.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (i, part) in batches.chunks(batches.len().div_ceil(8)).enumerate() {
+        let file = std::fs::File::create(dir.path().join(format!("part-{i}.parquet"))).expect("a file");
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, part[0].schema(), Some(props)).expect("a writer");
+        part.iter().for_each(|b| writer.write(b).expect("written"));
+        writer.close().expect("closed");
+    }
+    drop(batches);
+    let files = SessionContext::new();
+    runtime
+        .block_on(files.register_parquet(
+            "events",
+            dir.path().to_str().expect("a UTF-8 path"),
+            datafusion::prelude::ParquetReadOptions::default(),
+        ))
+        .expect("registered");
+    group.bench_function(BenchmarkId::new("group_by_channel_status_parquet", rows), |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let frame = files
                     .sql("SELECT channel, status, count(*) FROM events GROUP BY channel, status")
                     .await
                     .expect("planned");
