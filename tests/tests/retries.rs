@@ -23,8 +23,9 @@ const DEADLINE: Duration = Duration::from_secs(180);
 const TIMEOUT: &str = "3s";
 const HOLD: Duration = Duration::from_secs(4);
 
-/// The printed configuration with `timeout` set in every provider section, and more SMTP
-/// connections: a held SMTP reply occupies its connection for the whole timeout.
+/// The printed configuration with `timeout` set in every provider section, and room for the
+/// held requests: each occupies its slot (an HTTP request in flight, an SMTP connection) for the
+/// whole timeout, as a provider that hangs does in production, where one would raise these too.
 fn with_timeouts(config: &str) -> String {
     let mut out = String::new();
     for line in config.lines() {
@@ -33,8 +34,12 @@ fn with_timeouts(config: &str) -> String {
         if line.starts_with("[providers.") && !line.contains(".auth]") {
             out.push_str(&format!("timeout = \"{TIMEOUT}\"\n"));
         }
-        if line == "[providers.smtp]" {
-            out.push_str("max_connections = 32\n");
+        match line {
+            "[providers.smtp]" => out.push_str("max_connections = 32\n"),
+            "[providers.apns]" | "[providers.fcm]" | "[providers.webpush]" | "[providers.twilio]" => {
+                out.push_str("max_concurrency = 256\n")
+            }
+            _ => {}
         }
     }
     out
