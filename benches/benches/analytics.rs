@@ -107,25 +107,13 @@ fn group_by(c: &mut Criterion) {
     let mut group = c.benchmark_group("analytics");
     group.sample_size(10);
     group.throughput(Throughput::Elements(rows as u64));
-    group.bench_function(BenchmarkId::new("group_by_channel_status", rows), |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let frame = ctx
-                    .sql("SELECT channel, status, count(*) FROM events GROUP BY channel, status")
-                    .await
-                    .expect("planned");
-                frame.collect().await.expect("ran")
-            })
-        })
-    });
+    bench_group_by(&mut group, "group_by_channel_status", rows, &runtime, &ctx);
     // The same rows stored as the sink stores them (Parquet, zstd, dictionary pages), eight
     // files, read through DataFusion's Parquet scan: the query path of `herald sql`.
     let dir = tempfile::tempdir().expect("a temp dir");
     for (i, part) in batches.chunks(batches.len().div_ceil(8)).enumerate() {
         let file = std::fs::File::create(dir.path().join(format!("part-{i}.parquet"))).expect("a file");
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .build();
+        let props = herald::analytics::sink::writer_properties().expect("writer properties");
         let mut writer = parquet::arrow::ArrowWriter::try_new(file, part[0].schema(), Some(props)).expect("a writer");
         part.iter().for_each(|b| writer.write(b).expect("written"));
         writer.close().expect("closed");
@@ -139,10 +127,22 @@ fn group_by(c: &mut Criterion) {
             datafusion::prelude::ParquetReadOptions::default(),
         ))
         .expect("registered");
-    group.bench_function(BenchmarkId::new("group_by_channel_status_parquet", rows), |b| {
+    bench_group_by(&mut group, "group_by_channel_status_parquet", rows, &runtime, &files);
+    group.finish();
+}
+
+/// Times `GROUP BY channel, status` over the `events` table of `ctx`.
+fn bench_group_by(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rows: usize,
+    runtime: &tokio::runtime::Runtime,
+    ctx: &SessionContext,
+) {
+    group.bench_function(BenchmarkId::new(name, rows), |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let frame = files
+                let frame = ctx
                     .sql("SELECT channel, status, count(*) FROM events GROUP BY channel, status")
                     .await
                     .expect("planned");
@@ -150,7 +150,6 @@ fn group_by(c: &mut Criterion) {
             })
         })
     });
-    group.finish();
 }
 
 criterion_group!(benches, into_arrow, group_by);

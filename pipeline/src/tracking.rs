@@ -105,13 +105,18 @@ pub fn follow_up(
 #[derive(Debug)]
 pub struct Tracking {
     base_url: String,
+    /// `{base_url}/v1/t/o/`, escaped for an attribute: the open pixel's address up to its token,
+    /// and how already tracked HTML (a retry's) is recognised.
+    pixel_prefix: String,
     signer: Signer,
 }
 
 impl Tracking {
     /// `base_url`: Herald's public address as mail recipients reach it (`https://herald.example`).
     pub fn new(base_url: &str, secret: &Secret) -> Tracking {
-        Tracking { base_url: base_url.trim_end_matches('/').to_string(), signer: Signer::new(secret) }
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let pixel_prefix = format!("{}/v1/t/o/", escape_attribute(&base_url));
+        Tracking { base_url, pixel_prefix, signer: Signer::new(secret) }
     }
 
     /// Rewrites an email job's HTML: links through the click redirect, the open pixel added.
@@ -119,7 +124,7 @@ impl Tracking {
     pub fn apply(&self, job: &mut DeliveryJob) {
         let RenderedContent::Email { html, .. } = &job.content else { return };
         // A retry carries the HTML its first attempt was sent with: already tracked.
-        if html.trim().is_empty() || html.contains(&format!("{}/v1/t/o/", escape_attribute(&self.base_url))) {
+        if html.trim().is_empty() || html.contains(&self.pixel_prefix) {
             return;
         }
         let mut tracked = rewrite_links(html, |url| {
@@ -127,8 +132,8 @@ impl Tracking {
             Some(format!("{}/v1/t/c/{token}", self.base_url))
         });
         let pixel = format!(
-            r#"<img src="{}/v1/t/o/{}" width="1" height="1" alt="" style="display:none">"#,
-            escape_attribute(&self.base_url),
+            r#"<img src="{}{}" width="1" height="1" alt="" style="display:none">"#,
+            self.pixel_prefix,
             self.signer.sign(&Claim::of(job, None))
         );
         match tracked.to_ascii_lowercase().rfind("</body>") {

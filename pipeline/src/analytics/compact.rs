@@ -47,10 +47,21 @@ pub fn staging(root: &Path) -> PathBuf {
 
 /// Deletes the staging area: a day being built (never swapped in) or an old day swapped out.
 pub fn clear_staging(root: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(staging(root)) {
+    remove_all(&staging(root))
+}
+
+/// Deletes `dir` and everything in it; a missing `dir` is fine.
+fn remove_all(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// The error of an operation on `dir`.
+fn io(dir: &Path) -> impl Fn(std::io::Error) -> SinkError {
+    let dir = dir.to_path_buf();
+    move |source| SinkError::Io { dir: dir.clone(), source }
 }
 
 /// A final file of a day, with its size.
@@ -64,15 +75,8 @@ struct DayFile {
 /// Compacts every day under `root` that has a run of small files to merge; deletes the days
 /// retired by the previous compaction first.
 pub fn compact(root: &Path, target_bytes: u64) -> Result<Compacted, SinkError> {
-    let io = |dir: &Path| {
-        let dir = dir.to_path_buf();
-        move |source| SinkError::Io { dir, source }
-    };
     let retired = staging(root).join("retired");
-    match std::fs::remove_dir_all(&retired) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&retired)(e)),
-        _ => {}
-    }
+    remove_all(&retired).map_err(io(&retired))?;
     let mut done = Compacted::default();
     let days = match std::fs::read_dir(root) {
         Ok(days) => days,
@@ -135,29 +139,14 @@ fn plan(files: &[DayFile], target_bytes: u64) -> Vec<Vec<usize>> {
 
 /// Compacts one day; returns (files merged away, files written), (0, 0) when nothing to do.
 fn compact_day(root: &Path, date: &str, target_bytes: u64) -> Result<(usize, usize), SinkError> {
-    let io = |dir: &Path| {
-        let dir = dir.to_path_buf();
-        move |source| SinkError::Io { dir, source }
-    };
     let day = day_dir(root, date);
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&day).map_err(io(&day))? {
-        let entry = entry.map_err(io(&day))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(range) = FileRange::parse(&name) {
-            let bytes = entry.metadata().map_err(io(&day))?.len();
-            files.push(DayFile { range, name, path: entry.path(), bytes });
-        }
-    }
+    let files = final_files(&day)?;
     let groups = plan(&files, target_bytes);
     if groups.is_empty() {
         return Ok((0, 0));
     }
     let building = staging(root).join("building").join(format!("date={date}"));
-    match std::fs::remove_dir_all(&building) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&building)(e)),
-        _ => {}
-    }
+    remove_all(&building).map_err(io(&building))?;
     std::fs::create_dir_all(&building).map_err(io(&building))?;
     let mut merged = vec![false; files.len()];
     for group in &groups {
@@ -175,8 +164,7 @@ fn compact_day(root: &Path, date: &str, target_bytes: u64) -> Result<(usize, usi
     }
     // Files written after the listing (none: the sink compacts between its flushes) would be
     // dropped by the swap; the new day must hold every file the old one has.
-    let now: usize = std::fs::read_dir(&day).map_err(io(&day))?.count();
-    if now != files.len() + other_entries(&day)? {
+    if final_files(&day)?.len() != files.len() {
         return Err(io(&day)(std::io::Error::other("the day changed while it was compacted")));
     }
     std::fs::File::open(&building).and_then(|d| d.sync_all()).map_err(io(&building))?;
@@ -193,21 +181,23 @@ fn compact_day(root: &Path, date: &str, target_bytes: u64) -> Result<(usize, usi
     Ok((files_in, files_out))
 }
 
-/// Entries of a day that are not final files (temporaries of an interrupted write).
-fn other_entries(day: &Path) -> Result<usize, SinkError> {
-    let io = |source| SinkError::Io { dir: day.to_path_buf(), source };
-    let mut n = 0;
-    for entry in std::fs::read_dir(day).map_err(io)? {
-        if FileRange::parse(&entry.map_err(io)?.file_name().to_string_lossy()).is_none() {
-            n += 1;
+/// The final files of a day (temporaries of an interrupted write are not), with their sizes.
+fn final_files(day: &Path) -> Result<Vec<DayFile>, SinkError> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(day).map_err(io(day))? {
+        let entry = entry.map_err(io(day))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(range) = FileRange::parse(&name) {
+            let bytes = entry.metadata().map_err(io(day))?.len();
+            files.push(DayFile { range, name, path: entry.path(), bytes });
         }
     }
-    Ok(n)
+    Ok(files)
 }
 
 /// Streams the inputs' rows, in order, into one Parquet file at `to`, synced.
 fn merge(inputs: &[&DayFile], to: &Path) -> Result<(), SinkError> {
-    let io = |source| SinkError::Io { dir: to.to_path_buf(), source };
+    let io = |source| io(to)(source);
     let mut writer: Option<ArrowWriter<std::fs::File>> = None;
     for input in inputs {
         let reader =

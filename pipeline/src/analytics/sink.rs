@@ -368,7 +368,7 @@ fn event_ids(path: &std::path::Path) -> Result<Vec<String>, SinkError> {
 }
 
 /// How every event file is written: zstd level 3.
-pub(crate) fn writer_properties() -> Result<WriterProperties, SinkError> {
+pub fn writer_properties() -> Result<WriterProperties, SinkError> {
     Ok(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build())
 }
 
@@ -434,20 +434,27 @@ mod tests {
                 let path = file.unwrap().path();
                 assert!(path.extension().is_some_and(|e| e == "parquet"), "{}", path.display());
                 count += 1;
-                let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
-                    .unwrap()
-                    .build()
-                    .unwrap();
-                for batch in reader {
-                    let batch = batch.unwrap();
-                    let column = batch.column_by_name("notification_id").unwrap();
-                    let strings = arrow::array::AsArray::as_string::<i32>(column);
-                    ids.extend(strings.iter().map(|s| s.unwrap().to_string()));
-                }
+                ids.extend(notification_ids(std::fs::File::open(&path).unwrap()));
             }
         }
         ids.sort();
         (ids, count)
+    }
+
+    /// The `notification_id` column of one event file.
+    fn notification_ids(file: std::fs::File) -> Vec<String> {
+        let mut ids = Vec::new();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
+            let batch = batch.unwrap();
+            let column = batch.column_by_name("notification_id").unwrap();
+            ids.extend(column.as_string::<i32>().iter().map(|s| s.unwrap().to_string()));
+        }
+        ids
+    }
+
+    /// Sorted ids, each there once.
+    fn assert_once_each(ids: &[String], what: &str) {
+        ids.windows(2).for_each(|w| assert_ne!(w[0], w[1], "{what}"));
     }
 
     async fn run_until_stopped(sink: AnalyticsSink, wait: Duration) {
@@ -472,7 +479,7 @@ mod tests {
         run_until_stopped(sink(&db, root.clone()), Duration::from_millis(400)).await;
         let (ids, _) = read_back(&root);
         assert_eq!(ids.len(), 200);
-        ids.windows(2).for_each(|w| assert_ne!(w[0], w[1], "an event is in two files"));
+        assert_once_each(&ids, "an event is in two files");
         assert!(root.join("date=2026-11-26").is_dir() && root.join("date=2026-11-27").is_dir());
         for p in 0..2 {
             let end = db.end_offset(topic::EVENTS, p).await.unwrap();
@@ -497,7 +504,7 @@ mod tests {
         run_until_stopped(sink(&db, root.clone()), Duration::from_millis(300)).await;
         let (ids, files) = read_back(&root);
         assert_eq!(ids.len(), 150, "{files} files");
-        ids.windows(2).for_each(|w| assert_ne!(w[0], w[1], "an event is in two files"));
+        assert_once_each(&ids, "an event is in two files");
     }
 
     /// A replaying stage appends events again with their ids: once in the run that flushed the
@@ -516,7 +523,7 @@ mod tests {
         run_until_stopped(sink(&db, root.clone()), Duration::from_millis(300)).await;
         let (ids, _) = read_back(&root);
         assert_eq!(ids.len(), 170);
-        ids.windows(2).for_each(|w| assert_ne!(w[0], w[1], "an event is in two files"));
+        assert_once_each(&ids, "an event is in two files");
     }
 
     #[test]
@@ -545,11 +552,7 @@ mod tests {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
                     Err(e) => panic!("{}: {e}", path.display()),
                 };
-                for batch in ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
-                    let batch = batch.unwrap();
-                    let column = batch.column_by_name("notification_id").unwrap();
-                    ids.extend(column.as_string::<i32>().iter().map(|s| s.unwrap().to_string()));
-                }
+                ids.extend(notification_ids(file));
             }
         }
         ids.sort();
@@ -582,7 +585,7 @@ mod tests {
                         match outside_read(&root) {
                             Some(ids) => {
                                 assert_eq!(ids.len(), total, "a complete read saw {} events", ids.len());
-                                ids.windows(2).for_each(|w| assert_ne!(w[0], w[1], "an event read twice"));
+                                assert_once_each(&ids, "an event read twice");
                                 complete += 1;
                             }
                             None => interrupted += 1,
@@ -613,7 +616,7 @@ mod tests {
         run_until_stopped(sink(&db, root.clone()), Duration::from_millis(200)).await;
         let (ids, _) = read_back(&root);
         assert_eq!(ids.len(), total + 10);
-        ids.windows(2).for_each(|w| assert_ne!(w[0], w[1], "an event is in two files"));
+        assert_once_each(&ids, "an event is in two files");
     }
 
     /// The sink compacts on its own every `compact_interval`, and a start clears the staging

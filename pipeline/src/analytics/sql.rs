@@ -23,9 +23,10 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
+use herald_schemas::DeliveryEvent;
 use herald_schemas::analytics::{EventRows, event_schema};
+use herald_schemas::codec;
 use herald_schemas::topic::{self, TopicLog};
-use herald_schemas::{DeliveryEvent, EncodedEvent};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -241,9 +242,8 @@ async fn read_tail(source: &EventSource<'_>, ends: &HashMap<u32, u64>) -> Result
             let Some(last) = records.last() else { break };
             from = last.offset + 1;
             for record in records {
-                let decoded: Option<DeliveryEvent> =
-                    EncodedEvent::from_record(&record.key, record.value).and_then(|e| e.decode().ok());
-                if let Some(event) = decoded
+                // Undecodable records are skipped, as the sink skips them.
+                if let Ok(event) = codec::decode::<DeliveryEvent>(&record.value)
                     && seen.insert(herald_schemas::ids::fingerprint(&event.event_id))
                 {
                     rows.push(&event);

@@ -18,7 +18,7 @@
 //!   Receipts for unknown notifications are acknowledged and ignored (a provider retries what is refused). A receipt delivered twice
 //!   yields the same event id.
 
-use super::{ApiError, ApiState, authorize};
+use super::{ApiError, ApiState, Timelines, authorize};
 use crate::runtime::requests::event_appends;
 use axum::body::Bytes;
 use axum::extract::{Query, RawQuery, State};
@@ -28,9 +28,9 @@ use herald_connectors::channels::{sendgrid, smtp, twilio, vonage};
 use herald_connectors::receipts::{Receipt, ReceiptError, ReceiptStatus};
 use herald_schemas::stage::now_ms;
 use herald_schemas::store::Scope;
-use herald_schemas::{DeliveryEvent, DeliveryId, EventKind, NotificationId, Route};
+use herald_schemas::{DeliveryEvent, DeliveryId, EventKind, Route};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 #[derive(Deserialize)]
 pub struct TokenQuery {
@@ -68,8 +68,7 @@ pub async fn unsubscribe(State(s): State<ApiState>, Query(query): Query<TokenQue
     let added = contacts.add_opt_out(&claim.user_id, &claim.category).await.map_err(|e| ApiError::internal(&e))?;
     if added {
         s.app.contact_cache.invalidate(&claim.user_id);
-        // The delivery id starts with its notification id (`<notification>.<hash>`).
-        let notification = NotificationId(claim.delivery_id.split('.').next().unwrap_or_default().to_string());
+        let notification = crate::tracking::notification_of(&DeliveryId(claim.delivery_id.clone()));
         let event = DeliveryEvent::new(
             &notification,
             &claim.client_id,
@@ -193,19 +192,13 @@ fn route_of(provider: &str) -> Option<Route> {
 async fn record(s: &ApiState, receipts: Vec<Receipt>) -> Result<Response, ApiError> {
     let now = now_ms();
     let mut events = Vec::with_capacity(receipts.len());
-    // A webhook batch often names one notification many times: its timeline is read once.
-    let mut timelines: HashMap<NotificationId, Vec<DeliveryEvent>> = HashMap::new();
+    let mut timelines = Timelines::default();
     for receipt in receipts {
         let id = &receipt.delivery_id;
-        let notification = NotificationId(id.0.split('.').next().unwrap_or_default().to_string());
-        if !timelines.contains_key(&notification) {
-            let timeline = s.app.backends.timeline.timeline(&notification).await.map_err(|e| ApiError::internal(&e))?;
-            timelines.insert(notification.clone(), timeline);
-        }
         // The delivery's own event, whose template, category and locale the receipt's event
         // copies (so it joins the funnel); else any event of the notification, which names its
         // user and client: a receipt may arrive before the dispatcher's `sent` is in the log.
-        let timeline = &timelines[&notification];
+        let timeline = timelines.of(s, id).await?;
         let of = timeline.iter().find(|e| e.delivery_id.as_ref() == Some(id)).or(timeline.first());
         let (Some(sent), Some(route)) = (of, route_of(receipt.provider)) else {
             tracing::debug!(provider = receipt.provider, "receipt for a notification Herald does not know; ignored");
@@ -218,7 +211,7 @@ async fn record(s: &ApiState, receipts: Vec<Receipt>) -> Result<Response, ApiErr
         };
         // Only the address the delivery went to: its id is derived from it.
         let address = receipt.address.as_deref().filter(|a| {
-            DeliveryId::derive(&notification, route.as_str(), a) == *id && receipt.status.address_is_dead()
+            DeliveryId::derive(&sent.notification_id, route.as_str(), a) == *id && receipt.status.address_is_dead()
         });
         if let Some(address) = address {
             let contacts = &s.app.backends.contacts;

@@ -11,9 +11,9 @@
 //!
 //! The events are appended to `herald-events` before the answer; repeats share an event id.
 
-use super::{ApiError, ApiState, authorize, read_json};
+use super::{ApiError, ApiState, Timelines, authorize, read_json};
 use crate::runtime::requests::event_appends;
-use crate::tracking::{Claim, PIXEL_GIF, follow_up, notification_of};
+use crate::tracking::{Claim, PIXEL_GIF, follow_up};
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,6 @@ use herald_schemas::store::Scope;
 use herald_schemas::{DeliveryEvent, DeliveryId, EventKind};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
 
 fn verified(s: &ApiState, token: &str) -> Result<Claim, ApiError> {
     let tracking = s.app.tracking.as_ref().ok_or_else(|| ApiError::not_found("tracking is not enabled here"))?;
@@ -94,16 +93,11 @@ pub async fn post_events(State(s): State<ApiState>, req: Request) -> Result<Resp
         reported.push((DeliveryId(e.delivery_id), kind));
     }
     let now = now_ms();
-    let mut timelines = HashMap::new();
+    let mut timelines = Timelines::default();
     let (mut events, mut unknown) = (Vec::new(), Vec::new());
     for (delivery, kind) in reported {
-        let notification = notification_of(&delivery);
-        if !timelines.contains_key(&notification) {
-            let timeline = s.app.backends.timeline.timeline(&notification).await.map_err(|e| ApiError::internal(&e))?;
-            timelines.insert(notification.clone(), timeline);
-        }
         // The delivery's own event (its `sent`), of a notification of this client.
-        let of = timelines[&notification].iter().find(|e| {
+        let of = timelines.of(&s, &delivery).await?.iter().find(|e| {
             e.delivery_id.as_ref() == Some(&delivery) && (e.client_id == key.client_id || key.allows(Scope::Admin))
         });
         match of.and_then(|of| of.route.map(|route| follow_up(of, &delivery, route, kind, now))) {

@@ -85,6 +85,27 @@ async fn metrics() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::prometheus().render()).into_response()
 }
 
+/// The timelines of the notifications a request's deliveries belong to, each read once (a
+/// webhook batch or an app's report often names one notification many times).
+#[derive(Default)]
+struct Timelines(std::collections::HashMap<NotificationId, Vec<herald_schemas::DeliveryEvent>>);
+
+impl Timelines {
+    /// The events of the notification `delivery` belongs to (empty when Herald knows none).
+    async fn of(
+        &mut self,
+        s: &ApiState,
+        delivery: &herald_schemas::DeliveryId,
+    ) -> Result<&[herald_schemas::DeliveryEvent], ApiError> {
+        let notification = crate::tracking::notification_of(delivery);
+        if !self.0.contains_key(&notification) {
+            let timeline = s.app.backends.timeline.timeline(&notification).await.map_err(|e| ApiError::internal(&e))?;
+            self.0.insert(notification.clone(), timeline);
+        }
+        Ok(self.0.get(&notification).map(Vec::as_slice).unwrap_or_default())
+    }
+}
+
 /// Checks the bearer key and the scope; the body is untouched.
 async fn authorize(s: &ApiState, headers: &HeaderMap, scope: Scope) -> Result<ApiKeyRecord, ApiError> {
     let header = headers
