@@ -20,8 +20,10 @@ use crate::contacts::User;
 use crate::event::{DeliveryEvent, EncodedEvent};
 use crate::ids::{DeliveryId, NotificationId};
 use crate::template::Template;
+use crate::topic::Commit;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -213,4 +215,35 @@ pub trait TimelineStore: Send + Sync + 'static {
 pub trait TimelineFeed: Send + Sync + 'static {
     /// Adds events as they are on `herald-events` (an event id already present is kept once).
     async fn add_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError>;
+}
+
+/// Consumer positions kept by the state backend, for a topic log whose own offsets Herald does not
+/// use (Fluvio: its consumer offsets follow a stream's reads, Herald's follow what is durable
+/// downstream). Each `(group, topic, partition)` is committed by one task, in order.
+#[async_trait]
+pub trait OffsetStore: Send + Sync + 'static {
+    /// Records each commit's `next_offset`; durable when it returns.
+    async fn save_offsets(&self, commits: &[Commit]) -> Result<(), StoreError>;
+    /// The group's position (`None` when it never committed).
+    async fn load_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, StoreError>;
+}
+
+/// Workers sharing the partitions (distributed mode): who is alive, and who holds each partition.
+///
+/// A worker processes a partition only while it holds the partition's lease; leases are taken and
+/// renewed with a compare-and-set (a lightweight transaction in ScyllaDB), so a partition never has
+/// two holders, and expire on their own when a worker dies.
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
+    /// Announces (or refreshes) `worker` as alive for `ttl`.
+    async fn heartbeat(&self, worker: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// The workers alive now, sorted.
+    async fn live_workers(&self) -> Result<Vec<String>, StoreError>;
+    /// Removes `worker` from the live workers at once (a graceful stop).
+    async fn leave(&self, worker: &str) -> Result<(), StoreError>;
+    /// Takes the partition's lease for `worker` if it is free (or already `worker`'s), for `ttl`
+    /// from now. Returns whether `worker` holds it now.
+    async fn acquire_lease(&self, partition: u32, worker: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Gives the lease back if `worker` holds it (a no-op otherwise).
+    async fn release_lease(&self, partition: u32, worker: &str) -> Result<(), StoreError>;
 }
