@@ -4,6 +4,8 @@
 //! - [`embedded`]: the embedded backend: one data directory, one fjall database holding the topic
 //!   log ([`herald_schemas::topic::TopicLog`]) and every state store ([`herald_schemas::store`]),
 //!   with group commit. Entry point: [`embedded::EmbeddedDb::open`].
+//! - `fluvio` (cargo feature `fluvio`): the topic log on a Fluvio cluster, consumer positions in
+//!   the state backend. Entry point: `fluvio::FluvioLog::connect`.
 //! - [`channels`]: channel connectors ([`herald_schemas::channel::Channel`]), one module each;
 //!   [`channels::outbox`] is the file outbox used when no provider is configured.
 //! - [`receipts`]: delivery receipts from the providers' callbacks, in one shape.
@@ -13,6 +15,8 @@
 
 pub mod channels;
 pub mod embedded;
+#[cfg(feature = "fluvio")]
+pub mod fluvio;
 pub mod receipts;
 pub mod secret;
 pub mod signed;

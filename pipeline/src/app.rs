@@ -6,7 +6,7 @@
 //! decided here and nowhere else.
 
 use crate::alerts::Alerts;
-use crate::config::Config;
+use crate::config::{Config, StateBackend, TopicsBackend};
 use crate::ingest::Ingestor;
 use herald_connectors::embedded::{EmbeddedDb, EmbeddedError, EmbeddedOptions};
 use herald_connectors::unsubscribe::UnsubscribeLinks;
@@ -14,7 +14,8 @@ use herald_schemas::analytics::RecipientHasher;
 use herald_schemas::job::Route;
 use herald_schemas::stage::{Clock, SystemClock};
 use herald_schemas::store::{
-    ContactStore, DedupStore, KeyStore, LedgerStore, TemplateStore, ThrottleStore, TimelineFeed, TimelineStore,
+    ContactStore, DedupStore, KeyStore, LedgerStore, Membership, OffsetStore, TemplateStore, ThrottleStore,
+    TimelineFeed, TimelineStore,
 };
 use herald_schemas::topic::{self, LogError, TopicLog};
 use herald_stages::enrich::{ContactCache, ContactCacheConfig};
@@ -37,32 +38,112 @@ pub struct Backends {
     /// Where the timeline sink writes `herald-events`; `None` when the timeline store reads the
     /// events log itself (embedded), and then no sink runs.
     pub timeline_feed: Option<Arc<dyn TimelineFeed>>,
-    /// The embedded database when it is the backend (for retention and flush).
+    /// The embedded database when it is a backend, of topics or state (for retention and flush).
     pub embedded: Option<EmbeddedDb>,
+    /// Workers sharing the partitions, when the state backend can coordinate them (ScyllaDB);
+    /// `None`: this process is the only worker and owns every partition.
+    pub membership: Option<Arc<dyn Membership>>,
+}
+
+/// Every state store of one backend, as interfaces.
+struct StateStores {
+    contacts: Arc<dyn ContactStore>,
+    templates: Arc<dyn TemplateStore>,
+    dedup: Arc<dyn DedupStore>,
+    throttle: Arc<dyn ThrottleStore>,
+    ledger: Arc<dyn LedgerStore>,
+    keys: Arc<dyn KeyStore>,
+    timeline: Arc<dyn TimelineStore>,
+    feed: Arc<dyn TimelineFeed>,
+    offsets: Arc<dyn OffsetStore>,
+    membership: Option<Arc<dyn Membership>>,
+}
+
+impl StateStores {
+    fn of<S>(store: Arc<S>, membership: Option<Arc<dyn Membership>>) -> StateStores
+    where
+        S: ContactStore
+            + TemplateStore
+            + DedupStore
+            + ThrottleStore
+            + LedgerStore
+            + KeyStore
+            + TimelineStore
+            + TimelineFeed
+            + OffsetStore,
+    {
+        StateStores {
+            contacts: store.clone(),
+            templates: store.clone(),
+            dedup: store.clone(),
+            throttle: store.clone(),
+            ledger: store.clone(),
+            keys: store.clone(),
+            timeline: store.clone(),
+            feed: store.clone(),
+            offsets: store,
+            membership,
+        }
+    }
 }
 
 impl Backends {
-    /// Opens (and locks) the embedded database in `dir`.
-    pub fn open_embedded(dir: &Path, config: &Config) -> Result<Backends, EmbeddedError> {
-        let options = EmbeddedOptions {
-            default_partitions: config.pipeline.partitions.get(),
-            retention: config.pipeline.retention,
-            indexed_retention: config.pipeline.timeline_retention,
-            ..EmbeddedOptions::default()
+    /// Opens the backends `[backends]` names: the embedded database in `dir` (locked) when
+    /// either is embedded, and connections to the clusters otherwise.
+    pub async fn open(dir: &Path, config: &Config) -> Result<Backends, OpenError> {
+        let topics = config.backends.topics()?;
+        let state = config.backends.state()?;
+        let embedded = if topics == TopicsBackend::Embedded || state == StateBackend::Embedded {
+            let options = EmbeddedOptions {
+                default_partitions: config.pipeline.partitions.get(),
+                retention: config.pipeline.retention,
+                indexed_retention: config.pipeline.timeline_retention,
+                ..EmbeddedOptions::default()
+            };
+            Some(EmbeddedDb::open(dir, options)?)
+        } else {
+            None
         };
-        let db = EmbeddedDb::open(dir, options)?;
-        let shared = Arc::new(db.clone());
+        let stores = match &state {
+            StateBackend::Embedded => {
+                let db = embedded.clone().ok_or_else(|| OpenError::State("embedded database not open".into()))?;
+                StateStores::of(Arc::new(db), None)
+            }
+            #[cfg(feature = "scylla")]
+            StateBackend::Scylla(options) => {
+                let scylla = herald_connectors::scylla::ScyllaState::connect(options.clone())
+                    .await
+                    .map_err(|e| OpenError::State(e.to_string()))?;
+                let scylla = Arc::new(scylla);
+                StateStores::of(scylla.clone(), Some(scylla))
+            }
+        };
+        let log: Arc<dyn TopicLog> = match &topics {
+            TopicsBackend::Embedded => {
+                Arc::new(embedded.clone().ok_or_else(|| OpenError::State("embedded database not open".into()))?)
+            }
+            #[cfg(feature = "fluvio")]
+            TopicsBackend::Fluvio(options) => Arc::new(
+                herald_connectors::fluvio::FluvioLog::connect(options.clone(), stores.offsets.clone())
+                    .await
+                    .map_err(OpenError::TopicBackend)?,
+            ),
+        };
+        // The embedded state reads the timeline from the embedded log itself; any other pair
+        // needs the timeline sink to copy `herald-events` into the state store.
+        let fed = !(topics == TopicsBackend::Embedded && state == StateBackend::Embedded);
         Ok(Backends {
-            log: shared.clone(),
-            contacts: shared.clone(),
-            templates: shared.clone(),
-            dedup: shared.clone(),
-            throttle: shared.clone(),
-            ledger: shared.clone(),
-            keys: shared.clone(),
-            timeline: shared,
-            timeline_feed: None,
-            embedded: Some(db),
+            log,
+            contacts: stores.contacts,
+            templates: stores.templates,
+            dedup: stores.dedup,
+            throttle: stores.throttle,
+            ledger: stores.ledger,
+            keys: stores.keys,
+            timeline: stores.timeline,
+            timeline_feed: fed.then_some(stores.feed),
+            embedded,
+            membership: stores.membership,
         })
     }
 
@@ -103,6 +184,10 @@ pub enum OpenError {
     Embedded(#[from] EmbeddedError),
     #[error("cannot create topics: {0}")]
     Topics(#[from] LogError),
+    #[error("cannot connect to the topic backend: {0}")]
+    TopicBackend(LogError),
+    #[error("cannot open the state backend: {0}")]
+    State(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot read or create the recipient hash key {path}: {source}")]
@@ -112,7 +197,7 @@ pub enum OpenError {
 impl App {
     /// Opens the backends and creates the topics. No socket is opened.
     pub async fn open(config: Config, data_dir: PathBuf) -> Result<App, OpenError> {
-        let backends = Backends::open_embedded(&data_dir, &config)?;
+        let backends = Backends::open(&data_dir, &config).await?;
         let partitions = config.pipeline.partitions.get();
         backends.ensure_topics(partitions).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);

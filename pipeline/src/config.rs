@@ -64,6 +64,91 @@ pub struct Config {
     pub unsubscribe: UnsubscribeConfig,
     pub tracking: TrackingConfig,
     pub analytics: AnalyticsConfig,
+    pub backends: BackendsConfig,
+}
+
+/// `[backends]`: where the topics and the state live, as URLs (`herald serve --topics … --state
+/// …` override them). `embedded`, the default for both, keeps them in the data directory.
+///
+/// - `topics`: `embedded`, or `fluvio://host:port[?replication=3&prefix=…&linger=1ms]` (a Fluvio
+///   cluster's SC; cargo feature `fluvio`).
+/// - `state`: `embedded`, or `scylla://node1,node2[:port]/keyspace[?replication=3]` (ScyllaDB;
+///   cargo feature `scylla`). Several workers can share the partitions only with this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendsConfig {
+    pub topics: String,
+    pub state: String,
+}
+
+impl Default for BackendsConfig {
+    fn default() -> Self {
+        Self { topics: EMBEDDED.into(), state: EMBEDDED.into() }
+    }
+}
+
+const EMBEDDED: &str = "embedded";
+
+/// Where the topics live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicsBackend {
+    Embedded,
+    #[cfg(feature = "fluvio")]
+    Fluvio(herald_connectors::fluvio::FluvioOptions),
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateBackend {
+    Embedded,
+    #[cfg(feature = "scylla")]
+    Scylla(herald_connectors::scylla::ScyllaOptions),
+}
+
+#[cfg(not(all(feature = "fluvio", feature = "scylla")))]
+fn not_built(url: &str, feature: &str) -> ConfigError {
+    ConfigError::Invalid(format!(
+        "{url:?} needs the `{feature}` cargo feature, which this herald was built without \
+         (it is on by default: cargo build --release)"
+    ))
+}
+
+impl BackendsConfig {
+    pub fn topics(&self) -> Result<TopicsBackend, ConfigError> {
+        let url = self.topics.trim();
+        if url == EMBEDDED {
+            return Ok(TopicsBackend::Embedded);
+        }
+        if url.starts_with("fluvio://") {
+            #[cfg(feature = "fluvio")]
+            return herald_connectors::fluvio::FluvioOptions::from_url(url)
+                .map(TopicsBackend::Fluvio)
+                .map_err(|e| ConfigError::Invalid(format!("backends.topics: {e}")));
+            #[cfg(not(feature = "fluvio"))]
+            return Err(not_built(url, "fluvio"));
+        }
+        Err(ConfigError::Invalid(format!(
+            "backends.topics {url:?}: use \"embedded\" or fluvio://host:port (a Fluvio cluster)"
+        )))
+    }
+
+    pub fn state(&self) -> Result<StateBackend, ConfigError> {
+        let url = self.state.trim();
+        if url == EMBEDDED {
+            return Ok(StateBackend::Embedded);
+        }
+        if url.starts_with("scylla://") {
+            #[cfg(feature = "scylla")]
+            return herald_connectors::scylla::ScyllaOptions::from_url(url)
+                .map(StateBackend::Scylla)
+                .map_err(|e| ConfigError::Invalid(format!("backends.state: {e}")));
+            #[cfg(not(feature = "scylla"))]
+            return Err(not_built(url, "scylla"));
+        }
+        Err(ConfigError::Invalid(format!(
+            "backends.state {url:?}: use \"embedded\" or scylla://node1,node2/keyspace (a ScyllaDB cluster)"
+        )))
+    }
 }
 
 /// `[analytics]`: delivery events as Parquet under `<data-dir>/events/` (see `herald sql`).
@@ -582,6 +667,8 @@ impl Config {
         if !(0.0..1.0).contains(&self.breaker.failure_ratio) {
             return bad("breaker.failure_ratio must be at least 0 and below 1");
         }
+        self.backends.topics()?;
+        self.backends.state()?;
         self.channels.validate()?;
         for kind in self.channels.used() {
             if kind != ProviderKind::Outbox && !self.providers.has(kind) {

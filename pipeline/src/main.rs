@@ -34,11 +34,26 @@ struct Common {
     /// Configuration file (TOML); every setting has a default. See `herald config check --help`.
     #[arg(long, env = "HERALD_CONFIG")]
     config: Option<PathBuf>,
+    /// Where the topics live, overriding backends.topics: `embedded` (the data directory), or a
+    /// Fluvio cluster as fluvio://HOST:PORT[?replication=3&prefix=NAME-].
+    #[arg(long, env = "HERALD_TOPICS", value_name = "URL")]
+    topics: Option<String>,
+    /// Where contacts and state live, overriding backends.state: `embedded`, or a ScyllaDB
+    /// cluster as scylla://NODE1,NODE2[:PORT]/KEYSPACE[?replication=3] (create its schema
+    /// first with `herald migrate`).
+    #[arg(long, env = "HERALD_STATE", value_name = "URL")]
+    state: Option<String>,
 }
 
 impl Common {
     fn load(&self) -> anyhow::Result<(Config, PathBuf)> {
-        let config = Config::load_or_default(self.config.as_deref())?;
+        let mut config = Config::load_or_default(self.config.as_deref())?;
+        if let Some(topics) = &self.topics {
+            config.backends.topics = topics.clone();
+        }
+        if let Some(state) = &self.state {
+            config.backends.state = state.clone();
+        }
         config.validate()?;
         let dir = commands::data_dir(self.data_dir.as_deref(), &config);
         Ok((config, dir))

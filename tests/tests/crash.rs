@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::backend::Backend;
 use common::client::{Api, accepted_id, batch_results, overload_pause};
 use common::outbox::{Outbox, OutboxCounter, TornTail, wait_for_lines};
 use common::population::{Contact, Mix, Target, channel_names, random_channels};
@@ -337,10 +338,17 @@ async fn submit_through_crashes(shared: &Shared, key: &str, batches: &[Vec<Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_submission_loses_and_duplicates_nothing() {
+    for backend in Backend::all("kill during submission") {
+        eprintln!("[kill during submission] on the {} backends", backend.name);
+        sigkill_during_submission_on(&backend).await;
+    }
+}
+
+async fn sigkill_during_submission_on(backend: &Backend) {
     const TEST: &str = "kill during submission";
     let mut rng = StdRng::seed_from_u64(common::seed(TEST));
     let work = Workload::generate(&mut rng, FanOut::Mixed);
-    let herald = Herald::start(None);
+    let herald = Herald::start_on(backend, None);
     work.install(&herald.api()).await;
     let key = herald.admin_key().to_string();
     let batches: Vec<Vec<Value>> = work.items.chunks(BATCH).map(<[Value]>::to_vec).collect();
@@ -376,8 +384,9 @@ async fn sigkill_during_submission_loses_and_duplicates_nothing() {
 
 /// Appends `items` to `herald-requests` of a stopped server's data directory through the
 /// ingestor the API uses (validated, durable), as client `tests`.
-async fn queue_offline(data_dir: &std::path::Path, items: &[Value]) {
-    let app = herald::app::App::open(herald::config::Config::default(), data_dir.to_path_buf())
+async fn queue_offline(herald: &Herald, items: &[Value]) {
+    let config = herald.backends_config(herald::config::Config::default());
+    let app = herald::app::App::open(config, herald.data_dir().to_path_buf())
         .await
         .expect("open the data directory of the stopped server");
     for chunk in items.chunks(BATCH) {
@@ -392,6 +401,13 @@ async fn queue_offline(data_dir: &std::path::Path, items: &[Value]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_dispatch_loses_and_duplicates_nothing() {
+    for backend in Backend::all("kill during dispatch") {
+        eprintln!("[kill during dispatch] on the {} backends", backend.name);
+        sigkill_during_dispatch_on(&backend).await;
+    }
+}
+
+async fn sigkill_during_dispatch_on(backend: &Backend) {
     const TEST: &str = "kill during dispatch";
     let mut rng = StdRng::seed_from_u64(common::seed(TEST));
     // Five deliveries per request, all queued before the pipeline runs (the way `herald bench
@@ -401,11 +417,11 @@ async fn sigkill_during_dispatch_loses_and_duplicates_nothing() {
     // time the last batch is acknowledged.
     let work = Workload::generate(&mut rng, FanOut::Wide);
     let expected = work.expected_total();
-    let mut herald = Herald::start(None);
+    let mut herald = Herald::start_on(backend, None);
     work.install(&herald.api()).await;
     herald.stop();
     let started = Instant::now();
-    queue_offline(herald.data_dir(), &work.items).await;
+    queue_offline(&herald, &work.items).await;
     herald.serve();
     let mut counter = OutboxCounter::new(herald.data_dir());
     println!(

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::backend::Backend;
 use common::client::Api;
 use common::outbox::{Delivered, Outbox, TornTail, wait_for_lines};
 use common::population::{Contact, Mix, Target, channel_names, random_channels};
@@ -194,6 +195,13 @@ async fn await_timeline(api: &Api, id: &str, want: &[(&str, RangeInclusive<usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_notifications_reach_exactly_their_targets() {
+    for backend in Backend::all("end_to_end") {
+        eprintln!("[end_to_end] on the {} backends", backend.name);
+        ten_thousand_notifications_on(&backend).await;
+    }
+}
+
+async fn ten_thousand_notifications_on(backend: &Backend) {
     let mut rng = StdRng::seed_from_u64(common::seed("end_to_end"));
     let users: Vec<Contact> =
         (0..USERS).map(|n| Contact::random(&mut rng, format!("user-{n}"), n, &Mix::VARIED)).collect();
@@ -218,7 +226,7 @@ async fn ten_thousand_notifications_reach_exactly_their_targets() {
     }
     eprintln!("{} notifications, expecting {expected_total} deliveries: {per_channel:?}", planned.len());
 
-    let mut herald = Herald::start(Some(&config()));
+    let mut herald = Herald::start_on(backend, Some(&config()));
     let api = herald.api();
     let started = Instant::now();
     for user in &users {

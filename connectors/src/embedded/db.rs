@@ -72,6 +72,12 @@ pub(crate) struct Keyspaces {
     pub(crate) api_keys: Keyspace,
     /// Key-group index of the indexed topics (see `index.rs`).
     pub(crate) index: Keyspace,
+    /// Consumer positions on a log outside this database (Fluvio), see `remote.rs`.
+    pub(crate) positions: Keyspace,
+    /// Timeline events fed from a log outside this database, see `remote.rs`.
+    pub(crate) timeline: Keyspace,
+    /// `written_at_ms | timeline key` → (), to drop old timeline events without a full scan.
+    pub(crate) timeline_expiry: Keyspace,
 }
 
 impl Keyspaces {
@@ -91,6 +97,9 @@ impl Keyspaces {
             sinks: ks("sinks")?,
             api_keys: ks("api_keys")?,
             index: ks("log_index")?,
+            positions: ks("positions")?,
+            timeline: ks("timeline")?,
+            timeline_expiry: ks("timeline_expiry")?,
         })
     }
 }
@@ -279,8 +288,14 @@ impl EmbeddedDb {
         let _serial = hold(&inner.locks.retention);
         let records = inner.apply_log_retention(now)?;
         let claims = inner.purge_expired_claims(now)?;
-        if records > 0 || claims > 0 {
-            tracing::info!(records, dedup_claims = claims, "retention deleted consumed records and expired claims");
+        let timeline = inner.purge_fed_timeline(now.saturating_sub(inner.options.indexed_retention.as_millis() as u64))?;
+        if records > 0 || claims > 0 || timeline > 0 {
+            tracing::info!(
+                records,
+                dedup_claims = claims,
+                timeline_events = timeline,
+                "retention deleted consumed records, expired claims and old timeline events"
+            );
         } else {
             tracing::debug!("retention found nothing to delete");
         }

@@ -28,12 +28,16 @@
 //! - `index.rs`: the key-group index of `herald-events`, which the timeline reads.
 //! - `stores.rs`: contacts, templates, dedup, throttle, ledger, API keys, timeline (read from the
 //!   events log through the index).
+//! - `remote.rs`: what the database keeps when the topics live elsewhere (Fluvio): consumer
+//!   positions ([`herald_schemas::store::OffsetStore`]) and the timeline's own copy of the events
+//!   ([`herald_schemas::store::TimelineFeed`]).
 
 mod commit;
 mod db;
 mod index;
 mod lock;
 mod log;
+mod remote;
 mod stores;
 
 pub use commit::CommitStats;

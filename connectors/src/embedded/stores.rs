@@ -62,7 +62,7 @@ fn get_json<T: DeserializeOwned>(ks: &Keyspace, what: &'static str, key: &[u8]) 
 }
 
 /// `len (u32 BE) | part`: a key prefix no other part can share.
-fn prefixed(part: &str) -> Vec<u8> {
+pub(crate) fn prefixed(part: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + part.len() + 40);
     key.extend_from_slice(&(part.len() as u32).to_be_bytes());
     key.extend_from_slice(part.as_bytes());
@@ -80,7 +80,7 @@ fn utf8_tail(what: &'static str, key: &[u8], prefix_len: usize) -> Result<String
     String::from_utf8(tail.to_vec()).map_err(|e| EmbeddedError::corrupt(what, e.to_string()))
 }
 
-fn be_u64(what: &'static str, bytes: &[u8]) -> Result<u64, EmbeddedError> {
+pub(crate) fn be_u64(what: &'static str, bytes: &[u8]) -> Result<u64, EmbeddedError> {
     let array: [u8; 8] = bytes
         .try_into()
         .map_err(|_| EmbeddedError::corrupt(what, format!("expected 8 bytes, found {}", bytes.len())))?;
@@ -503,7 +503,7 @@ impl KeyStore for EmbeddedDb {
 #[async_trait]
 impl TimelineStore for EmbeddedDb {
     /// Read from `herald-events` through the log's key index: the events are stored once, in
-    /// the log. Sorted by `at_ms`, then kind (the order a notification goes through), then event
+    /// the log (with the topics elsewhere, from the copy fed by the timeline sink, `remote.rs`). Sorted by `at_ms`, then kind (the order a notification goes through), then event
     /// id; an event written twice (a replay after a crash) is kept once, the last copy.
     async fn timeline(&self, id: &NotificationId) -> Result<Vec<DeliveryEvent>, StoreError> {
         let records = self.lookup_group(topic::EVENTS, id.0.as_bytes()).await?;
@@ -511,6 +511,10 @@ impl TimelineStore for EmbeddedDb {
         for record in records {
             let event = codec::decode::<DeliveryEvent>(&record.value)
                 .map_err(|e| EmbeddedError::corrupt("herald-events", format!("offset {}: {e}", record.offset)))?;
+            by_id.insert(event.event_id.clone(), event);
+        }
+        // Events fed from a log elsewhere (Fluvio); none when the log is this database.
+        for event in self.fed_timeline(id).await? {
             by_id.insert(event.event_id.clone(), event);
         }
         let mut events: Vec<DeliveryEvent> = by_id.into_values().collect();

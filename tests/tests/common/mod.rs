@@ -1,6 +1,7 @@
 //! The harness every end-to-end test shares: it drives the real `herald` binary.
 //!
 //! # Layout
+//! - [`backend`]: the backends a shared test runs on (embedded always; Fluvio, ScyllaDB when set).
 //! - [`binary`]: finds the `herald` binary and builds it once per test process.
 //! - [`server`]: one server process on a temporary data directory: start, SIGKILL, SIGTERM, restart,
 //!   `herald keys create`; the process is killed on drop so no test leaves one behind.
@@ -16,6 +17,7 @@
 //! Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod binary;
 pub mod client;
 pub mod jobs;

@@ -5,6 +5,7 @@
 //! SIGKILLs a running server; if the test is panicking the directory is kept and its path and the
 //! tail of the server log are printed.
 
+use super::backend::Backend;
 use super::binary::herald_bin;
 use super::client::Api;
 use std::fs;
@@ -31,6 +32,9 @@ pub struct Herald {
     url: String,
     starts: u32,
     logs: Vec<PathBuf>,
+    /// `--topics` and `--state` of every command (`embedded` for both unless a cluster is used).
+    topics: String,
+    state: String,
 }
 
 struct Running {
@@ -49,6 +53,12 @@ pub struct Exit {
 impl Herald {
     /// A fresh data directory (with the TOML `config`, if any) and an admin key, not yet serving.
     pub fn new(config: Option<&str>) -> Self {
+        Self::new_on(&Backend::embedded(), config)
+    }
+
+    /// [`Herald::new`] on `backend` (on ScyllaDB, `herald migrate` creates its keyspace first).
+    pub fn new_on(backend: &Backend, config: Option<&str>) -> Self {
+        let (topics, state) = backend.urls();
         let dir = tempfile::Builder::new().prefix("herald-test-").tempdir().expect("create a temp dir");
         let data_dir = dir.path().join("data");
         let config = config.map(|text| {
@@ -65,16 +75,40 @@ impl Herald {
             url: String::new(),
             starts: 0,
             logs: Vec::new(),
+            topics,
+            state,
         };
+        if backend.uses_scylla() {
+            let out = herald.command(&["migrate"]);
+            assert!(out.status.success(), "herald migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
         herald.admin_key = herald.create_key(&["admin"], "tests");
         herald
     }
 
     /// [`Herald::new`] then [`Herald::serve`].
     pub fn start(config: Option<&str>) -> Self {
-        let mut herald = Self::new(config);
+        Self::start_on(&Backend::embedded(), config)
+    }
+
+    /// [`Herald::new_on`] then [`Herald::serve`].
+    pub fn start_on(backend: &Backend, config: Option<&str>) -> Self {
+        let mut herald = Self::new_on(backend, config);
         herald.serve();
         herald
+    }
+
+    /// The configuration a process of the test's own opening this server's backends must use
+    /// (`config` with this server's `[backends]`).
+    pub fn backends_config(&self, mut config: herald::config::Config) -> herald::config::Config {
+        config.backends.topics = self.topics.clone();
+        config.backends.state = self.state.clone();
+        config
+    }
+
+    /// Sets this server's backends on a command.
+    fn on_backends<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("HERALD_TOPICS", &self.topics).env("HERALD_STATE", &self.state)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -99,6 +133,7 @@ impl Herald {
     /// `herald keys create --data-dir DIR --scope S… --client NAME` as a raw command result.
     pub fn keys_create(&self, scopes: &[&str], client: &str) -> Output {
         let mut cmd = Command::new(herald_bin());
+        self.on_backends(&mut cmd);
         cmd.args(["keys", "create", "--data-dir"]).arg(&self.data_dir);
         for scope in scopes {
             cmd.args(["--scope", scope]);
@@ -111,6 +146,7 @@ impl Herald {
     /// server must not be running), as a raw command result.
     pub fn command(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(herald_bin());
+        self.on_backends(&mut cmd);
         cmd.args(args).arg("--data-dir").arg(&self.data_dir);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
@@ -156,6 +192,7 @@ impl Herald {
         let log_path = self.dir.path().join(format!("serve-{}.log", self.starts));
         let log = fs::File::create(&log_path).expect("create the server log");
         let mut cmd = Command::new(herald_bin());
+        self.on_backends(&mut cmd);
         cmd.arg("serve").arg("--data-dir").arg(&self.data_dir).args(["--listen", listen]);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);

@@ -1,0 +1,491 @@
+//! Herald's topics on a Fluvio cluster ([`FluvioLog`], cargo feature `fluvio`).
+//!
+//! # Mapping
+//! - A Herald topic is the Fluvio topic of the same name, after an optional prefix
+//!   ([`FluvioOptions::prefix`], so several Herald installations or test runs share a cluster).
+//!   Both follow Fluvio's naming rule, so names carry over unchanged.
+//! - Herald chooses partitions itself (a stable hash of the key, [`herald_schemas::topic`]), so a
+//!   record goes to the partition Herald named: one producer per `(topic, partition)`, built with
+//!   Fluvio's specific partitioner. Records are batched by the producer (`linger`, `batch_bytes`).
+//! - Offsets are Fluvio's. **Consumer positions are not**: Fluvio's consumer offsets follow what a
+//!   stream has yielded, Herald's follow what is durable downstream, committed in order by the task
+//!   at the end of each chain. They are kept in the state backend ([`OffsetStore`]: the embedded
+//!   database, or ScyllaDB), and a read opens a Fluvio stream at the exact offset asked for.
+//!
+//! # Promises (see [`TopicLog`])
+//! - `append` returns once every record is acknowledged by the partition leader after the
+//!   replicas in sync have it (`Isolation::ReadCommitted`); the offsets it returns are final. A
+//!   part's records get increasing offsets in order; appends from other producers to the same
+//!   partition may interleave with them.
+//! - Reads return only committed records (read-committed isolation), in offset order, from the
+//!   offset asked for.
+//! - Commits are durable when they return (the offset store's promise). `append_and_commit` is
+//!   two steps here, append then commit: a crash between them replays the batch, and every
+//!   consumer absorbs that (derived ids, the ledger, the sinks' event-id windows).
+
+use async_trait::async_trait;
+use fluvio::consumer::{ConsumerConfigExtBuilder, Record as FluvioRecord};
+use fluvio::dataplane::link::ErrorCode;
+use fluvio::metadata::topic::TopicSpec;
+use fluvio::{Fluvio, FluvioAdmin, FluvioClusterConfig, Isolation, Offset, RecordKey, TopicProducerConfigBuilder};
+use futures_util::{FutureExt, Stream, StreamExt};
+use herald_schemas::store::OffsetStore;
+use herald_schemas::topic::{Append, Commit, LogError, StoredRecord, TopicLog, validate_topic_name};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How Herald uses a Fluvio cluster (`--topics fluvio://host:port?…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FluvioOptions {
+    /// The cluster's public endpoint (the SC), `host:port`.
+    pub endpoint: String,
+    /// Put before every topic name (`a-z`, `0-9`, `-`); empty by default.
+    pub prefix: String,
+    /// Replicas of each partition for topics Herald creates: 1 by default (a one-node cluster);
+    /// use 3 in production, so a record acknowledged survives the loss of a node.
+    pub replication: u32,
+    /// How long a producer waits to fill a batch. Herald waits for every append's
+    /// acknowledgment, so this is added to each append's latency: keep it small.
+    pub linger: Duration,
+    /// Most bytes a producer puts in one batch.
+    pub batch_bytes: usize,
+    /// How long the leader may take to acknowledge a batch.
+    pub timeout: Duration,
+}
+
+impl Default for FluvioOptions {
+    fn default() -> Self {
+        FluvioOptions {
+            endpoint: "127.0.0.1:9003".into(),
+            prefix: String::new(),
+            replication: 1,
+            linger: Duration::from_millis(1),
+            batch_bytes: 1 << 20,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FluvioUrlError {
+    #[error("{0:?} is not a Fluvio URL: write fluvio://host:port (for example fluvio://127.0.0.1:9003)")]
+    Scheme(String),
+    #[error("fluvio URL {0:?} names no endpoint: write fluvio://host:port")]
+    NoEndpoint(String),
+    #[error("fluvio URL option {name}={value:?}: {reason}")]
+    Option { name: String, value: String, reason: String },
+    #[error("unknown fluvio URL option {0:?} (known: prefix, replication, linger, batch_bytes, timeout)")]
+    UnknownOption(String),
+}
+
+impl FluvioOptions {
+    /// Parses `fluvio://host:port[?prefix=…&replication=N&linger=1ms&batch_bytes=N&timeout=10s]`.
+    /// A port-less host gets Fluvio's default SC port, 9003.
+    pub fn from_url(url: &str) -> Result<FluvioOptions, FluvioUrlError> {
+        let rest = url.strip_prefix("fluvio://").ok_or_else(|| FluvioUrlError::Scheme(url.to_string()))?;
+        let (endpoint, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let endpoint = endpoint.trim_end_matches('/');
+        if endpoint.is_empty() {
+            return Err(FluvioUrlError::NoEndpoint(url.to_string()));
+        }
+        let mut options = FluvioOptions {
+            endpoint: if endpoint.contains(':') { endpoint.to_string() } else { format!("{endpoint}:9003") },
+            ..FluvioOptions::default()
+        };
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let bad = |reason: String| FluvioUrlError::Option {
+                name: name.to_string(),
+                value: value.to_string(),
+                reason,
+            };
+            match &*name {
+                "prefix" => {
+                    // The prefix must keep names valid: check it on a name it would make.
+                    validate_topic_name(&format!("{value}x")).map_err(|e| bad(e.to_string()))?;
+                    options.prefix = value.to_string();
+                }
+                "replication" => {
+                    options.replication = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad("a whole number of replicas, 1 or more".into()))?
+                }
+                "batch_bytes" => {
+                    options.batch_bytes = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1024)
+                        .ok_or_else(|| bad("a number of bytes, 1024 or more".into()))?
+                }
+                "linger" => options.linger = humantime::parse_duration(&value).map_err(|e| bad(e.to_string()))?,
+                "timeout" => options.timeout = humantime::parse_duration(&value).map_err(|e| bad(e.to_string()))?,
+                other => return Err(FluvioUrlError::UnknownOption(other.to_string())),
+            }
+        }
+        Ok(options)
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<FluvioRecord, ErrorCode>> + Send>>;
+
+/// An open stream positioned at `next`, kept between reads of the same partition.
+struct OpenStream {
+    stream: RecordStream,
+    last_used: Instant,
+}
+
+/// Streams not read for this long are closed (a reader that stopped or moved elsewhere).
+const IDLE_STREAM: Duration = Duration::from_secs(60);
+
+type Producer = Arc<fluvio::TopicProducerPool>;
+
+/// Herald's topic log on a Fluvio cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct FluvioLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Fluvio,
+    admin: FluvioAdmin,
+    offsets: Arc<dyn OffsetStore>,
+    options: FluvioOptions,
+    /// Partition counts of topics seen (a topic's count never changes).
+    partitions: Mutex<HashMap<String, u32>>,
+    producers: tokio::sync::Mutex<HashMap<(String, u32), Producer>>,
+    /// Open read streams by `(fluvio topic, partition, next offset)`.
+    streams: Mutex<HashMap<(String, u32, u64), OpenStream>>,
+}
+
+fn backend(what: &str, error: impl std::fmt::Display) -> LogError {
+    LogError::Backend(format!("fluvio: {what}: {error:#}"))
+}
+
+impl FluvioLog {
+    /// Connects to the cluster; consumer positions go to `offsets`.
+    pub async fn connect(options: FluvioOptions, offsets: Arc<dyn OffsetStore>) -> Result<FluvioLog, LogError> {
+        let config = FluvioClusterConfig::new(options.endpoint.clone());
+        let client = tokio::time::timeout(options.timeout, Fluvio::connect_with_config(&config))
+            .await
+            .map_err(|_| backend(&format!("connecting to {}", options.endpoint), "timed out"))?
+            .map_err(|e| backend(&format!("connecting to {}", options.endpoint), e))?;
+        let admin = client.admin().await;
+        tracing::info!(endpoint = %options.endpoint, prefix = %options.prefix, "connected to Fluvio");
+        Ok(FluvioLog {
+            inner: Arc::new(Inner {
+                client,
+                admin,
+                offsets,
+                options,
+                partitions: Mutex::new(HashMap::new()),
+                producers: tokio::sync::Mutex::new(HashMap::new()),
+                streams: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn options(&self) -> &FluvioOptions {
+        &self.inner.options
+    }
+
+    /// The Fluvio name of a Herald topic.
+    pub fn fluvio_name(&self, topic: &str) -> Result<String, LogError> {
+        validate_topic_name(topic)?;
+        let name = format!("{}{topic}", self.inner.options.prefix);
+        validate_topic_name(&name)?;
+        Ok(name)
+    }
+
+    /// The topic's partition count as the cluster has it (`None`: no such topic).
+    async fn lookup_partitions(&self, name: &str) -> Result<Option<u32>, LogError> {
+        if let Some(n) = self.inner.partitions.lock().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return Ok(Some(*n));
+        }
+        let found = self
+            .inner
+            .admin
+            .list::<TopicSpec, String>(vec![name.to_string()])
+            .await
+            .map_err(|e| backend(&format!("listing topic {name}"), e))?;
+        let Some(topic) = found.into_iter().find(|t| t.name == name) else { return Ok(None) };
+        let partitions = topic.spec.partitions();
+        self.inner.partitions.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), partitions);
+        Ok(Some(partitions))
+    }
+
+    async fn partitions_of(&self, topic: &str) -> Result<(String, u32), LogError> {
+        let name = self.fluvio_name(topic)?;
+        match self.lookup_partitions(&name).await? {
+            Some(n) => Ok((name, n)),
+            None => Err(LogError::UnknownTopic(topic.to_string())),
+        }
+    }
+
+    async fn check_partition(&self, topic: &str, partition: u32) -> Result<String, LogError> {
+        let (name, partitions) = self.partitions_of(topic).await?;
+        if partition >= partitions {
+            return Err(LogError::NoSuchPartition { topic: topic.to_string(), partition, partitions });
+        }
+        Ok(name)
+    }
+
+    async fn producer(&self, name: &str, partition: u32) -> Result<Producer, LogError> {
+        let mut producers = self.inner.producers.lock().await;
+        if let Some(p) = producers.get(&(name.to_string(), partition)) {
+            return Ok(p.clone());
+        }
+        let options = &self.inner.options;
+        let config = TopicProducerConfigBuilder::default()
+            .set_specific_partitioner(partition)
+            .linger(options.linger)
+            .batch_size(options.batch_bytes)
+            .timeout(options.timeout)
+            .isolation(Isolation::ReadCommitted)
+            .build()
+            .map_err(|e| backend("producer settings", e))?;
+        let producer = Arc::new(
+            self.inner
+                .client
+                .topic_producer_with_config(name, config)
+                .await
+                .map_err(|e| backend(&format!("producer for {name}/{partition}"), e))?,
+        );
+        producers.insert((name.to_string(), partition), producer.clone());
+        Ok(producer)
+    }
+
+    /// Appends one part; returns its first offset.
+    async fn append_part(&self, part: Append) -> Result<u64, LogError> {
+        let name = self.check_partition(&part.topic, part.partition).await?;
+        let producer = self.producer(&name, part.partition).await?;
+        let what = || format!("appending to {name}/{}", part.partition);
+        let mut pending = Vec::with_capacity(part.records.len());
+        for record in part.records {
+            let key = if record.key.is_empty() { RecordKey::NULL } else { RecordKey::from(record.key) };
+            pending.push(producer.send(key, record.value).await.map_err(|e| backend(&what(), e))?);
+        }
+        producer.flush().await.map_err(|e| backend(&what(), e))?;
+        let mut first = None;
+        for output in pending {
+            let metadata = output.wait().await.map_err(|e| backend(&what(), e))?;
+            if metadata.partition_id() != part.partition {
+                return Err(backend(&what(), format!("record went to partition {}", metadata.partition_id())));
+            }
+            let offset = u64::try_from(metadata.offset()).map_err(|_| backend(&what(), "negative offset"))?;
+            first.get_or_insert(offset);
+        }
+        Ok(first.unwrap_or(0))
+    }
+
+    async fn open_stream(&self, name: &str, partition: u32, offset: Offset, once: bool) -> Result<RecordStream, LogError> {
+        let config = ConsumerConfigExtBuilder::default()
+            .topic(name.to_string())
+            .partition(partition)
+            .offset_start(offset)
+            .isolation(Isolation::ReadCommitted)
+            .disable_continuous(once)
+            .build()
+            .map_err(|e| backend("consumer settings", e))?;
+        let stream = self
+            .inner
+            .client
+            .consumer_with_config(config)
+            .await
+            .map_err(|e| backend(&format!("reading {name}/{partition}"), e))?;
+        Ok(Box::pin(stream))
+    }
+
+    /// Takes the open stream at `(name, partition, from)`, closing streams idle too long.
+    fn take_stream(&self, name: &str, partition: u32, from: u64) -> Option<RecordStream> {
+        let mut streams = self.inner.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.retain(|_, s| s.last_used.elapsed() < IDLE_STREAM);
+        streams.remove(&(name.to_string(), partition, from)).map(|s| s.stream)
+    }
+
+    fn put_stream(&self, name: &str, partition: u32, next: u64, stream: RecordStream) {
+        let open = OpenStream { stream, last_used: Instant::now() };
+        self.inner.streams.lock().unwrap_or_else(PoisonError::into_inner).insert((name.to_string(), partition, next), open);
+    }
+}
+
+/// A Fluvio record as Herald's.
+fn stored(record: &FluvioRecord) -> Option<StoredRecord> {
+    Some(StoredRecord {
+        offset: u64::try_from(record.offset()).ok()?,
+        key: record.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        value: record.value().to_vec(),
+        timestamp_ms: u64::try_from(record.timestamp()).unwrap_or(0),
+    })
+}
+
+/// What a read made of the records a stream gave: the records from `from` on, in order, at most
+/// `max`. Records before `from` (a stream may start at the beginning of a stored batch) are
+/// skipped.
+fn take_from(records: impl IntoIterator<Item = StoredRecord>, from: u64, max: usize) -> Vec<StoredRecord> {
+    records.into_iter().filter(|r| r.offset >= from).take(max).collect()
+}
+
+fn store_error(e: herald_schemas::store::StoreError) -> LogError {
+    LogError::Backend(format!("consumer offsets: {e}"))
+}
+
+#[async_trait]
+impl TopicLog for FluvioLog {
+    /// Creates the topic with `partitions` partitions and the configured replication if the
+    /// cluster does not have it; `partitions == 0` takes an existing topic as it is.
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32, LogError> {
+        let name = self.fluvio_name(topic)?;
+        let existing = match self.lookup_partitions(&name).await? {
+            Some(n) => n,
+            None if partitions == 0 => return Err(LogError::UnknownTopic(topic.to_string())),
+            None => {
+                let spec = TopicSpec::new_computed(partitions, self.inner.options.replication, None);
+                match self.inner.admin.create(name.clone(), false, spec).await {
+                    Ok(()) => {
+                        tracing::info!(topic = %name, partitions, replication = self.inner.options.replication, "Fluvio topic created");
+                    }
+                    // Another worker created it meanwhile: look again.
+                    Err(error) => tracing::debug!(topic = %name, %error, "topic not created"),
+                }
+                self.lookup_partitions(&name).await?.ok_or_else(|| backend(&format!("creating topic {name}"), "not there after creation"))?
+            }
+        };
+        if partitions != 0 && partitions != existing {
+            return Err(LogError::PartitionMismatch { topic: topic.to_string(), existing, requested: partitions });
+        }
+        Ok(existing)
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+        Ok(self.partitions_of(topic).await?.1)
+    }
+
+    /// Parts are appended concurrently, each part's records in order.
+    async fn append(&self, parts: Vec<Append>) -> Result<Vec<u64>, LogError> {
+        let appends = parts.into_iter().map(|part| self.append_part(part));
+        futures_util::future::try_join_all(appends).await
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        let name = self.check_partition(topic, partition).await?;
+        let mut stream = match self.take_stream(&name, partition, from) {
+            Some(stream) => stream,
+            None => {
+                let start = Offset::absolute(i64::try_from(from).unwrap_or(i64::MAX)).map_err(|e| backend("offset", e))?;
+                self.open_stream(&name, partition, start, false).await?
+            }
+        };
+        let what = || format!("reading {name}/{partition}");
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        // Wait for the first record with an offset at or past `from`, then take what is ready.
+        while got.is_empty() {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => break,
+                Ok(None) => return Err(backend(&what(), "stream ended")),
+                Ok(Some(Err(code))) => return Err(backend(&what(), code)),
+                Ok(Some(Ok(record))) => got.extend(stored(&record)),
+            }
+            got = take_from(got, from, max);
+        }
+        while got.len() < max {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(record))) => got.extend(stored(&record)),
+                Some(Some(Err(code))) => return Err(backend(&what(), code)),
+                Some(None) => return Err(backend(&what(), "stream ended")),
+                None => break,
+            }
+        }
+        let got = take_from(got, from, max);
+        let next = got.last().map_or(from, |r| r.offset + 1);
+        self.put_stream(&name, partition, next, stream);
+        Ok(got)
+    }
+
+    async fn commit(&self, group: &str, topic: &str, partition: u32, next_offset: u64) -> Result<(), LogError> {
+        let commit = Commit { group: group.into(), topic: topic.into(), partition, next_offset };
+        self.inner.offsets.save_offsets(&[commit]).await.map_err(store_error)
+    }
+
+    async fn commit_ordered(&self, commits: Vec<Commit>) -> Result<(), LogError> {
+        self.inner.offsets.save_offsets(&commits).await.map_err(store_error)
+    }
+
+    /// Appends, then commits: two steps (see the module doc).
+    async fn append_and_commit(&self, parts: Vec<Append>, commits: Vec<Commit>) -> Result<Vec<u64>, LogError> {
+        let firsts = if parts.is_empty() { Vec::new() } else { self.append(parts).await? };
+        if !commits.is_empty() {
+            self.inner.offsets.save_offsets(&commits).await.map_err(store_error)?;
+        }
+        Ok(firsts)
+    }
+
+    async fn committed(&self, group: &str, topic: &str, partition: u32) -> Result<u64, LogError> {
+        Ok(self.inner.offsets.load_offset(group, topic, partition).await.map_err(store_error)?.unwrap_or(0))
+    }
+
+    /// The offset after the last committed record: read with a one-shot stream from one record
+    /// before the end.
+    async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        let name = self.check_partition(topic, partition).await?;
+        let mut stream = self.open_stream(&name, partition, Offset::from_end(1), true).await?;
+        let mut end = 0;
+        while let Some(record) = tokio::time::timeout(self.inner.options.timeout, stream.next())
+            .await
+            .map_err(|_| backend(&format!("end of {name}/{partition}"), "timed out"))?
+        {
+            let record = record.map_err(|code| backend(&format!("end of {name}/{partition}"), code))?;
+            if let Some(r) = stored(&record) {
+                end = end.max(r.offset + 1);
+            }
+        }
+        Ok(end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_defaults_and_options() {
+        let o = FluvioOptions::from_url("fluvio://127.0.0.1:9003").unwrap();
+        assert_eq!(o.endpoint, "127.0.0.1:9003");
+        assert_eq!((o.replication, o.prefix.as_str()), (1, ""));
+        let o = FluvioOptions::from_url("fluvio://sc.internal?replication=3&prefix=prod-&linger=5ms").unwrap();
+        assert_eq!(o.endpoint, "sc.internal:9003");
+        assert_eq!((o.replication, o.prefix.as_str(), o.linger), (3, "prod-", Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        assert!(matches!(FluvioOptions::from_url("kafka://x:1"), Err(FluvioUrlError::Scheme(_))));
+        assert!(matches!(FluvioOptions::from_url("fluvio://"), Err(FluvioUrlError::NoEndpoint(_))));
+        assert!(matches!(FluvioOptions::from_url("fluvio://h:1?replication=0"), Err(FluvioUrlError::Option { .. })));
+        assert!(matches!(FluvioOptions::from_url("fluvio://h:1?prefix=Bad_"), Err(FluvioUrlError::Option { .. })));
+        assert!(matches!(FluvioOptions::from_url("fluvio://h:1?partitions=3"), Err(FluvioUrlError::UnknownOption(_))));
+        let e = FluvioOptions::from_url("fluvio://h:1?linger=soon").unwrap_err().to_string();
+        assert!(e.contains("linger"), "{e}");
+    }
+
+    fn rec(offset: u64) -> StoredRecord {
+        StoredRecord { offset, key: vec![], value: vec![], timestamp_ms: 0 }
+    }
+
+    #[test]
+    fn reads_start_at_the_offset_asked_for_and_stop_at_max() {
+        let got = take_from((3..10).map(rec), 5, 3);
+        assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert!(take_from((0..4).map(rec), 5, 10).is_empty());
+    }
+}
