@@ -10,7 +10,7 @@
 //! fan out to many replicas and wait for the slowest.
 
 use super::ScyllaError;
-use super::state::{CAS_ATTEMPTS, ScyllaState, each, each_in_key_order};
+use super::state::{CAS_ATTEMPTS, ScyllaState, cas_backoff, each, each_in_key_order};
 use super::statements::Stmt;
 use super::values::{from_json, to_json};
 use async_trait::async_trait;
@@ -62,7 +62,8 @@ impl ScyllaState {
         user_id: &str,
         change: impl Fn(Option<&User>) -> Option<User>,
     ) -> Result<Written, ScyllaError> {
-        for _ in 0..CAS_ATTEMPTS {
+        for round in 0..CAS_ATTEMPTS {
+            cas_backoff(round).await;
             let stored = self.read_user(user_id).await?;
             let Some(next) = change(stored.as_ref().map(|(user, _)| user)) else {
                 return Ok(Written { existed: stored.is_some(), wrote: false });

@@ -2,7 +2,7 @@
 //! when the key is taken, and [`judge`] decides from the holder's stored expiry.
 
 use super::ScyllaError;
-use super::state::{CAS_ATTEMPTS, ScyllaState, each_in_key_order};
+use super::state::{CAS_ATTEMPTS, ScyllaState, cas_backoff, each_in_key_order};
 use super::statements::Stmt;
 use super::values::{LwtRow, bigint, ttl_until};
 use async_trait::async_trait;
@@ -58,7 +58,8 @@ impl ScyllaState {
         let expires = bigint("expires_at_ms", claim.expires_at_ms)?;
         let ttl = ttl_until(claim.expires_at_ms, now_ms);
         let unreadable = |detail: String| ScyllaError::corrupt(TABLE, format!("key {key:?}: {detail}"));
-        for _ in 0..CAS_ATTEMPTS {
+        for round in 0..CAS_ATTEMPTS {
+            cas_backoff(round).await;
             let answer = self.lwt(Stmt::DedupInsert, (key, notification, expires, ttl)).await?;
             if answer.applied {
                 return Ok(DedupDecision::First);

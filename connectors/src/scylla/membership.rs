@@ -8,7 +8,7 @@
 //! whole seconds, rounded up.
 
 use super::ScyllaError;
-use super::state::{CAS_ATTEMPTS, ScyllaState};
+use super::state::{CAS_ATTEMPTS, ScyllaState, cas_backoff};
 use super::statements::Stmt;
 use super::values::{int, ttl_secs};
 use async_trait::async_trait;
@@ -64,7 +64,8 @@ impl Membership for ScyllaState {
         let cluster = self.options().cluster.as_str();
         let partition_id = int("partition", partition)?;
         let ttl = ttl_secs(ttl);
-        for _ in 0..CAS_ATTEMPTS {
+        for round in 0..CAS_ATTEMPTS {
+            cas_backoff(round).await;
             let answer = self.lwt(Stmt::LeaseInsert, (cluster, partition_id, worker, ttl)).await?;
             if answer.applied {
                 return Ok(true);

@@ -155,7 +155,7 @@ pub enum Tablets {
 }
 
 /// Everything [`super::ScyllaState::connect`] and [`super::migrate`] need.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScyllaOptions {
     /// Contact points as `host:port`; the driver learns the rest of the cluster from them.
     pub nodes: Vec<String>,

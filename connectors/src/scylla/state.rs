@@ -19,8 +19,10 @@ use ::scylla::value::Row;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::info;
 
 /// Requests one store call keeps in flight at most (reads of a batch of users, claims of distinct
@@ -29,8 +31,21 @@ use tracing::info;
 pub const CONCURRENCY: usize = 64;
 
 /// Compare-and-set rounds (read, decide, conditional write) before a call gives up with
-/// [`ScyllaError::Contention`]; each round loses only to a write that succeeded.
-pub(crate) const CAS_ATTEMPTS: u32 = 8;
+/// [`ScyllaError::Contention`]. A round loses only to a write that succeeded, so this is room for
+/// a few dozen writers racing on one row; between rounds [`cas_backoff`] waits.
+pub(crate) const CAS_ATTEMPTS: u32 = 32;
+
+/// Waits before compare-and-set round `round` (the first is 0 and does not wait): a random pause
+/// of up to 2^round ms, at most 64 ms, so writers that lost to each other do not meet again.
+pub(crate) async fn cas_backoff(round: u32) {
+    if round == 0 {
+        return;
+    }
+    let ceiling_ms = 1_u64 << round.min(6);
+    // A fresh SipHash key per call: random enough for jitter, without a random number crate.
+    let jitter_ms = RandomState::new().build_hasher().finish() % (ceiling_ms + 1);
+    tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
+}
 
 /// The ScyllaDB state backend: implements every store of [`herald_schemas::store`]. Cheap to clone
 /// (one shared session).
@@ -303,6 +318,19 @@ mod tests {
         assert_eq!(answers, ["k1#1", "k2#1", "k1#2", "k3#1", "k1#3"]);
         let k1: Vec<u32> = seen.lock().unwrap().iter().filter(|(k, _)| k == "k1").map(|(_, n)| *n).collect();
         assert_eq!(k1, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_rounds_back_off_a_little_and_randomly() {
+        let start = std::time::Instant::now();
+        cas_backoff(0).await;
+        assert!(start.elapsed() < Duration::from_millis(5), "the first round does not wait");
+        for _ in 0..5 {
+            let start = std::time::Instant::now();
+            cas_backoff(30).await;
+            // At most 64 ms (plus the timer's slack).
+            assert!(start.elapsed() < Duration::from_millis(150), "{:?}", start.elapsed());
+        }
     }
 
     #[tokio::test]

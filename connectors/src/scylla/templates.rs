@@ -3,7 +3,7 @@
 //! [`crate::scylla`]).
 
 use super::ScyllaError;
-use super::state::{CAS_ATTEMPTS, ScyllaState};
+use super::state::{CAS_ATTEMPTS, ScyllaState, cas_backoff};
 use super::statements::Stmt;
 use super::values::{from_json, to_json};
 use ::scylla::value::MaybeUnset;
@@ -35,7 +35,8 @@ impl TemplateStore for ScyllaState {
         let data = to_json(TABLE, template)?;
         let claim = if template.default { MaybeUnset::Set(locale) } else { MaybeUnset::Unset };
         let mut fresh = None;
-        for _ in 0..CAS_ATTEMPTS {
+        for round in 0..CAS_ATTEMPTS {
+            cas_backoff(round).await;
             if self.lwt(Stmt::TemplateInsert, (id, locale, &data, claim)).await?.applied {
                 fresh = Some(true);
                 break;
