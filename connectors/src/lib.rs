@@ -8,6 +8,8 @@
 //!   the state backend. Entry point: `fluvio::FluvioLog::connect`.
 //! - [`channels`]: channel connectors ([`herald_schemas::channel::Channel`]), one module each;
 //!   [`channels::outbox`] is the file outbox used when no provider is configured.
+//! - `scylla` (cargo feature `scylla`): the state stores on a ScyllaDB cluster, for distributed
+//!   mode: one table per store, created by `scylla::migrate`. Entry point: `scylla::ScyllaState::connect`.
 //! - [`receipts`]: delivery receipts from the providers' callbacks, in one shape.
 //! - [`secret`]: secrets from the configuration (inline, environment, file), never logged.
 //! - [`signed`]: signed tokens (HMAC-SHA256) for links Herald reads back.
@@ -18,6 +20,8 @@ pub mod embedded;
 #[cfg(feature = "fluvio")]
 pub mod fluvio;
 pub mod receipts;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 pub mod secret;
 pub mod signed;
 pub mod unsubscribe;

@@ -1,0 +1,322 @@
+//! Every statement Herald runs on ScyllaDB, in one table: its text, and whether a retry may run it
+//! again. All of them are prepared once, at connect ([`Prepared`]).
+//!
+//! A statement is idempotent (retried by the driver on timeouts and node failures) when running it
+//! twice leaves what running it once does: plain writes of given values, deletes, reads. A
+//! lightweight transaction (`IF …`) is not: a retry of one that applied answers "not applied", so
+//! its callers decide from its answer themselves, in a loop that reads again. The driver's default
+//! retry policy retries a non-idempotent statement only when it surely did not run.
+
+use super::ScyllaError;
+use super::options::{Keyspace, ScyllaOptions};
+use ::scylla::client::session::Session;
+use ::scylla::statement::Statement;
+use ::scylla::statement::prepared::PreparedStatement;
+use tracing::debug;
+
+/// One statement: [`Stmt::cql`] gives its text for a keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stmt {
+    UserSelect,
+    UserInsert,
+    UserUpdate,
+    TemplateSelect,
+    TemplateInsert,
+    TemplateUpdate,
+    TemplateDefaultIfNone,
+    DedupInsert,
+    DedupTakeOver,
+    ThrottleSelect,
+    ThrottleInsert,
+    LedgerSelect,
+    LedgerInsert,
+    LedgerReopen,
+    SinkSelect,
+    SinkUpsert,
+    KeySelect,
+    KeyUpsert,
+    TimelineSelect,
+    TimelineInsert,
+    OffsetSelect,
+    OffsetUpsert,
+    WorkerHeartbeat,
+    WorkerSelect,
+    WorkerLeave,
+    LeaseInsert,
+    LeaseRenew,
+    LeaseRelease,
+}
+
+impl Stmt {
+    /// Every statement, in declaration order (so `Stmt::ALL[s as usize] == s`).
+    pub const ALL: [Stmt; 28] = [
+        Stmt::UserSelect,
+        Stmt::UserInsert,
+        Stmt::UserUpdate,
+        Stmt::TemplateSelect,
+        Stmt::TemplateInsert,
+        Stmt::TemplateUpdate,
+        Stmt::TemplateDefaultIfNone,
+        Stmt::DedupInsert,
+        Stmt::DedupTakeOver,
+        Stmt::ThrottleSelect,
+        Stmt::ThrottleInsert,
+        Stmt::LedgerSelect,
+        Stmt::LedgerInsert,
+        Stmt::LedgerReopen,
+        Stmt::SinkSelect,
+        Stmt::SinkUpsert,
+        Stmt::KeySelect,
+        Stmt::KeyUpsert,
+        Stmt::TimelineSelect,
+        Stmt::TimelineInsert,
+        Stmt::OffsetSelect,
+        Stmt::OffsetUpsert,
+        Stmt::WorkerHeartbeat,
+        Stmt::WorkerSelect,
+        Stmt::WorkerLeave,
+        Stmt::LeaseInsert,
+        Stmt::LeaseRenew,
+        Stmt::LeaseRelease,
+    ];
+
+    /// The table the statement reads or writes (for errors and logs).
+    pub fn table(self) -> &'static str {
+        use Stmt::*;
+        match self {
+            UserSelect | UserInsert | UserUpdate => "users",
+            TemplateSelect | TemplateInsert | TemplateUpdate | TemplateDefaultIfNone => "templates",
+            DedupInsert | DedupTakeOver => "dedup",
+            ThrottleSelect | ThrottleInsert => "throttle_hits",
+            LedgerSelect | LedgerInsert | LedgerReopen => "ledger",
+            SinkSelect | SinkUpsert => "sink_positions",
+            KeySelect | KeyUpsert => "api_keys",
+            TimelineSelect | TimelineInsert => "timeline",
+            OffsetSelect | OffsetUpsert => "offsets",
+            WorkerHeartbeat | WorkerSelect | WorkerLeave => "workers",
+            LeaseInsert | LeaseRenew | LeaseRelease => "leases",
+        }
+    }
+
+    /// The statement's text, its table qualified by `ks`. Bind markers are in the order the
+    /// callers pass values.
+    pub fn cql(self, ks: &Keyspace) -> String {
+        use Stmt::*;
+        match self {
+            UserSelect => format!("SELECT data, version FROM {ks}.users WHERE user_id = ?"),
+            UserInsert => format!("INSERT INTO {ks}.users (user_id, data, version) VALUES (?, ?, ?) IF NOT EXISTS"),
+            UserUpdate => format!("UPDATE {ks}.users SET data = ?, version = ? WHERE user_id = ? IF version = ?"),
+            TemplateSelect => {
+                format!("SELECT locale, data, default_locale FROM {ks}.templates WHERE template_id = ?")
+            }
+            TemplateInsert => format!(
+                "INSERT INTO {ks}.templates (template_id, locale, data, default_locale) VALUES (?, ?, ?, ?) \
+                 IF NOT EXISTS"
+            ),
+            TemplateUpdate => format!(
+                "UPDATE {ks}.templates SET data = ?, default_locale = ? WHERE template_id = ? AND locale = ? IF EXISTS"
+            ),
+            TemplateDefaultIfNone => {
+                format!("UPDATE {ks}.templates SET default_locale = ? WHERE template_id = ? IF default_locale = null")
+            }
+            DedupInsert => format!(
+                "INSERT INTO {ks}.dedup (dedup_key, notification, expires_at_ms) VALUES (?, ?, ?) \
+                 IF NOT EXISTS USING TTL ?"
+            ),
+            DedupTakeOver => format!(
+                "UPDATE {ks}.dedup USING TTL ? SET notification = ?, expires_at_ms = ? WHERE dedup_key = ? \
+                 IF notification = ? AND expires_at_ms = ?"
+            ),
+            ThrottleSelect => format!("SELECT notification, at_ms FROM {ks}.throttle_hits WHERE cap_key = ?"),
+            ThrottleInsert => {
+                format!("INSERT INTO {ks}.throttle_hits (cap_key, notification, at_ms) VALUES (?, ?, ?) USING TTL ?")
+            }
+            LedgerSelect => format!("SELECT state FROM {ks}.ledger WHERE delivery_id = ?"),
+            LedgerInsert => format!("INSERT INTO {ks}.ledger (delivery_id, state) VALUES (?, ?)"),
+            LedgerReopen => format!("DELETE FROM {ks}.ledger WHERE delivery_id = ? IF state = ?"),
+            SinkSelect => format!("SELECT position FROM {ks}.sink_positions WHERE sink = ?"),
+            SinkUpsert => format!("INSERT INTO {ks}.sink_positions (sink, position) VALUES (?, ?)"),
+            KeySelect => format!("SELECT data FROM {ks}.api_keys WHERE hash = ?"),
+            KeyUpsert => format!("INSERT INTO {ks}.api_keys (hash, data) VALUES (?, ?)"),
+            TimelineSelect => format!("SELECT event_id, data FROM {ks}.timeline WHERE notification_id = ?"),
+            TimelineInsert => {
+                format!("INSERT INTO {ks}.timeline (notification_id, event_id, data) VALUES (?, ?, ?) USING TTL ?")
+            }
+            OffsetSelect => format!(
+                "SELECT next_offset FROM {ks}.offsets WHERE consumer_group = ? AND topic = ? AND partition_id = ?"
+            ),
+            OffsetUpsert => format!(
+                "INSERT INTO {ks}.offsets (consumer_group, topic, partition_id, next_offset) VALUES (?, ?, ?, ?)"
+            ),
+            WorkerHeartbeat => format!("INSERT INTO {ks}.workers (cluster, worker) VALUES (?, ?) USING TTL ?"),
+            WorkerSelect => format!("SELECT worker FROM {ks}.workers WHERE cluster = ?"),
+            WorkerLeave => format!("DELETE FROM {ks}.workers WHERE cluster = ? AND worker = ?"),
+            LeaseInsert => format!(
+                "INSERT INTO {ks}.leases (cluster, partition_id, owner) VALUES (?, ?, ?) IF NOT EXISTS USING TTL ?"
+            ),
+            LeaseRenew => format!(
+                "UPDATE {ks}.leases USING TTL ? SET owner = ? WHERE cluster = ? AND partition_id = ? IF owner = ?"
+            ),
+            LeaseRelease => {
+                format!("DELETE FROM {ks}.leases WHERE cluster = ? AND partition_id = ? IF owner = ?")
+            }
+        }
+    }
+
+    /// A lightweight transaction (Paxos): used only where a lost concurrent update would be a bug.
+    pub fn is_lwt(self) -> bool {
+        use Stmt::*;
+        matches!(
+            self,
+            UserInsert
+                | UserUpdate
+                | TemplateInsert
+                | TemplateUpdate
+                | TemplateDefaultIfNone
+                | DedupInsert
+                | DedupTakeOver
+                | LedgerReopen
+                | LeaseInsert
+                | LeaseRenew
+                | LeaseRelease
+        )
+    }
+
+    /// May the driver run it again after a timeout (see the module doc)? Every statement but the
+    /// lightweight transactions.
+    pub fn is_idempotent(self) -> bool {
+        !self.is_lwt()
+    }
+}
+
+/// A statement as [`statement_specs`] lists it, for tests and for `herald migrate --print`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementSpec {
+    pub name: String,
+    pub cql: String,
+    pub idempotent: bool,
+}
+
+/// Every statement Herald prepares, for the keyspace.
+pub fn statement_specs(ks: &Keyspace) -> Vec<StatementSpec> {
+    Stmt::ALL
+        .iter()
+        .map(|s| StatementSpec { name: format!("{s:?}"), cql: s.cql(ks), idempotent: s.is_idempotent() })
+        .collect()
+}
+
+/// Every [`Stmt`], prepared, with its idempotence and page size set.
+pub struct Prepared([PreparedStatement; Stmt::ALL.len()]);
+
+impl Prepared {
+    pub async fn prepare(session: &Session, options: &ScyllaOptions) -> Result<Self, ScyllaError> {
+        // Validated to fit an i32 (ScyllaOptions::validate).
+        let page_size = i32::try_from(options.page_size.get()).unwrap_or(i32::MAX);
+        let mut prepared = Vec::with_capacity(Stmt::ALL.len());
+        for stmt in Stmt::ALL {
+            let mut statement = Statement::new(stmt.cql(&options.keyspace)).with_page_size(page_size);
+            statement.set_is_idempotent(stmt.is_idempotent());
+            let mut p = session.prepare(statement).await.map_err(|source| ScyllaError::Prepare {
+                statement: stmt,
+                keyspace: options.keyspace.to_string(),
+                source: Box::new(source),
+            })?;
+            // Carried over from the statement by the driver; set again so they never depend on that.
+            p.set_is_idempotent(stmt.is_idempotent());
+            p.set_page_size(page_size);
+            debug!(statement = ?stmt, lwt = p.is_confirmed_lwt(), token_aware = p.is_token_aware(), "prepared");
+            prepared.push(p);
+        }
+        let all: [PreparedStatement; Stmt::ALL.len()] =
+            prepared.try_into().map_err(|_| ScyllaError::Internal("prepared statement count"))?;
+        Ok(Self(all))
+    }
+
+    pub fn get(&self, stmt: Stmt) -> &PreparedStatement {
+        &self.0[stmt as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks() -> Keyspace {
+        Keyspace::new("hk").unwrap()
+    }
+
+    #[test]
+    fn all_lists_every_statement_at_its_own_index() {
+        for (i, stmt) in Stmt::ALL.iter().enumerate() {
+            assert_eq!(*stmt as usize, i, "{stmt:?}");
+        }
+    }
+
+    #[test]
+    fn lightweight_transactions_are_exactly_the_conditional_statements_and_never_idempotent() {
+        for spec in statement_specs(&ks()) {
+            let conditional = spec.cql.contains(" IF ");
+            assert_eq!(!spec.idempotent, conditional, "{}: {}", spec.name, spec.cql);
+        }
+        let lwt: Vec<String> = statement_specs(&ks()).into_iter().filter(|s| !s.idempotent).map(|s| s.name).collect();
+        assert_eq!(
+            lwt,
+            [
+                "UserInsert",
+                "UserUpdate",
+                "TemplateInsert",
+                "TemplateUpdate",
+                "TemplateDefaultIfNone",
+                "DedupInsert",
+                "DedupTakeOver",
+                "LedgerReopen",
+                "LeaseInsert",
+                "LeaseRenew",
+                "LeaseRelease"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_statement_names_its_table_in_the_keyspace_and_binds_every_value() {
+        for stmt in Stmt::ALL {
+            let cql = stmt.cql(&ks());
+            assert!(cql.contains(&format!("hk.{} ", stmt.table())), "{stmt:?}: {cql}");
+            // Values are bound, never written into the text (token-aware routing needs the
+            // partition key bound, and no value can change a statement).
+            assert!(!cql.contains('\''), "{stmt:?}: {cql}");
+            let reads = cql.starts_with("SELECT");
+            assert_eq!(reads, !cql.contains("INSERT") && !cql.contains("UPDATE") && !cql.contains("DELETE"));
+        }
+    }
+
+    #[test]
+    fn rows_that_must_expire_are_written_with_a_ttl() {
+        for stmt in [
+            Stmt::DedupInsert,
+            Stmt::DedupTakeOver,
+            Stmt::ThrottleInsert,
+            Stmt::TimelineInsert,
+            Stmt::WorkerHeartbeat,
+            Stmt::LeaseInsert,
+            Stmt::LeaseRenew,
+        ] {
+            assert!(stmt.cql(&ks()).contains("USING TTL ?"), "{stmt:?}");
+        }
+        for stmt in [Stmt::UserInsert, Stmt::LedgerInsert, Stmt::SinkUpsert, Stmt::KeyUpsert, Stmt::OffsetUpsert] {
+            assert!(!stmt.cql(&ks()).contains("TTL"), "{stmt:?} must not expire");
+        }
+    }
+
+    #[test]
+    fn the_conditions_are_the_ones_the_stores_rely_on() {
+        let cql = |s: Stmt| s.cql(&ks());
+        assert!(cql(Stmt::DedupInsert).contains("IF NOT EXISTS USING TTL ?"));
+        assert!(cql(Stmt::DedupTakeOver).ends_with("IF notification = ? AND expires_at_ms = ?"));
+        assert!(cql(Stmt::UserUpdate).ends_with("IF version = ?"));
+        assert!(cql(Stmt::LedgerReopen).ends_with("IF state = ?"));
+        assert!(cql(Stmt::LeaseRenew).ends_with("IF owner = ?"));
+        assert!(cql(Stmt::LeaseRelease).ends_with("IF owner = ?"));
+        assert!(cql(Stmt::TemplateDefaultIfNone).ends_with("IF default_locale = null"));
+    }
+}
