@@ -73,6 +73,12 @@ enum Command {
         /// Address to listen on [default: 127.0.0.1:8080, or api.listen in the config].
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// What this process runs: `all` (the API and the pipeline), `api` (the HTTP API only),
+        /// or `worker` (the pipeline only, with /healthz, /readyz and /metrics). `api` and
+        /// `worker` need topics on a cluster; workers share the partitions when the state is on
+        /// ScyllaDB (see docs/distributed.md).
+        #[arg(long, value_enum, default_value_t = commands::serve::Role::All)]
+        role: commands::serve::Role,
     },
     /// Queue one notification from the command line (the server delivers it when it runs).
     ///
@@ -114,6 +120,21 @@ enum Command {
     /// Check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Create the ScyllaDB keyspace and tables of the state backend (`--state scylla://…`).
+    ///
+    /// Idempotent: run it before the first `herald serve` and after each upgrade; every statement
+    /// is `CREATE … IF NOT EXISTS`, and it waits until every node agrees on the schema. The
+    /// keyspace's replication comes from the URL (`?replication=3`, or `dc1:3,dc2:3` for one
+    /// factor per datacenter). The embedded state needs no migration.
+    ///
+    /// Example: herald migrate --state scylla://10.0.0.1,10.0.0.2/herald?replication=3
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+        /// Print the CQL instead of running it (to review it, or to apply it with cqlsh).
+        #[arg(long)]
+        print: bool,
+    },
     /// The dead-letter queue: deliveries given up (refused for good, or out of attempts or time).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -354,12 +375,12 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { common, listen } => {
+        Command::Serve { common, listen, role } => {
             herald::telemetry::prometheus();
             let (config, dir) = common.load()?;
             let listen = listen.unwrap_or(config.api.listen);
             let app = commands::open_for_command(config, dir, "only one server can use a data directory").await?;
-            commands::serve::run(app, listen).await
+            commands::serve::run(app, listen, role).await
         }
         Command::Send { common, user, template, channels, category, data, idempotency_key, client } => {
             let (config, dir) = common.load()?;
@@ -413,6 +434,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 eprintln!("{} {} ({})", if created { "added" } else { "replaced" }, t.id, t.locale);
             }
             Ok(())
+        }
+        Command::Migrate { common, print } => {
+            let (config, _dir) = common.load()?;
+            commands::migrate::run(&config, print).await
         }
         Command::Keys(KeysCommand::Create { common, scopes, client }) => {
             let (config, dir) = common.load()?;

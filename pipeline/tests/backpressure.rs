@@ -60,7 +60,7 @@ async fn lag_over_the_high_water_mark_answers_503_until_drained() {
         watches: vec![Watch {
             group: herald::runtime::requests::GROUP.into(),
             topic: topic::REQUESTS.into(),
-            partitions: app.partitions(),
+            partitions: (0..app.partitions()).collect(),
         }],
         request_lag: lag.clone(),
         interval: app.config.pipeline.monitor_interval,

@@ -288,7 +288,8 @@ impl EmbeddedDb {
         let _serial = hold(&inner.locks.retention);
         let records = inner.apply_log_retention(now)?;
         let claims = inner.purge_expired_claims(now)?;
-        let timeline = inner.purge_fed_timeline(now.saturating_sub(inner.options.indexed_retention.as_millis() as u64))?;
+        let timeline =
+            inner.purge_fed_timeline(now.saturating_sub(inner.options.indexed_retention.as_millis() as u64))?;
         if records > 0 || claims > 0 || timeline > 0 {
             tracing::info!(
                 records,

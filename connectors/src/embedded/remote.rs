@@ -182,7 +182,8 @@ mod tests {
     async fn fed_events_make_the_timeline_once_each_and_retention_drops_old_ones() {
         let (_dir, db) = open();
         let n1 = NotificationId("n1".into());
-        let event = |kind, at_ms| EncodedEvent::encode(&DeliveryEvent::new(&n1, "client", "u1", kind, None, None, at_ms));
+        let event =
+            |kind, at_ms| EncodedEvent::encode(&DeliveryEvent::new(&n1, "client", "u1", kind, None, None, at_ms));
         let events = [event(EventKind::Accepted, 1), event(EventKind::Sent, 3), event(EventKind::Throttled, 2)];
         db.add_events(&events).await.unwrap();
         // A replay writes the same events again.

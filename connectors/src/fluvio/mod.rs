@@ -28,7 +28,7 @@ use fluvio::consumer::{ConsumerConfigExtBuilder, Record as FluvioRecord};
 use fluvio::dataplane::link::ErrorCode;
 use fluvio::metadata::topic::TopicSpec;
 use fluvio::{Fluvio, FluvioAdmin, FluvioClusterConfig, Isolation, Offset, RecordKey, TopicProducerConfigBuilder};
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use herald_schemas::store::OffsetStore;
 use herald_schemas::topic::{Append, Commit, LogError, StoredRecord, TopicLog, validate_topic_name};
 use std::collections::HashMap;
@@ -62,7 +62,7 @@ impl Default for FluvioOptions {
             prefix: String::new(),
             replication: 1,
             linger: Duration::from_millis(1),
-            batch_bytes: 1 << 20,
+            batch_bytes: 256 << 10,
             timeout: Duration::from_secs(10),
         }
     }
@@ -95,11 +95,8 @@ impl FluvioOptions {
             ..FluvioOptions::default()
         };
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            let bad = |reason: String| FluvioUrlError::Option {
-                name: name.to_string(),
-                value: value.to_string(),
-                reason,
-            };
+            let bad =
+                |reason: String| FluvioUrlError::Option { name: name.to_string(), value: value.to_string(), reason };
             match &*name {
                 "prefix" => {
                     // The prefix must keep names valid: check it on a name it would make.
@@ -135,10 +132,20 @@ type RecordStream = Pin<Box<dyn Stream<Item = Result<FluvioRecord, ErrorCode>> +
 struct OpenStream {
     stream: RecordStream,
     last_used: Instant,
+    /// When the stream last gave a record (or was opened).
+    last_record: Instant,
 }
 
 /// Streams not read for this long are closed (a reader that stopped or moved elsewhere).
 const IDLE_STREAM: Duration = Duration::from_secs(60);
+
+/// A stream that gave no record for this long is replaced by one opened afresh at the same
+/// offset. Seen on a live cluster: after the consumers' process was SIGKILLed and restarted
+/// mid-traffic, a few long-lived streams stopped delivering records appended after they were
+/// opened, while a new stream at the same offset read them at once. Reopening an idle stream
+/// bounds such a stall to this long, at the cost of one stream open per idle partition per
+/// period.
+const STALE_STREAM: Duration = Duration::from_secs(2);
 
 type Producer = Arc<fluvio::TopicProducerPool>;
 
@@ -242,6 +249,8 @@ impl FluvioLog {
             .set_specific_partitioner(partition)
             .linger(options.linger)
             .batch_size(options.batch_bytes)
+            // Room for a batch and its header: a batch of exactly the request limit is refused.
+            .max_request_size(options.batch_bytes * 2)
             .timeout(options.timeout)
             .isolation(Isolation::ReadCommitted)
             .build()
@@ -257,10 +266,20 @@ impl FluvioLog {
         Ok(producer)
     }
 
-    /// Appends one part; returns its first offset.
+    /// Appends one part; returns its first offset. A producer that failed is replaced: Fluvio's
+    /// keeps refusing sends after an error until its errors are cleared.
     async fn append_part(&self, part: Append) -> Result<u64, LogError> {
         let name = self.check_partition(&part.topic, part.partition).await?;
-        let producer = self.producer(&name, part.partition).await?;
+        let partition = part.partition;
+        let producer = self.producer(&name, partition).await?;
+        let result = self.send_part(&name, &producer, part).await;
+        if result.is_err() {
+            self.inner.producers.lock().await.remove(&(name, partition));
+        }
+        result
+    }
+
+    async fn send_part(&self, name: &str, producer: &Producer, part: Append) -> Result<u64, LogError> {
         let what = || format!("appending to {name}/{}", part.partition);
         let mut pending = Vec::with_capacity(part.records.len());
         for record in part.records {
@@ -280,7 +299,13 @@ impl FluvioLog {
         Ok(first.unwrap_or(0))
     }
 
-    async fn open_stream(&self, name: &str, partition: u32, offset: Offset, once: bool) -> Result<RecordStream, LogError> {
+    async fn open_stream(
+        &self,
+        name: &str,
+        partition: u32,
+        offset: Offset,
+        once: bool,
+    ) -> Result<RecordStream, LogError> {
         let config = ConsumerConfigExtBuilder::default()
             .topic(name.to_string())
             .partition(partition)
@@ -298,16 +323,27 @@ impl FluvioLog {
         Ok(Box::pin(stream))
     }
 
-    /// Takes the open stream at `(name, partition, from)`, closing streams idle too long.
-    fn take_stream(&self, name: &str, partition: u32, from: u64) -> Option<RecordStream> {
+    /// Takes the open stream at `(name, partition, from)` (with when it last gave a record),
+    /// closing streams unused too long; a stream that gave nothing for [`STALE_STREAM`] is not
+    /// returned.
+    fn take_stream(&self, name: &str, partition: u32, from: u64) -> Option<(RecordStream, Instant)> {
         let mut streams = self.inner.streams.lock().unwrap_or_else(PoisonError::into_inner);
         streams.retain(|_, s| s.last_used.elapsed() < IDLE_STREAM);
-        streams.remove(&(name.to_string(), partition, from)).map(|s| s.stream)
+        let open = streams.remove(&(name.to_string(), partition, from))?;
+        if open.last_record.elapsed() >= STALE_STREAM {
+            tracing::debug!(topic = name, partition, from, "no record for a while: reading from a fresh stream");
+            return None;
+        }
+        Some((open.stream, open.last_record))
     }
 
-    fn put_stream(&self, name: &str, partition: u32, next: u64, stream: RecordStream) {
-        let open = OpenStream { stream, last_used: Instant::now() };
-        self.inner.streams.lock().unwrap_or_else(PoisonError::into_inner).insert((name.to_string(), partition, next), open);
+    fn put_stream(&self, name: &str, partition: u32, next: u64, stream: RecordStream, last_record: Instant) {
+        let open = OpenStream { stream, last_used: Instant::now(), last_record };
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((name.to_string(), partition, next), open);
     }
 }
 
@@ -350,7 +386,9 @@ impl TopicLog for FluvioLog {
                     // Another worker created it meanwhile: look again.
                     Err(error) => tracing::debug!(topic = %name, %error, "topic not created"),
                 }
-                self.lookup_partitions(&name).await?.ok_or_else(|| backend(&format!("creating topic {name}"), "not there after creation"))?
+                self.lookup_partitions(&name)
+                    .await?
+                    .ok_or_else(|| backend(&format!("creating topic {name}"), "not there after creation"))?
             }
         };
         if partitions != 0 && partitions != existing {
@@ -363,10 +401,31 @@ impl TopicLog for FluvioLog {
         Ok(self.partitions_of(topic).await?.1)
     }
 
-    /// Parts are appended concurrently, each part's records in order.
+    /// Parts are appended concurrently, each part's records in order, each on a task of its own
+    /// that runs to its end even if the caller stops waiting: a producer's send cancelled half
+    /// way would leave records queued in the producer without anyone waiting for them, and an
+    /// error in one part does not cut the others short.
     async fn append(&self, parts: Vec<Append>) -> Result<Vec<u64>, LogError> {
-        let appends = parts.into_iter().map(|part| self.append_part(part));
-        futures_util::future::try_join_all(appends).await
+        let tasks: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                let log = self.clone();
+                tokio::spawn(async move { log.append_part(part).await })
+            })
+            .collect();
+        let mut firsts = Vec::with_capacity(tasks.len());
+        let mut failed = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(first)) => firsts.push(first),
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(e) => failed = failed.or(Some(backend("append task", e))),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(firsts),
+        }
     }
 
     async fn read(
@@ -378,11 +437,12 @@ impl TopicLog for FluvioLog {
         wait: Duration,
     ) -> Result<Vec<StoredRecord>, LogError> {
         let name = self.check_partition(topic, partition).await?;
-        let mut stream = match self.take_stream(&name, partition, from) {
-            Some(stream) => stream,
+        let (mut stream, last_record) = match self.take_stream(&name, partition, from) {
+            Some(open) => open,
             None => {
-                let start = Offset::absolute(i64::try_from(from).unwrap_or(i64::MAX)).map_err(|e| backend("offset", e))?;
-                self.open_stream(&name, partition, start, false).await?
+                let start =
+                    Offset::absolute(i64::try_from(from).unwrap_or(i64::MAX)).map_err(|e| backend("offset", e))?;
+                (self.open_stream(&name, partition, start, false).await?, Instant::now())
             }
         };
         let what = || format!("reading {name}/{partition}");
@@ -398,17 +458,24 @@ impl TopicLog for FluvioLog {
             }
             got = take_from(got, from, max);
         }
+        // Then what is ready now, polled with this task's waker (a no-op waker, as
+        // `now_or_never` uses, could leave the stream's wake-up registered with nobody).
         while got.len() < max {
-            match stream.next().now_or_never() {
-                Some(Some(Ok(record))) => got.extend(stored(&record)),
-                Some(Some(Err(code))) => return Err(backend(&what(), code)),
-                Some(None) => return Err(backend(&what(), "stream ended")),
-                None => break,
+            let next = tokio::select! {
+                biased;
+                next = stream.next() => next,
+                () = std::future::ready(()) => break,
+            };
+            match next {
+                Some(Ok(record)) => got.extend(stored(&record)),
+                Some(Err(code)) => return Err(backend(&what(), code)),
+                None => return Err(backend(&what(), "stream ended")),
             }
         }
         let got = take_from(got, from, max);
         let next = got.last().map_or(from, |r| r.offset + 1);
-        self.put_stream(&name, partition, next, stream);
+        let last_record = if got.is_empty() { last_record } else { Instant::now() };
+        self.put_stream(&name, partition, next, stream, last_record);
         Ok(got)
     }
 

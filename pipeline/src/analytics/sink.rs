@@ -60,7 +60,8 @@ pub struct AnalyticsSink {
     pub log: Arc<dyn TopicLog>,
     /// `<data-dir>/events`.
     pub root: PathBuf,
-    pub event_partitions: u32,
+    /// The partitions of `herald-events` this worker processes.
+    pub partitions: Arc<[u32]>,
     pub read: ReadSettings,
     /// Flush once this many rows are buffered (all partitions together).
     pub flush_rows: usize,
@@ -145,7 +146,7 @@ impl AnalyticsSink {
             .map_err(Self::failed)?
             .map_err(Self::failed)?;
         let mut pending = HashMap::new();
-        for partition in 0..self.event_partitions {
+        for &partition in self.partitions.iter() {
             let committed = self.log.committed(GROUP, topic::EVENTS, partition).await.map_err(Self::failed)?;
             let from = match found.ends.get(&partition) {
                 // Written but not committed before a crash: never again.
@@ -168,7 +169,7 @@ impl AnalyticsSink {
             "analytics sink started"
         );
         let mut readers = JoinSet::new();
-        let sources = (0..self.event_partitions).map(|p| (topic::EVENTS.to_string(), p));
+        let sources = self.partitions.iter().map(|&p| (topic::EVENTS.to_string(), p));
         let mut rx: QueueRx<(u64, DeliveryEvent)> =
             spawn_readers("analytics", &self.log, sources, GROUP, &self.read, decode_event, &token, &mut readers);
         let mut next_flush = Instant::now() + self.flush_interval;
@@ -393,7 +394,7 @@ mod tests {
         AnalyticsSink {
             log: db.clone(),
             root,
-            event_partitions: 2,
+            partitions: Arc::from([0, 1]),
             read: ReadSettings {
                 batch_size: 100,
                 read_wait: Duration::from_millis(20),

@@ -361,7 +361,7 @@ mod tests {
         let sink = AnalyticsSink {
             log: db.clone(),
             root: dir.join("events"),
-            event_partitions: 2,
+            partitions: std::sync::Arc::from([0, 1]),
             read: ReadSettings {
                 batch_size: 1000,
                 read_wait: Duration::from_millis(20),

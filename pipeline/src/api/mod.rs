@@ -64,6 +64,17 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// What a worker without the API serves (`herald serve --role worker`): liveness, readiness
+/// (the request lag) and metrics.
+pub fn ops_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
 /// Counts every answer by route template and status.
 async fn track(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod contacts;
 pub mod dlq;
+pub mod migrate;
 pub mod serve;
 
 use crate::app::{App, OpenError};

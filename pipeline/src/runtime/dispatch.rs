@@ -75,6 +75,8 @@ pub struct Dispatcher {
     pub channel: ChannelFactory,
     pub route_partitions: u32,
     pub event_partitions: u32,
+    /// The partitions of the route topics this worker processes.
+    pub owned: Arc<[u32]>,
     pub read: ReadSettings,
     /// When to try a refused delivery again, and when to give up.
     pub retry: RetryPolicy,
@@ -97,7 +99,7 @@ impl Dispatcher {
         let sources: Vec<(String, u32)> = self
             .routes
             .iter()
-            .flat_map(|route| (0..self.route_partitions).map(move |p| (route.topic().to_string(), p)))
+            .flat_map(|route| self.owned.iter().map(move |&p| (route.topic().to_string(), p)))
             .collect();
         let rx = spawn_readers(self.name, &self.log, sources, &self.group(), &self.read, decode_job, &token, tasks);
         tasks.spawn(self.clone().run(rx));
@@ -345,6 +347,7 @@ pub(crate) mod tests {
             channel,
             route_partitions: 1,
             event_partitions: 1,
+            owned: Arc::from([0]),
             read: ReadSettings {
                 batch_size: 100,
                 read_wait: Duration::from_millis(20),

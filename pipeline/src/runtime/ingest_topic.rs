@@ -26,7 +26,8 @@ pub struct IngestConsumer {
     pub log: Arc<dyn TopicLog>,
     pub ingestor: Arc<Ingestor>,
     pub client_id: String,
-    pub partitions: u32,
+    /// The partitions of `herald-ingest` this worker processes.
+    pub partitions: Arc<[u32]>,
     pub read: ReadSettings,
 }
 
@@ -41,7 +42,7 @@ fn decode_ingest(record: &StoredRecord) -> Result<IngestRecord, CodecError> {
 
 impl IngestConsumer {
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let sources = (0..self.partitions).map(|p| (topic::INGEST.to_string(), p));
+        let sources = self.partitions.iter().map(|&p| (topic::INGEST.to_string(), p));
         let rx = spawn_readers("ingest", &self.log, sources, GROUP, &self.read, decode_ingest, &token, tasks);
         tasks.spawn(self.clone().run(rx));
     }

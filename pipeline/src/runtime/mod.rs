@@ -21,6 +21,7 @@ pub mod requests;
 pub mod retry;
 pub mod supervise;
 pub mod timeline;
+pub mod workers;
 
 use crate::alerts::Alerts;
 use crate::app::App;
@@ -67,6 +68,12 @@ pub struct Runtime {
 impl Runtime {
     /// Starts every task of a worker that owns all partitions.
     pub fn start(app: &App) -> Runtime {
+        Self::start_owning(app, (0..app.partitions()).collect())
+    }
+
+    /// Starts every task of a worker over the partitions it owns (`owned`, partition numbers of
+    /// every topic: a user's records are in the same partition of each).
+    pub fn start_owning(app: &App, owned: Arc<[u32]>) -> Runtime {
         let shutdown = CancellationToken::new();
         let request_lag = Arc::new(AtomicU64::new(0));
         let cfg = &app.config.pipeline;
@@ -84,10 +91,14 @@ impl Runtime {
         // partition belongs to one lane, so per-user order and state stay in one chain.
         let lanes = cfg.lanes.get().min(partitions);
         for lane in 0..lanes {
+            let lane_partitions: Vec<u32> = owned.iter().copied().filter(|p| p % lanes == lane).collect();
+            if lane_partitions.is_empty() {
+                continue;
+            }
             let chain = RequestChain {
                 log: log.clone(),
                 stages: stage_factory(app),
-                partitions: (0..partitions).filter(|p| p % lanes == lane).collect(),
+                partitions: lane_partitions,
                 route_partitions: partitions,
                 event_partitions: partitions,
                 read: read.clone(),
@@ -95,7 +106,8 @@ impl Runtime {
             tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
         }
 
-        let mut watches = vec![Watch { group: requests::GROUP.into(), topic: topic::REQUESTS.into(), partitions }];
+        let mut watches =
+            vec![Watch { group: requests::GROUP.into(), topic: topic::REQUESTS.into(), partitions: owned.clone() }];
         for (name, channel) in [("push", ChannelKind::Push), ("sms", ChannelKind::Sms), ("email", ChannelKind::Email)] {
             let factory = channel_factory(app, name, channel);
             let dispatcher = Dispatcher {
@@ -109,13 +121,18 @@ impl Runtime {
                 channel: factory,
                 route_partitions: partitions,
                 event_partitions: partitions,
+                owned: owned.clone(),
                 read: read.clone(),
                 retry: app.config.retry.policy(channel).clone(),
                 recipients: app.recipients.clone(),
                 tracking: app.tracking.clone(),
             };
             for route in &dispatcher.routes {
-                watches.push(Watch { group: dispatcher.group(), topic: route.topic().into(), partitions });
+                watches.push(Watch {
+                    group: dispatcher.group(),
+                    topic: route.topic().into(),
+                    partitions: owned.clone(),
+                });
             }
             tasks.push(tokio::spawn(supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set))));
         }
@@ -123,6 +140,7 @@ impl Runtime {
         let scheduler = retry::RetryScheduler {
             log: log.clone(),
             partitions,
+            owned: owned.clone(),
             read: read.clone(),
             max_waiting: app.config.retry.max_waiting,
         };
@@ -130,8 +148,12 @@ impl Runtime {
 
         if let Some(store) = app.backends.timeline_feed.clone() {
             let sink =
-                timeline::TimelineSink { log: log.clone(), store, event_partitions: partitions, read: read.clone() };
-            watches.push(Watch { group: timeline::GROUP.into(), topic: topic::EVENTS.into(), partitions });
+                timeline::TimelineSink { log: log.clone(), store, partitions: owned.clone(), read: read.clone() };
+            watches.push(Watch {
+                group: timeline::GROUP.into(),
+                topic: topic::EVENTS.into(),
+                partitions: owned.clone(),
+            });
             tasks.push(tokio::spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
         }
 
@@ -139,7 +161,7 @@ impl Runtime {
             let sink = crate::analytics::sink::AnalyticsSink {
                 log: log.clone(),
                 root: app.events_dir(),
-                event_partitions: partitions,
+                partitions: owned.clone(),
                 read: read.clone(),
                 flush_rows: app.config.analytics.flush_rows.get() as usize,
                 flush_interval: app.config.analytics.flush_interval,
@@ -150,7 +172,7 @@ impl Runtime {
             watches.push(Watch {
                 group: crate::analytics::sink::GROUP.into(),
                 topic: topic::EVENTS.into(),
-                partitions,
+                partitions: owned.clone(),
             });
             tasks.push(tokio::spawn(supervise("analytics", shutdown.clone(), move |t, set| sink.start(t, set))));
         }
@@ -160,10 +182,14 @@ impl Runtime {
                 log: log.clone(),
                 ingestor: app.ingestor.clone(),
                 client_id: app.config.ingest.client_id.clone(),
-                partitions,
+                partitions: owned.clone(),
                 read: read.clone(),
             };
-            watches.push(Watch { group: ingest_topic::GROUP.into(), topic: topic::INGEST.into(), partitions });
+            watches.push(Watch {
+                group: ingest_topic::GROUP.into(),
+                topic: topic::INGEST.into(),
+                partitions: owned.clone(),
+            });
             tasks.push(tokio::spawn(supervise("ingest", shutdown.clone(), move |t, set| consumer.start(t, set))));
         }
 
@@ -175,7 +201,7 @@ impl Runtime {
             retention: app.backends.embedded.clone().map(|db| (db, cfg.retention_interval)),
         };
         tasks.push(tokio::spawn(monitor.run(shutdown.clone())));
-        tracing::info!(partitions, "runtime started");
+        tracing::info!(partitions, owned = ?owned, "runtime started");
         Runtime { shutdown, tasks, request_lag }
     }
 

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Watch {
     pub group: String,
     pub topic: String,
-    pub partitions: u32,
+    /// The partitions this worker processes.
+    pub partitions: std::sync::Arc<[u32]>,
 }
 
 pub struct Monitor {
@@ -58,7 +59,7 @@ impl Monitor {
     async fn sample(&self) {
         for watch in &self.watches {
             let mut lag = 0u64;
-            for partition in 0..watch.partitions {
+            for &partition in watch.partitions.iter() {
                 let (end, committed) = match (
                     self.log.end_offset(&watch.topic, partition).await,
                     self.log.committed(&watch.group, &watch.topic, partition).await,

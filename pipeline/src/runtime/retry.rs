@@ -28,7 +28,10 @@ pub const GROUP: &str = "herald-retry";
 #[derive(Clone)]
 pub struct RetryScheduler {
     pub log: Arc<dyn TopicLog>,
+    /// Partitions of the delivery topics (where due jobs go back).
     pub partitions: u32,
+    /// The partitions of `herald-retry` this worker processes.
+    pub owned: Arc<[u32]>,
     pub read: ReadSettings,
     /// Most jobs held in memory waiting for their time.
     pub max_waiting: usize,
@@ -97,7 +100,7 @@ impl Waiting {
 
 impl RetryScheduler {
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let sources = (0..self.partitions).map(|p| (topic::RETRY.to_string(), p));
+        let sources = self.owned.iter().map(|&p| (topic::RETRY.to_string(), p));
         let rx = spawn_readers("retry", &self.log, sources, GROUP, &self.read, decode, &token, tasks);
         tasks.spawn(self.clone().run(rx));
     }

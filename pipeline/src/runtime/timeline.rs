@@ -26,7 +26,8 @@ pub const GROUP: &str = "herald-timeline";
 pub struct TimelineSink {
     pub log: Arc<dyn TopicLog>,
     pub store: Arc<dyn TimelineFeed>,
-    pub event_partitions: u32,
+    /// The partitions of `herald-events` this worker processes.
+    pub partitions: Arc<[u32]>,
     pub read: ReadSettings,
 }
 
@@ -37,7 +38,7 @@ fn decode_event(record: &StoredRecord) -> Result<EncodedEvent, CodecError> {
 
 impl TimelineSink {
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let sources = (0..self.event_partitions).map(|p| (topic::EVENTS.to_string(), p));
+        let sources = self.partitions.iter().map(|&p| (topic::EVENTS.to_string(), p));
         let rx = spawn_readers("timeline", &self.log, sources, GROUP, &self.read, decode_event, &token, tasks);
         tasks.spawn(self.clone().run(rx));
     }

@@ -18,8 +18,22 @@ impl Backend {
         Backend { name: "embedded", fluvio: None, scylla: None }
     }
 
-    /// Every backend this run can reach; says which were skipped and why.
+    /// Every backend this run can reach; says which were skipped and why. `HERALD_TEST_BACKENDS`
+    /// (`embedded,fluvio`, say) keeps only the ones it names.
     pub fn all(test: &str) -> Vec<Backend> {
+        let mut all = Self::reachable(test);
+        if let Ok(only) = std::env::var("HERALD_TEST_BACKENDS") {
+            let names: Vec<&str> = only.split(',').map(str::trim).collect();
+            all.retain(|b| names.contains(&b.name));
+            eprintln!(
+                "[{test}] HERALD_TEST_BACKENDS={only}: running on {:?}",
+                all.iter().map(|b| b.name).collect::<Vec<_>>()
+            );
+        }
+        all
+    }
+
+    fn reachable(test: &str) -> Vec<Backend> {
         let fluvio = std::env::var("HERALD_FLUVIO_ENDPOINT").ok().filter(|v| !v.is_empty());
         let scylla = std::env::var("HERALD_SCYLLA_NODES").ok().filter(|v| !v.is_empty());
         let mut all = vec![Backend::embedded()];
