@@ -46,11 +46,14 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Installs the log subscriber (stderr; `RUST_LOG` overrides `info`, storage engine at `warn`).
+/// Installs the log subscriber (stderr; `RUST_LOG` overrides `info`, the storage engine and the Fluvio client at `warn`).
 pub fn init_logging() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lsm_tree=warn,fjall=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,lsm_tree=warn,fjall=warn,fluvio=warn,fluvio_socket=warn,fluvio_future=warn",
+        )
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -106,6 +106,11 @@ impl Herald {
         config
     }
 
+    /// The `--topics` URL of this server (`embedded`, or `fluvio://…?prefix=…`).
+    pub fn topics_url(&self) -> &str {
+        &self.topics
+    }
+
     /// Sets this server's backends on a command.
     fn on_backends<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         cmd.env("HERALD_TOPICS", &self.topics).env("HERALD_STATE", &self.state)
