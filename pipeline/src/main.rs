@@ -75,8 +75,8 @@ enum Command {
         listen: Option<SocketAddr>,
         /// What this process runs: `all` (the API and the pipeline), `api` (the HTTP API only),
         /// or `worker` (the pipeline only, with /healthz, /readyz and /metrics). `api` and
-        /// `worker` need topics on a cluster; workers share the partitions when the state is on
-        /// ScyllaDB (see docs/distributed.md).
+        /// `worker` need the topics and the state on clusters (Fluvio, ScyllaDB); workers then
+        /// share the partitions (see docs/distributed.md).
         #[arg(long, value_enum, default_value_t = commands::serve::Role::All)]
         role: commands::serve::Role,
     },

@@ -287,7 +287,7 @@ struct Retries {
 
 /// Submits every batch, sending a batch again (same idempotency keys) until it gets a `202`,
 /// following the server to its new address after each restart.
-async fn submit_through_crashes(shared: &Shared, key: &str, batches: &[Vec<Value>]) -> Retries {
+async fn submit_through_crashes(shared: &Shared, key: &str, batches: &[Vec<Value>], deadline: Duration) -> Retries {
     let started = Instant::now();
     let mut retries = Retries::default();
     let mut api = Api::new(&shared.url.read().unwrap(), Some(key));
@@ -296,8 +296,8 @@ async fn submit_through_crashes(shared: &Shared, key: &str, batches: &[Vec<Value
         loop {
             assert!(!shared.killer_failed.load(Ordering::SeqCst), "the killer thread failed (its panic is above)");
             assert!(
-                started.elapsed() < SUBMIT_TIMEOUT,
-                "submission did not finish within {SUBMIT_TIMEOUT:?}: {b} of {} batches acknowledged, {retries:?}",
+                started.elapsed() < deadline,
+                "submission did not finish within {deadline:?}: {b} of {} batches acknowledged, {retries:?}",
                 batches.len()
             );
             let url = shared.url.read().unwrap().clone();
@@ -369,7 +369,7 @@ async fn sigkill_during_submission_on(backend: &Backend) {
     });
     let killer = Killer::spawn(herald, Arc::clone(&shared), at, jitter);
     let started = Instant::now();
-    let retries = submit_through_crashes(&shared, &key, &batches).await;
+    let retries = submit_through_crashes(&shared, &key, &batches, SUBMIT_TIMEOUT * backend.slowdown()).await;
     let (mut herald, record) = killer.finish();
     let kills: Vec<String> = record
         .iter()

@@ -165,6 +165,8 @@ struct Inner {
     producers: tokio::sync::Mutex<HashMap<(String, u32), Producer>>,
     /// Open read streams by `(fluvio topic, partition, next offset)`.
     streams: Mutex<HashMap<(String, u32, u64), OpenStream>>,
+    /// Where a fresh stream at `(topic, partition, from)` started when past `from` (see [`Contiguous`]).
+    late_starts: Mutex<HashMap<(String, u32, u64), u64>>,
 }
 
 fn backend(what: &str, error: impl std::fmt::Display) -> LogError {
@@ -190,6 +192,7 @@ impl FluvioLog {
                 partitions: Mutex::new(HashMap::new()),
                 producers: tokio::sync::Mutex::new(HashMap::new()),
                 streams: Mutex::new(HashMap::new()),
+                late_starts: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -357,11 +360,52 @@ fn stored(record: &FluvioRecord) -> Option<StoredRecord> {
     })
 }
 
-/// What a read made of the records a stream gave: the records from `from` on, in order, at most
-/// `max`. Records before `from` (a stream may start at the beginning of a stored batch) are
-/// skipped.
-fn take_from(records: impl IntoIterator<Item = StoredRecord>, from: u64, max: usize) -> Vec<StoredRecord> {
-    records.into_iter().filter(|r| r.offset >= from).take(max).collect()
+/// The records one read returns: consecutive offsets from `from` on, at most `max`.
+///
+/// Seen on a live cluster under load: a long-lived Fluvio stream sometimes skips offsets (it
+/// yielded 2811, then 2813), while a stream opened afresh at 2812 reads it. A reader that trusted
+/// the stream would commit past records it never saw, so a read stops at a gap ([`Self::broken`])
+/// and the next one reads from a fresh stream. The first record of a fresh stream may be past
+/// `from` when the records before it are gone (retention); that is believed only when a second
+/// fresh stream starts at the same offset (`confirmed_start`), and the read is broken otherwise.
+struct Contiguous {
+    records: Vec<StoredRecord>,
+    next: u64,
+    max: usize,
+    fresh: bool,
+    /// Where the previous fresh stream at `from` started, if past `from`.
+    confirmed_start: Option<u64>,
+    broken: bool,
+    /// Where a fresh stream started when the records from `from` on were gone.
+    started_late: Option<u64>,
+}
+
+impl Contiguous {
+    fn new(from: u64, max: usize, fresh: bool, confirmed_start: Option<u64>) -> Self {
+        Contiguous { records: Vec::new(), next: from, max, fresh, confirmed_start, broken: false, started_late: None }
+    }
+
+    fn admit(&mut self, record: Option<StoredRecord>) {
+        let Some(record) = record else { return };
+        if record.offset < self.next || self.broken || self.records.len() >= self.max {
+            // Before the start (a stream may begin with its batch's earlier records).
+            return;
+        }
+        if record.offset > self.next {
+            let first_of_fresh = self.fresh && self.records.is_empty() && self.started_late.is_none();
+            if first_of_fresh && self.confirmed_start == Some(record.offset) {
+                self.started_late = Some(record.offset);
+            } else {
+                if first_of_fresh {
+                    self.started_late = Some(record.offset);
+                }
+                self.broken = true;
+                return;
+            }
+        }
+        self.next = record.offset + 1;
+        self.records.push(record);
+    }
 }
 
 fn store_error(e: herald_schemas::store::StoreError) -> LogError {
@@ -437,42 +481,55 @@ impl TopicLog for FluvioLog {
         wait: Duration,
     ) -> Result<Vec<StoredRecord>, LogError> {
         let name = self.check_partition(topic, partition).await?;
-        let (mut stream, last_record) = match self.take_stream(&name, partition, from) {
-            Some(open) => open,
+        let (mut stream, last_record, fresh) = match self.take_stream(&name, partition, from) {
+            Some((stream, last_record)) => (stream, last_record, false),
             None => {
                 let start =
                     Offset::absolute(i64::try_from(from).unwrap_or(i64::MAX)).map_err(|e| backend("offset", e))?;
-                (self.open_stream(&name, partition, start, false).await?, Instant::now())
+                (self.open_stream(&name, partition, start, false).await?, Instant::now(), true)
             }
         };
         let what = || format!("reading {name}/{partition}");
-        let mut got = Vec::new();
+        let late_key = (name.clone(), partition, from);
+        let confirmed = self.inner.late_starts.lock().unwrap_or_else(PoisonError::into_inner).remove(&late_key);
+        let mut run = Contiguous::new(from, max, fresh, confirmed);
         let deadline = tokio::time::Instant::now() + wait;
-        // Wait for the first record with an offset at or past `from`, then take what is ready.
-        while got.is_empty() {
+        // Wait for the first record at or past `from`, then take what is ready.
+        while run.records.is_empty() && !run.broken {
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Err(_) => break,
                 Ok(None) => return Err(backend(&what(), "stream ended")),
                 Ok(Some(Err(code))) => return Err(backend(&what(), code)),
-                Ok(Some(Ok(record))) => got.extend(stored(&record)),
+                Ok(Some(Ok(record))) => run.admit(stored(&record)),
             }
-            got = take_from(got, from, max);
         }
         // Then what is ready now, polled with this task's waker (a no-op waker, as
         // `now_or_never` uses, could leave the stream's wake-up registered with nobody).
-        while got.len() < max {
+        while run.records.len() < max && !run.broken {
             let next = tokio::select! {
                 biased;
                 next = stream.next() => next,
                 () = std::future::ready(()) => break,
             };
             match next {
-                Some(Ok(record)) => got.extend(stored(&record)),
+                Some(Ok(record)) => run.admit(stored(&record)),
                 Some(Err(code)) => return Err(backend(&what(), code)),
                 None => return Err(backend(&what(), "stream ended")),
             }
         }
-        let got = take_from(got, from, max);
+        if run.broken {
+            if let (true, Some(start)) = (run.records.is_empty(), run.started_late) {
+                // A fresh stream started past `from`: believed if the next fresh one does too.
+                self.inner.late_starts.lock().unwrap_or_else(PoisonError::into_inner).insert(late_key, start);
+            }
+            // The stream skipped offsets: drop it; the next read opens a fresh one at the gap.
+            tracing::debug!(topic = %name, partition, at = run.next, "stream skipped records; reopening");
+            return Ok(run.records);
+        }
+        if let Some(start) = run.started_late {
+            tracing::warn!(topic = %name, partition, from, start, "records before the partition's start are gone (Fluvio retention)");
+        }
+        let got = run.records;
         let next = got.last().map_or(from, |r| r.offset + 1);
         let last_record = if got.is_empty() { last_record } else { Instant::now() };
         self.put_stream(&name, partition, next, stream, last_record);
@@ -549,10 +606,56 @@ mod tests {
         StoredRecord { offset, key: vec![], value: vec![], timestamp_ms: 0 }
     }
 
+    fn run(fresh: bool, from: u64, max: usize, offsets: &[u64]) -> Contiguous {
+        run_confirmed(fresh, None, from, max, offsets)
+    }
+
+    fn run_confirmed(fresh: bool, confirmed: Option<u64>, from: u64, max: usize, offsets: &[u64]) -> Contiguous {
+        let mut run = Contiguous::new(from, max, fresh, confirmed);
+        for &offset in offsets {
+            run.admit(Some(rec(offset)));
+        }
+        run
+    }
+
+    fn offsets(run: &Contiguous) -> Vec<u64> {
+        run.records.iter().map(|r| r.offset).collect()
+    }
+
     #[test]
     fn reads_start_at_the_offset_asked_for_and_stop_at_max() {
-        let got = take_from((3..10).map(rec), 5, 3);
-        assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![5, 6, 7]);
-        assert!(take_from((0..4).map(rec), 5, 10).is_empty());
+        let r = run(false, 5, 3, &[3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(offsets(&r), vec![5, 6, 7]);
+        assert!(!r.broken);
+        assert!(run(false, 5, 10, &[0, 1, 2, 3]).records.is_empty());
+    }
+
+    #[test]
+    fn a_skipped_offset_ends_the_read_before_it() {
+        // A long-lived stream that jumps from 2811 to 2813: the read ends at 2811, so the reader
+        // never commits past 2812.
+        let r = run(false, 2810, 100, &[2810, 2811, 2813, 2814]);
+        assert_eq!(offsets(&r), vec![2810, 2811]);
+        assert!(r.broken);
+        assert_eq!(r.next, 2812);
+        // A cached stream whose first record is past `from` is broken too.
+        let r = run(false, 10, 100, &[12, 13]);
+        assert!(r.records.is_empty() && r.broken);
+    }
+
+    #[test]
+    fn a_fresh_stream_starting_late_is_believed_when_a_second_one_agrees() {
+        // The first fresh stream at 10 starts at 40: not believed yet.
+        let r = run(true, 10, 100, &[40, 41]);
+        assert!(r.records.is_empty() && r.broken);
+        assert_eq!(r.started_late, Some(40));
+        // A second fresh stream starting there too: records before 40 are gone (retention).
+        let r = run_confirmed(true, Some(40), 10, 100, &[40, 41, 43]);
+        assert_eq!(offsets(&r), vec![40, 41]);
+        assert_eq!(r.started_late, Some(40));
+        assert!(r.broken, "a gap after the start still ends the read");
+        // One that starts elsewhere is not believed.
+        let r = run_confirmed(true, Some(40), 10, 100, &[12, 13]);
+        assert!(r.records.is_empty() && r.broken);
     }
 }

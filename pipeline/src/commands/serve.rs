@@ -2,7 +2,8 @@
 //!
 //! Roles: `all` (the default) runs both; `api` only the HTTP API (appending to the topics); and
 //! `worker` only the pipeline (with `/healthz`, `/readyz` and `/metrics` on the listen address).
-//! `api` and `worker` need topics on a cluster: the embedded data directory belongs to one process.
+//! `api` and `worker` need the topics and the state on clusters: an embedded data directory belongs
+//! to one process.
 //!
 //! A worker whose state backend coordinates workers (ScyllaDB) shares the partitions with the
 //! other live workers ([`crate::runtime::workers`]); otherwise it owns every partition.
@@ -14,7 +15,7 @@
 
 use crate::api::{ApiState, ops_router, router};
 use crate::app::App;
-use crate::config::TopicsBackend;
+use crate::config::{StateBackend, TopicsBackend};
 use crate::runtime::Runtime;
 use crate::runtime::workers::{Coordinator, worker_id};
 use axum::serve::ListenerExt;
@@ -87,10 +88,13 @@ impl Pipeline {
 
 pub async fn run(app: App, listen: SocketAddr, role: Role) -> anyhow::Result<()> {
     use anyhow::Context;
-    if role != Role::All && app.config.backends.topics()? == TopicsBackend::Embedded {
+    let shared = app.config.backends.topics()? != TopicsBackend::Embedded
+        && app.config.backends.state()? != StateBackend::Embedded;
+    if role != Role::All && !shared {
         anyhow::bail!(
-            "--role {} needs the topics on a cluster (--topics fluvio://…): the embedded data directory \
-             belongs to one process, which must run both the API and the pipeline (--role all)",
+            "--role {} needs the topics and the state on clusters (--topics fluvio://… --state scylla://…): \
+             an embedded data directory belongs to one process, which must run both the API and the \
+             pipeline (--role all)",
             if role == Role::Api { "api" } else { "worker" }
         );
     }

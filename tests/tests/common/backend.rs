@@ -51,6 +51,13 @@ impl Backend {
         all
     }
 
+    /// How much longer than on the embedded backends a test's deadlines may be: a cluster adds
+    /// network round trips to every append and commit, and here its servers share the test
+    /// machine's cores (a deadline catches a hang, it is not a performance budget).
+    pub fn slowdown(&self) -> u32 {
+        if self.fluvio.is_some() || self.scylla.is_some() { 3 } else { 1 }
+    }
+
     pub fn uses_scylla(&self) -> bool {
         self.scylla.is_some()
     }
