@@ -57,13 +57,19 @@ impl Monitor {
     }
 
     async fn sample(&self) {
+        // Several groups read `herald-events`: each partition's end is asked for once per sample
+        // (on Fluvio, each ask opens a stream).
+        let mut ends: std::collections::HashMap<(&str, u32), u64> = std::collections::HashMap::new();
         for watch in &self.watches {
             let mut lag = 0u64;
             for &partition in watch.partitions.iter() {
-                let (end, committed) = match (
-                    self.log.end_offset(&watch.topic, partition).await,
-                    self.log.committed(&watch.group, &watch.topic, partition).await,
-                ) {
+                let end = match ends.get(&(watch.topic.as_str(), partition)) {
+                    Some(&end) => Ok(end),
+                    None => self.log.end_offset(&watch.topic, partition).await.inspect(|&end| {
+                        ends.insert((watch.topic.as_str(), partition), end);
+                    }),
+                };
+                let (end, committed) = match (end, self.log.committed(&watch.group, &watch.topic, partition).await) {
                     (Ok(end), Ok(committed)) => (end, committed),
                     (Err(error), _) | (_, Err(error)) => {
                         tracing::debug!(%error, topic = %watch.topic, "offsets unavailable");
