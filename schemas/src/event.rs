@@ -15,6 +15,16 @@ use std::fmt;
 pub enum EventKind {
     /// Durably appended to `herald-requests`.
     Accepted,
+    /// Held in the schedule index until its `send_at`.
+    Scheduled,
+    /// Held until the end of the user's quiet hours (`reason`: `quiet_hours`).
+    Deferred,
+    /// Joined a digest; the digest (`reason`: its notification id) is delivered instead.
+    Digested,
+    /// Cancelled while it waited (`DELETE /v1/notifications/{id}`).
+    Cancelled,
+    /// Not sent before its `expires_at` (or `ttl`): dropped.
+    Expired,
     /// Failed validation; `reason` names the field.
     Rejected,
     /// Same `(client, idempotency_key)` inside the dedup window.
@@ -46,8 +56,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Accepted,
+        EventKind::Scheduled,
+        EventKind::Deferred,
+        EventKind::Digested,
+        EventKind::Cancelled,
+        EventKind::Expired,
         EventKind::Rejected,
         EventKind::Deduplicated,
         EventKind::Throttled,
@@ -66,6 +81,11 @@ impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Accepted => "accepted",
+            EventKind::Scheduled => "scheduled",
+            EventKind::Deferred => "deferred",
+            EventKind::Digested => "digested",
+            EventKind::Cancelled => "cancelled",
+            EventKind::Expired => "expired",
             EventKind::Rejected => "rejected",
             EventKind::Deduplicated => "deduplicated",
             EventKind::Throttled => "throttled",
@@ -80,6 +100,19 @@ impl EventKind {
             EventKind::Opened => "opened",
             EventKind::Clicked => "clicked",
         }
+    }
+}
+
+impl EventKind {
+    /// Whether the event ends the story of a delivery or of a whole notification (what status
+    /// webhooks report): a stop in the pipeline, a provider's final answer, or a receipt. Not
+    /// the steps on the way (`accepted`, `scheduled`, `deferred`) nor engagement (`opened`,
+    /// `clicked`).
+    pub fn is_outcome(self) -> bool {
+        !matches!(
+            self,
+            EventKind::Accepted | EventKind::Scheduled | EventKind::Deferred | EventKind::Opened | EventKind::Clicked
+        )
     }
 }
 
