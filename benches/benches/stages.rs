@@ -62,11 +62,11 @@ fn item(k: usize) -> WorkItem {
         10 => ChannelKind::Sms,
         _ => ChannelKind::Email,
     };
-    WorkItem::new(RequestEnvelope {
-        id: NotificationId::generate(),
-        client_id: "bench".into(),
-        received_at_ms: 0,
-        request: NotificationRequest {
+    WorkItem::new(RequestEnvelope::new(
+        NotificationId::generate(),
+        "bench".into(),
+        0,
+        NotificationRequest {
             user_id: format!("u{}", k % USERS),
             template: "t".into(),
             data: serde_json::json!({"n": k, "name": "Ada"}),
@@ -75,8 +75,12 @@ fn item(k: usize) -> WorkItem {
             category: "transactional".into(),
             idempotency_key: None,
             locale: None,
+            send_at: None,
+            expires_at: None,
+            ttl: None,
+            digest: None,
         },
-    })
+    ))
 }
 
 /// `items` through `stages`, in order.

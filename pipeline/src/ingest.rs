@@ -109,12 +109,7 @@ impl Ingestor {
                 Ok(request) => {
                     let user_id = request.user_id.clone();
                     events.push(DeliveryEvent::new(&id, client_id, &user_id, EventKind::Accepted, None, None, now));
-                    let envelope = RequestEnvelope {
-                        id: id.clone(),
-                        client_id: client_id.to_string(),
-                        received_at_ms: now,
-                        request,
-                    };
+                    let envelope = RequestEnvelope::new(id.clone(), client_id.to_string(), now, request);
                     records.push(Record { key: user_id.into_bytes(), value: codec::encode(&envelope) });
                     outcomes.push(ItemOutcome::Accepted(id));
                 }

@@ -263,6 +263,7 @@ mod tests {
             content: RenderedContent::Email { subject: "Hi".into(), text: "Hi".into(), html: html.into() },
             attempt: 1,
             requested_at_ms: 1,
+            expires_at_ms: None,
             fallback: None,
         }
     }

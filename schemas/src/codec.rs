@@ -78,7 +78,19 @@ mod tests {
                 category: "marketing".into(),
                 idempotency_key: None,
                 locale: Some("ko-KR".into()),
+                send_at: Some("2026-12-24T18:00:00+09:00".into()),
+                expires_at: None,
+                ttl: Some("1h".into()),
+                digest: Some(crate::request::DigestSpec {
+                    key: "k".into(),
+                    window: "10m".into(),
+                    template: "t-digest".into(),
+                }),
             },
+            send_at_ms: Some(9),
+            expires_at_ms: Some(10),
+            quiet_released: true,
+            digest_of: Some(3),
         };
         assert_eq!(decode::<RequestEnvelope>(&encode(&envelope)).unwrap(), envelope);
         let job = DeliveryJob {
@@ -93,6 +105,7 @@ mod tests {
             content: RenderedContent::Email { subject: "s".into(), text: "t".into(), html: "<b>h</b>".into() },
             attempt: 1,
             requested_at_ms: 9,
+            expires_at_ms: None,
             fallback: None,
         };
         assert_eq!(decode::<DeliveryJob>(&encode(&job)).unwrap(), job);

@@ -94,6 +94,20 @@ fn yes() -> bool {
 pub struct Preferences {
     #[serde(default)]
     pub opt_out: OptOut,
+    /// When the user does not want to be disturbed, in their `timezone`: notifications other than
+    /// `transactional` that fall inside wait for the window's end. Replaces the category's
+    /// default window (`[quiet_hours]` in the configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietWindow>,
+}
+
+/// A daily window of local wall-clock times, `"HH:MM"` or `"HH:MM:SS"`; it spans midnight when
+/// `end` is before `start` (`22:00` → `07:00`). Equal times make an empty window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietWindow {
+    pub start: String,
+    pub end: String,
 }
 
 /// What the user refuses. Channel opt-outs always hold; category opt-outs

@@ -21,6 +21,15 @@ impl NotificationId {
     }
 }
 
+impl NotificationId {
+    /// The id of the digest a notification opens: a UUID (version 8) derived from the opening
+    /// notification's id, so every backend names the same digest the same way.
+    pub fn for_digest(first_member: &NotificationId) -> Self {
+        let hash = xxh3_128(format!("digest\x1f{}", first_member.0).as_bytes());
+        Self(uuid::Uuid::new_v8(hash.to_be_bytes()).to_string())
+    }
+}
+
 impl fmt::Display for NotificationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -82,6 +91,15 @@ mod tests {
         );
         assert!(DeliveryId::derive(&n, "apns", "t1").0.starts_with("n1."));
         assert_ne!(hash_hex(&[b"ab", b"c"]), hash_hex(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn digest_ids_are_derived_uuids() {
+        let first = NotificationId::generate();
+        let digest = NotificationId::for_digest(&first);
+        assert_eq!(digest, NotificationId::for_digest(&first));
+        assert_ne!(digest, first);
+        assert_eq!(uuid::Uuid::parse_str(&digest.0).map(|u| u.get_version_num()).ok(), Some(8));
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub struct DeliveryJob {
     /// 1 for the first try.
     pub attempt: u32,
     pub requested_at_ms: u64,
+    /// When it goes stale (ms): not sent after this (an `expired` event instead); providers are
+    /// told too (APNs expiration, FCM and Web Push TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
     /// On a push delivery whose request named fallback channels: what to send once every push
     /// delivery of the notification has failed for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -65,6 +65,33 @@ pub struct NotificationRequest {
     /// Overrides the user's locale for this notification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
+    /// When to send it (RFC 3339, `2026-12-24T18:00:00+09:00`); absent or past: now. It waits in
+    /// the durable schedule index, not in memory, and can be cancelled until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<String>,
+    /// When it goes stale (RFC 3339): not sent after this, dropped with an `expired` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Or how long after acceptance it stays worth sending (`"15m"`, `"2h"`); not with `expires_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Folds this notification into a digest with the user's others of the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<DigestSpec>,
+}
+
+/// How notifications are folded into a digest: those for one user with the same `key` that
+/// arrive within `window` of the first are delivered as one message, rendered from `template`
+/// with `items` (each notification's `data`, in arrival order) and `count`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestSpec {
+    /// Which notifications fold together (with the user id), e.g. `"comments"`.
+    pub key: String,
+    /// How long the digest collects after its first notification (`"10m"`).
+    pub window: String,
+    /// The template of the digest message.
+    pub template: String,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -84,4 +111,37 @@ pub struct RequestEnvelope {
     /// When Herald accepted it (ms since the Unix epoch).
     pub received_at_ms: u64,
     pub request: NotificationRequest,
+    /// `request.send_at` resolved (ms); `None` once the scheduler released it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at_ms: Option<u64>,
+    /// `request.expires_at`, or acceptance + `request.ttl` (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// Released at the end of the user's quiet hours: not deferred again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet_released: bool,
+    /// A digest: how many notifications it folds (its `data.items` may list fewer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_of: Option<u32>,
+}
+
+impl RequestEnvelope {
+    /// An envelope for a request accepted at `received_at_ms`, with nothing resolved yet.
+    pub fn new(id: NotificationId, client_id: String, received_at_ms: u64, request: NotificationRequest) -> Self {
+        Self {
+            id,
+            client_id,
+            received_at_ms,
+            request,
+            send_at_ms: None,
+            expires_at_ms: None,
+            quiet_released: false,
+            digest_of: None,
+        }
+    }
+
+    /// Whether it is stale at `now_ms`.
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
 }

@@ -247,3 +247,137 @@ pub trait Membership: Send + Sync + 'static {
     /// Gives the lease back if `worker` holds it (a no-op otherwise).
     async fn release_lease(&self, partition: u32, worker: &str) -> Result<(), StoreError>;
 }
+
+/// Why a notification waits in the schedule index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldReason {
+    /// Its `send_at` is ahead.
+    SendAt,
+    /// The user's quiet hours: it waits for their end.
+    QuietHours,
+    /// A digest collecting notifications until its window closes.
+    Digest,
+}
+
+impl HoldReason {
+    pub const ALL: [HoldReason; 3] = [HoldReason::SendAt, HoldReason::QuietHours, HoldReason::Digest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::SendAt => "send_at",
+            HoldReason::QuietHours => "quiet_hours",
+            HoldReason::Digest => "digest",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A notification (or a digest) waiting in the schedule index for its time. One hold per
+/// `(id, reason)`: a notification released from its `send_at` may be held again for quiet hours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub id: NotificationId,
+    pub reason: HoldReason,
+    /// The partition of `herald-requests` it goes back to; the worker owning that partition
+    /// releases it.
+    pub partition: u32,
+    pub due_at_ms: u64,
+    /// Who sent it: only they (or an admin) may cancel it.
+    pub client_id: String,
+    /// The encoded `RequestEnvelope` to append when due. For a digest: the envelope of its first
+    /// notification, which the digest message takes its recipient, channels and category from.
+    pub envelope: Vec<u8>,
+}
+
+/// Where a hold stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldState {
+    /// In the index, not yet due (or due and not yet taken).
+    Waiting,
+    /// Taken by the scheduler, which appends it to `herald-requests` and then marks it released.
+    /// It can no longer be cancelled; found again after a crash, it is released again (the
+    /// pipeline absorbs the repeat: same notification id, same delivery ids).
+    Releasing,
+    /// Appended to `herald-requests`; out of the index.
+    Released,
+    /// Cancelled while waiting; out of the index, never released.
+    Cancelled,
+}
+
+/// A hold's id and reason: what the release and cancel calls name.
+pub type HoldKey = (NotificationId, HoldReason);
+
+/// One notification joining a digest (see [`ScheduleStore::join_digests`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestJoin {
+    pub user_id: String,
+    /// The producer's digest key.
+    pub key: String,
+    pub member: NotificationId,
+    /// How long a digest this notification opens collects.
+    pub window_ms: u64,
+    /// The partition of `herald-requests` the digest goes to (the user's).
+    pub partition: u32,
+    pub client_id: String,
+    /// The member's encoded `RequestEnvelope`.
+    pub envelope: Vec<u8>,
+}
+
+/// What joining did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DigestJoined {
+    /// No digest of this user and key was collecting: this notification opened one, due at
+    /// `due_at_ms`, with a hold of reason [`HoldReason::Digest`].
+    Opened { digest: NotificationId, due_at_ms: u64 },
+    /// Added to the digest collecting.
+    Joined { digest: NotificationId },
+    /// It had joined before (a replay): nothing changed.
+    AlreadyMember { digest: NotificationId },
+}
+
+impl DigestJoined {
+    pub fn digest(&self) -> &NotificationId {
+        match self {
+            DigestJoined::Opened { digest, .. }
+            | DigestJoined::Joined { digest }
+            | DigestJoined::AlreadyMember { digest } => digest,
+        }
+    }
+}
+
+/// The schedule index (due time → request) and the digests collecting.
+///
+/// Waiting notifications live here, not in memory: the scheduler reads what is due a page at a
+/// time. A hold is released in two steps so that a cancel never races a release:
+/// [`begin_release`](Self::begin_release) (waiting → releasing, durable), the append to
+/// `herald-requests`, then [`finish_release`](Self::finish_release). A crash between them
+/// releases it again, which the pipeline absorbs.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + 'static {
+    /// Puts each hold in the index unless its `(id, reason)` has a state already (a replay):
+    /// returns the state each had (`None`: it was new and now waits). Ordered durability.
+    async fn hold(&self, holds: &[Hold]) -> Result<Vec<Option<HoldState>>, StoreError>;
+    /// Up to `limit` holds of `partition` due at or before `now_ms` (waiting or releasing), soonest
+    /// first.
+    async fn due(&self, partition: u32, now_ms: u64, limit: usize) -> Result<Vec<Hold>, StoreError>;
+    /// Takes each hold for release: waiting (or already releasing) → releasing, true; anything
+    /// else (cancelled meanwhile, unknown), false. A digest stops collecting here: a later
+    /// notification of its user and key opens a new one. Durable when it returns.
+    async fn begin_release(&self, holds: &[HoldKey]) -> Result<Vec<bool>, StoreError>;
+    /// Releasing → released, out of the index (with a digest's members). Ordered durability.
+    async fn finish_release(&self, holds: &[HoldKey]) -> Result<(), StoreError>;
+    /// Cancels the waiting holds of notification `id` (of `client_id`'s only, unless `None`):
+    /// every hold of the notification found, with the state it had. Durable when it returns.
+    async fn cancel(&self, id: &NotificationId, client_id: Option<&str>) -> Result<Vec<(Hold, HoldState)>, StoreError>;
+    /// Joins each notification to its user's digest of its key, in order (a later join sees an
+    /// earlier one). Ordered durability.
+    async fn join_digests(&self, joins: &[DigestJoin], now_ms: u64) -> Result<Vec<DigestJoined>, StoreError>;
+    /// The encoded envelopes of a digest's members in the order they joined, at most `limit`,
+    /// and how many joined in all.
+    async fn digest_members(&self, digest: &NotificationId, limit: usize) -> Result<(Vec<Vec<u8>>, u64), StoreError>;
+}

@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 use herald_schemas::store::{
-    CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, StoreError, TemplateStore, ThrottleStore,
+    CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, DigestJoin, DigestJoined, Hold, HoldKey, HoldState,
+    ScheduleStore, StoreError, TemplateStore, ThrottleStore,
 };
 use herald_schemas::template::{EmailPart, PushPart, SmsPart};
 use herald_schemas::{
@@ -187,16 +188,15 @@ pub fn request(user: &str, template: &str, channels: &[ChannelKind]) -> Notifica
         category: "general".to_string(),
         idempotency_key: None,
         locale: None,
+        send_at: None,
+        expires_at: None,
+        ttl: None,
+        digest: None,
     }
 }
 
 pub fn item(id: &str, request: NotificationRequest) -> WorkItem {
-    WorkItem::new(RequestEnvelope {
-        id: NotificationId(id.to_string()),
-        client_id: "client-a".to_string(),
-        received_at_ms: 1_000,
-        request,
-    })
+    WorkItem::new(RequestEnvelope::new(NotificationId(id.to_string()), "client-a".to_string(), 1_000, request))
 }
 
 pub fn device(id: &str, platform: Platform, active: bool) -> Device {
@@ -230,5 +230,79 @@ pub fn template(id: &str, locale: &str, default: bool) -> Template {
             text: format!("[{locale}] {{{{ name }}}}"),
             html: format!("<p>[{locale}] {{{{ name }}}}</p>"),
         }),
+    }
+}
+
+/// The schedule index as the stages use it: holds kept once per `(id, reason)`, digests per
+/// user and key. The scheduler's calls are not needed by any stage.
+#[derive(Default)]
+pub struct Schedule {
+    pub holds: Mutex<Vec<Hold>>,
+    /// `(user, key)` → the open digest's id; member → digest.
+    pub open: Mutex<HashMap<(String, String), NotificationId>>,
+    pub member_of: Mutex<HashMap<NotificationId, NotificationId>>,
+    pub calls: AtomicUsize,
+}
+
+#[async_trait]
+impl ScheduleStore for Schedule {
+    async fn hold(&self, holds: &[Hold]) -> Result<Vec<Option<HoldState>>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut stored = self.holds.lock().unwrap();
+        Ok(holds
+            .iter()
+            .map(|h| {
+                if stored.iter().any(|s| s.id == h.id && s.reason == h.reason) {
+                    Some(HoldState::Waiting)
+                } else {
+                    stored.push(h.clone());
+                    None
+                }
+            })
+            .collect())
+    }
+
+    async fn due(&self, _: u32, _: u64, _: usize) -> Result<Vec<Hold>, StoreError> {
+        Err(StoreError::Backend("not a stage's call".into()))
+    }
+
+    async fn begin_release(&self, _: &[HoldKey]) -> Result<Vec<bool>, StoreError> {
+        Err(StoreError::Backend("not a stage's call".into()))
+    }
+
+    async fn finish_release(&self, _: &[HoldKey]) -> Result<(), StoreError> {
+        Err(StoreError::Backend("not a stage's call".into()))
+    }
+
+    async fn cancel(&self, _: &NotificationId, _: Option<&str>) -> Result<Vec<(Hold, HoldState)>, StoreError> {
+        Err(StoreError::Backend("not a stage's call".into()))
+    }
+
+    async fn join_digests(&self, joins: &[DigestJoin], now_ms: u64) -> Result<Vec<DigestJoined>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        let mut member_of = self.member_of.lock().unwrap();
+        Ok(joins
+            .iter()
+            .map(|j| {
+                if let Some(digest) = member_of.get(&j.member) {
+                    return DigestJoined::AlreadyMember { digest: digest.clone() };
+                }
+                let joined = match open.get(&(j.user_id.clone(), j.key.clone())) {
+                    Some(digest) => DigestJoined::Joined { digest: digest.clone() },
+                    None => {
+                        let digest = NotificationId::for_digest(&j.member);
+                        open.insert((j.user_id.clone(), j.key.clone()), digest.clone());
+                        DigestJoined::Opened { digest, due_at_ms: now_ms + j.window_ms }
+                    }
+                };
+                member_of.insert(j.member.clone(), joined.digest().clone());
+                joined
+            })
+            .collect())
+    }
+
+    async fn digest_members(&self, _: &NotificationId, _: usize) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
+        Err(StoreError::Backend("not a stage's call".into()))
     }
 }

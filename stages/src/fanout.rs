@@ -65,6 +65,7 @@ fn jobs_for(item: &WorkItem, targets: &[Target]) -> Vec<DeliveryJob> {
             content: content.clone(),
             attempt: 1,
             requested_at_ms: e.received_at_ms,
+            expires_at_ms: e.expires_at_ms,
             fallback: None,
         });
     }

@@ -1,4 +1,5 @@
-//! Herald's pipeline stages: validate → enrich → dedup → throttle → render → fan-out.
+//! Herald's pipeline stages: validate → enrich → dedup → digest → throttle → quiet hours → render →
+//! fan-out.
 //!
 //! Every stage is a plain type over a batch of [`WorkItem`](herald_schemas::WorkItem)s. It
 //! passes on the items that continue and emits one
@@ -9,10 +10,14 @@
 //! nothing of the batch on, so the batch can be processed again as a whole.
 //!
 //! # Layout
-//! - [`validate`]: schema and semantic checks of requests and users ([`Rejection`] codes).
+//! - [`validate`]: schema and semantic checks of requests and users ([`Rejection`] codes); drops
+//!   what expired on the way.
+//! - [`timing`]: `send_at`, `expires_at`/`ttl` and digest windows, checked and resolved.
 //! - [`enrich`]: the recipient's contacts (through a bounded TTL [`ContactCache`]) expanded into targets.
 //! - [`dedup`]: drops a repeated `(client, idempotency_key)` inside a window.
+//! - [`digest`]: folds notifications of one user and key into a digest (through the schedule index).
 //! - [`throttle`]: opt-outs, then per-category frequency caps.
+//! - [`quiet`]: quiet hours in the user's time zone (DST-correct): defers into the schedule index.
 //! - [`render`]: minijinja rendering with strict variables, a fuel budget and size limits.
 //! - [`fanout`]: one delivery job per target.
 //! - [`cache`]: the bounded TTL cache behind contacts and compiled templates.
@@ -20,11 +25,14 @@
 
 pub mod cache;
 pub mod dedup;
+pub mod digest;
 pub mod enrich;
 pub mod fanout;
+pub mod quiet;
 pub mod render;
 pub mod retry;
 pub mod throttle;
+pub mod timing;
 pub mod validate;
 
 #[cfg(test)]

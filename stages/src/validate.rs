@@ -22,7 +22,7 @@
 
 use crate::store_error;
 use async_trait::async_trait;
-use herald_schemas::request::default_category;
+use herald_schemas::request::{DigestSpec, default_category};
 use herald_schemas::store::{StoreError, TemplateStore};
 use herald_schemas::{
     ChannelKind, Clock, DeliveryEvent, EventKind, NotificationRequest, Stage, StageError, StageOutput, SystemClock,
@@ -116,8 +116,20 @@ pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Longest category name.
 pub const MAX_CATEGORY_CHARS: usize = 64;
 
-const FIELDS: [&str; 8] =
-    ["user_id", "template", "data", "channels", "fallback", "category", "idempotency_key", "locale"];
+const FIELDS: [&str; 12] = [
+    "user_id",
+    "template",
+    "data",
+    "channels",
+    "fallback",
+    "category",
+    "idempotency_key",
+    "locale",
+    "send_at",
+    "expires_at",
+    "ttl",
+    "digest",
+];
 
 /// The channels a template has parts for, as a bit set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -231,6 +243,10 @@ impl Validator {
             category: optional_string(obj, "category")?.unwrap_or_else(default_category),
             idempotency_key: optional_string(obj, "idempotency_key")?,
             locale: optional_string(obj, "locale")?,
+            send_at: optional_string(obj, "send_at")?,
+            expires_at: optional_string(obj, "expires_at")?,
+            ttl: optional_string(obj, "ttl")?,
+            digest: parse_digest(obj.get("digest"))?,
         };
         self.check_fields(&request)?;
         Ok(request)
@@ -301,6 +317,11 @@ impl Validator {
         if !r.data.is_object() {
             return Err(Rejection::invalid("`data` must be an object"));
         }
+        crate::timing::check(r)?;
+        if let Some(digest) = &r.digest {
+            check_id("digest.key", &digest.key, max)?;
+            check_id("digest.template", &digest.template, max)?;
+        }
         if depth(&r.data) > self.limits.max_data_depth {
             return Err(Rejection::invalid(format!(
                 "`data` is nested deeper than {} levels",
@@ -317,16 +338,26 @@ impl Validator {
         Ok(())
     }
 
-    /// The template exists and has a part for at least one requested channel.
+    /// The template (and the digest's) exists and has a part for at least one requested channel.
     async fn check_template(&self, r: &NotificationRequest) -> Result<(), Failure> {
-        let wanted = ChannelSet::of(&r.channels);
-        let cached = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&r.template).copied();
+        self.check_template_id("template", &r.template, &r.channels).await?;
+        match &r.digest {
+            Some(digest) => self.check_template_id("digest.template", &digest.template, &r.channels).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn check_template_id(&self, field: &str, template: &str, channels: &[ChannelKind]) -> Result<(), Failure> {
+        let wanted = ChannelSet::of(channels);
+        let cached = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(template).copied();
         if cached.is_some_and(|have| have.intersects(wanted)) {
             return Ok(());
         }
-        let variants = self.templates.get_template(&r.template).await.map_err(Failure::Store)?;
+        let variants = self.templates.get_template(template).await.map_err(Failure::Store)?;
         if variants.is_empty() {
-            return Err(Rejection::new(Rejection::UNKNOWN_TEMPLATE, "`template` names no stored template").into());
+            return Err(
+                Rejection::new(Rejection::UNKNOWN_TEMPLATE, format!("`{field}` names no stored template")).into()
+            );
         }
         let mut have = ChannelSet::default();
         for v in &variants {
@@ -343,16 +374,16 @@ impl Validator {
                 known.clear();
             }
             if self.limits.template_cache_entries > 0 {
-                known.insert(r.template.clone(), have);
+                known.insert(template.to_string(), have);
             }
         }
         if have.intersects(wanted) {
             Ok(())
         } else {
-            let names: Vec<&str> = r.channels.iter().map(|c| c.as_str()).collect();
+            let names: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
             Err(Rejection::new(
                 Rejection::NO_TEMPLATE_PART,
-                format!("the template has no part for any requested channel ({})", names.join(", ")),
+                format!("the `{field}` template has no part for any requested channel ({})", names.join(", ")),
             )
             .into())
         }
@@ -377,6 +408,29 @@ fn optional_string(obj: &Map<String, Value>, field: &str) -> Result<Option<Strin
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(Rejection::invalid(format!("`{field}` must be a string"))),
     }
+}
+
+/// `digest` as `{"key", "window", "template"}`, all strings.
+fn parse_digest(value: Option<&Value>) -> Result<Option<DigestSpec>, Rejection> {
+    let obj = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(obj)) => obj,
+        Some(_) => return Err(Rejection::invalid("`digest` must be an object with key, window and template")),
+    };
+    if let Some(key) = obj.keys().find(|k| !["key", "window", "template"].contains(&k.as_str())) {
+        return Err(Rejection::new(
+            Rejection::UNKNOWN_FIELD,
+            format!("unknown field digest.{}; expected key, window, template", cut(key)),
+        ));
+    }
+    let field = |name: &str| match obj.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => {
+            Err(Rejection::new(Rejection::MISSING_FIELD, format!("`digest.{name}` is required")))
+        }
+        Some(_) => Err(Rejection::invalid(format!("`digest.{name}` must be a string"))),
+    };
+    Ok(Some(DigestSpec { key: field("key")?, window: field("window")?, template: field("template")? }))
 }
 
 /// `field` (`channels` or `fallback`) as a list of channel names.
@@ -498,6 +552,10 @@ pub fn validate_user(user: &User) -> Result<(), Rejection> {
             "`timezone` must be an IANA time zone name such as `Asia/Seoul`",
         ));
     }
+    if let Some(window) = &user.preferences.quiet_hours {
+        crate::quiet::parse_window(window)
+            .map_err(|message| Rejection::invalid(format!("`preferences.quiet_hours`: {message}")))?;
+    }
     if user.devices.len() > MAX_DEVICES_PER_USER {
         return Err(Rejection::new(
             Rejection::INVALID_DEVICE,
@@ -583,6 +641,19 @@ impl Stage for ValidateStage {
         let mut passed = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         for item in batch {
+            if item.envelope.expired_at(now) {
+                let e = &item.envelope;
+                events.push(DeliveryEvent::new(
+                    &e.id,
+                    &e.client_id,
+                    &e.request.user_id,
+                    EventKind::Expired,
+                    None,
+                    None,
+                    now,
+                ));
+                continue;
+            }
             match self.validator.check_all(&item.envelope.request).await {
                 Ok(()) => passed.push(item),
                 Err(Failure::Rejected(r)) => {

@@ -55,12 +55,12 @@ async fn run(case: &Case) -> Outcome {
     let cache = Arc::new(TemplateCache::new(8, Duration::from_secs(30), Arc::new(clock)));
     let mut stage =
         RenderStage::with_cache(Arc::new(CaseTemplates(case.templates.clone())), RenderLimits::default(), cache);
-    let mut item = WorkItem::new(RequestEnvelope {
-        id: NotificationId("golden".into()),
-        client_id: "golden-client".into(),
-        received_at_ms: 1_700_000_000_000,
-        request: case.request.clone(),
-    });
+    let mut item = WorkItem::new(RequestEnvelope::new(
+        NotificationId("golden".into()),
+        "golden-client".into(),
+        1_700_000_000_000,
+        case.request.clone(),
+    ));
     item.user = Some(case.user.clone());
     item.targets = case.targets.clone();
     let mut out = StageOutput::default();

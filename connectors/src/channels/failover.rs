@@ -100,6 +100,7 @@ mod tests {
                     content: RenderedContent::Sms { text: "hi".into() },
                     attempt: 1,
                     requested_at_ms: 0,
+                    expires_at_ms: None,
                     fallback: None,
                 }
             })

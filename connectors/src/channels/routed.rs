@@ -144,6 +144,7 @@ mod tests {
             content: RenderedContent::Push { title: "t".into(), body: "b".into() },
             attempt: 1,
             requested_at_ms: 0,
+            expires_at_ms: None,
             fallback: None,
         }
     }

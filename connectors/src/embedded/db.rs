@@ -78,6 +78,14 @@ pub(crate) struct Keyspaces {
     pub(crate) timeline: Keyspace,
     /// `written_at_ms | timeline key` → (), to drop old timeline events without a full scan.
     pub(crate) timeline_expiry: Keyspace,
+    /// The schedule index and digests, see `schedule.rs`.
+    pub(crate) holds: Keyspace,
+    pub(crate) schedule: Keyspace,
+    pub(crate) schedule_expiry: Keyspace,
+    pub(crate) digests: Keyspace,
+    pub(crate) digest_open: Keyspace,
+    pub(crate) digest_members: Keyspace,
+    pub(crate) digest_member_of: Keyspace,
 }
 
 impl Keyspaces {
@@ -100,6 +108,13 @@ impl Keyspaces {
             positions: ks("positions")?,
             timeline: ks("timeline")?,
             timeline_expiry: ks("timeline_expiry")?,
+            holds: ks("holds")?,
+            schedule: ks("schedule")?,
+            schedule_expiry: ks("schedule_expiry")?,
+            digests: ks("digests")?,
+            digest_open: ks("digest_open")?,
+            digest_members: ks("digest_members")?,
+            digest_member_of: ks("digest_member_of")?,
         })
     }
 }
@@ -116,6 +131,8 @@ pub(crate) struct StoreLocks {
     pub(crate) retention: Mutex<()>,
     /// Serializes [`herald_schemas::store::LedgerStore::reopen_failed`]'s read-then-delete.
     pub(crate) ledger: Mutex<()>,
+    /// Serializes every call of the schedule store (holds, releases, cancels, digest joins).
+    pub(crate) schedule: Mutex<()>,
 }
 
 /// Takes a lock; a panic elsewhere while holding it does not make the data behind it wrong here
@@ -290,11 +307,13 @@ impl EmbeddedDb {
         let claims = inner.purge_expired_claims(now)?;
         let timeline =
             inner.purge_fed_timeline(now.saturating_sub(inner.options.indexed_retention.as_millis() as u64))?;
-        if records > 0 || claims > 0 || timeline > 0 {
+        let holds = inner.purge_done_holds(now)?;
+        if records > 0 || claims > 0 || timeline > 0 || holds > 0 {
             tracing::info!(
                 records,
                 dedup_claims = claims,
                 timeline_events = timeline,
+                done_holds = holds,
                 "retention deleted consumed records, expired claims and old timeline events"
             );
         } else {

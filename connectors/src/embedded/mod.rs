@@ -31,6 +31,7 @@
 //! - `remote.rs`: what the database keeps when the topics live elsewhere (Fluvio): consumer
 //!   positions ([`herald_schemas::store::OffsetStore`]) and the timeline's own copy of the events
 //!   ([`herald_schemas::store::TimelineFeed`]).
+//! - `schedule.rs`: the schedule index and digests ([`herald_schemas::store::ScheduleStore`]).
 
 mod commit;
 mod db;
@@ -38,6 +39,7 @@ mod index;
 mod lock;
 mod log;
 mod remote;
+mod schedule;
 mod stores;
 
 pub use commit::CommitStats;

@@ -203,7 +203,10 @@ fn user_from_cells(cells: &HashMap<&str, &str>) -> Result<User, String> {
         locale: get("locale"),
         timezone: get("timezone"),
         devices,
-        preferences: Preferences { opt_out: OptOut { channels, categories: list("opt_out_categories") } },
+        preferences: Preferences {
+            opt_out: OptOut { channels, categories: list("opt_out_categories") },
+            quiet_hours: None,
+        },
         unreachable: Vec::new(),
     })
 }

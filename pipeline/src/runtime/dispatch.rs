@@ -327,6 +327,7 @@ pub(crate) mod tests {
             content: RenderedContent::Push { title: "t".into(), body: n.into() },
             attempt: 1,
             requested_at_ms: 0,
+            expires_at_ms: None,
             fallback: None,
         }
     }
@@ -505,6 +506,7 @@ pub(crate) mod tests {
             target,
             content: RenderedContent::Push { title: "t".into(), body: body.into() },
             requested_at_ms: now_ms(),
+            expires_at_ms: None,
             ..job(n)
         }
     }

@@ -18,6 +18,7 @@ pub fn job(n: u32, route: &str, target: Target, content: RenderedContent, catego
         content,
         attempt: 1,
         requested_at_ms: 0,
+        expires_at_ms: None,
         fallback: None,
     }
 }

@@ -393,6 +393,7 @@ mod tests {
             content: RenderedContent::Push { title: "T".into(), body: "B".into() },
             attempt: 1,
             requested_at_ms: 0,
+            expires_at_ms: None,
             fallback: None,
         };
         let request = ApnsRequest::from_job(&job, 1_000, Duration::from_secs(60)).unwrap();

@@ -225,6 +225,7 @@ mod tests {
             content: RenderedContent::Push { title: "T".into(), body: "B".into() },
             attempt: 1,
             requested_at_ms: 0,
+            expires_at_ms: None,
             fallback: None,
         };
         let body = message(&job, "tok", "T", "B", Duration::from_secs(86_400));

@@ -193,6 +193,7 @@ mod tests {
             content,
             attempt: 1,
             requested_at_ms: 1_700_000_000_000,
+            expires_at_ms: None,
             fallback: None,
         }
     }

@@ -275,6 +275,7 @@ mod tests {
             content: RenderedContent::Email { subject: "Hi".into(), text: "Hello".into(), html: html.into() },
             attempt: 1,
             requested_at_ms: 0,
+            expires_at_ms: None,
             fallback: None,
         }
     }

@@ -244,6 +244,7 @@ mod tests {
             content: RenderedContent::Sms { text: text.into() },
             attempt: 1,
             requested_at_ms: 0,
+            expires_at_ms: None,
             fallback: None,
         };
         let plain = job("Your code is 1234");
