@@ -14,8 +14,8 @@ use herald_schemas::analytics::RecipientHasher;
 use herald_schemas::job::Route;
 use herald_schemas::stage::{Clock, SystemClock};
 use herald_schemas::store::{
-    ContactStore, DedupStore, KeyStore, LedgerStore, Membership, OffsetStore, TemplateStore, ThrottleStore,
-    TimelineFeed, TimelineStore,
+    ContactStore, DedupStore, KeyStore, LedgerStore, Membership, OffsetStore, ScheduleStore, TemplateStore,
+    ThrottleStore, TimelineFeed, TimelineStore,
 };
 use herald_schemas::topic::{self, LogError, TopicLog};
 use herald_stages::enrich::{ContactCache, ContactCacheConfig};
@@ -35,6 +35,8 @@ pub struct Backends {
     pub ledger: Arc<dyn LedgerStore>,
     pub keys: Arc<dyn KeyStore>,
     pub timeline: Arc<dyn TimelineStore>,
+    /// The schedule index (`send_at`, quiet hours) and the digests collecting.
+    pub schedule: Arc<dyn ScheduleStore>,
     /// Where the timeline sink writes `herald-events`; `None` when the timeline store reads the
     /// events log itself (embedded), and then no sink runs.
     pub timeline_feed: Option<Arc<dyn TimelineFeed>>,
@@ -104,10 +106,10 @@ impl Backends {
         } else {
             None
         };
-        let stores = match &state {
+        let (stores, schedule) = match &state {
             StateBackend::Embedded => {
                 let db = embedded.clone().ok_or_else(|| OpenError::State("embedded database not open".into()))?;
-                StateStores::of(Arc::new(db), None)
+                (StateStores::of(Arc::new(db.clone()), None), Arc::new(db) as Arc<dyn ScheduleStore>)
             }
             #[cfg(feature = "scylla")]
             StateBackend::Scylla(options) => {
@@ -115,7 +117,9 @@ impl Backends {
                     .await
                     .map_err(|e| OpenError::State(e.to_string()))?;
                 let scylla = Arc::new(scylla);
-                StateStores::of(scylla.clone(), Some(scylla))
+                // TEMPORARY (until the ScyllaDB schedule store lands, this session).
+                let _ = StateStores::of(scylla.clone(), Some(scylla));
+                return Err(OpenError::State("the ScyllaDB schedule store is not built yet".into()));
             }
         };
         let log: Arc<dyn TopicLog> = match &topics {
@@ -141,6 +145,7 @@ impl Backends {
             ledger: stores.ledger,
             keys: stores.keys,
             timeline: stores.timeline,
+            schedule,
             timeline_feed: fed.then_some(stores.feed),
             embedded,
             membership: stores.membership,
@@ -176,6 +181,8 @@ pub struct App {
     pub recipients: Arc<RecipientHasher>,
     /// Email open and click tracking, when `[tracking]` is on.
     pub tracking: Option<Arc<crate::tracking::Tracking>>,
+    /// `[quiet_hours]`, parsed.
+    pub quiet_hours: herald_stages::quiet::QuietHours,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +197,8 @@ pub enum OpenError {
     State(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("quiet_hours: {0}")]
+    QuietHours(#[from] herald_stages::quiet::QuietHoursConfigError),
     #[error("cannot read or create the recipient hash key {path}: {source}")]
     RecipientKey { path: PathBuf, source: std::io::Error },
 }
@@ -204,6 +213,7 @@ impl App {
         let validator = Arc::new(Validator::new(backends.templates.clone(), Default::default()));
         let ingestor = Arc::new(Ingestor {
             log: backends.log.clone(),
+            schedule: backends.schedule.clone(),
             validator: validator.clone(),
             request_partitions: partitions,
             event_partitions: partitions,
@@ -214,7 +224,9 @@ impl App {
         let unsubscribe = config.unsubscribe.links()?.map(Arc::new);
         let tracking = config.tracking.tracking()?.map(Arc::new);
         let recipients = Arc::new(recipient_hasher(&data_dir)?);
+        let quiet_hours = config.quiet_hours.compile()?;
         Ok(App {
+            quiet_hours,
             unsubscribe,
             tracking,
             recipients,

@@ -18,6 +18,7 @@ use herald_connectors::secret::SecretSource;
 use herald_connectors::unsubscribe::UnsubscribeLinks;
 use herald_schemas::Route;
 use herald_schemas::request::ChannelKind;
+use herald_stages::quiet::QuietHoursConfig;
 use herald_stages::retry::RetryPolicy;
 use herald_stages::throttle::ThrottleConfig;
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub dedup: DedupConfig,
     pub throttle: ThrottleConfig,
+    pub quiet_hours: QuietHoursConfig,
+    pub schedule: ScheduleConfig,
     pub render: RenderConfig,
     pub ingest: IngestConfig,
     pub retry: RetryConfig,
@@ -343,6 +346,31 @@ pub struct DedupConfig {
 impl Default for DedupConfig {
     fn default() -> Self {
         Self { window: Duration::from_secs(24 * 3600) }
+    }
+}
+
+/// `[schedule]`: the scheduler, which releases what waits in the schedule index (`send_at`,
+/// quiet hours, digests) back into `herald-requests`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// How often each owned partition's index is read for what is due: a notification goes at
+    /// most this long (plus one append) after its time.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Holds read and released per partition per round: what the scheduler holds in memory.
+    pub page: NonZeroU32,
+    /// Most notifications a digest message lists in `items` (`count` tells how many there were).
+    pub digest_items: NonZeroU32,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(250),
+            page: NonZeroU32::new(1_000).unwrap_or(NonZeroU32::MIN),
+            digest_items: NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN),
+        }
     }
 }
 
@@ -659,6 +687,10 @@ impl Config {
             return bad("dedup.window must be positive");
         }
         self.throttle.validate().map_err(|e| ConfigError::Invalid(format!("throttle: {e}")))?;
+        self.quiet_hours.validate().map_err(|e| ConfigError::Invalid(format!("quiet_hours: {e}")))?;
+        if self.schedule.poll_interval.is_zero() || self.schedule.poll_interval > Duration::from_secs(1) {
+            return bad("schedule.poll_interval must be positive and at most 1s (notifications go within a second)");
+        }
         if let Some(url) = &self.alerts.webhook
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -6,12 +6,20 @@
 //! id), together with an `accepted` or `rejected` event for every item, in
 //! one durable append. [`Ingestor::submit`] returns only after that append,
 //! so an id handed to a client is never lost.
+//!
+//! A request whose `send_at` is ahead goes into the schedule index instead of
+//! `herald-requests` (with a `scheduled` event), before the append that
+//! carries its events, so it can be cancelled as soon as its id is known; the
+//! scheduler appends it to `herald-requests` when it is due. Its times
+//! (`send_at`, `expires_at` / `ttl`) are resolved here, once.
 
 use crate::runtime::requests::event_appends;
 use herald_schemas::codec;
 use herald_schemas::stage::Clock;
+use herald_schemas::store::{Hold, HoldReason, ScheduleStore, StoreError};
 use herald_schemas::topic::{self, Append, Commit, LogError, Record, TopicLog};
 use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope};
+use herald_stages::timing;
 use herald_stages::validate::{Rejection, Validator};
 use std::sync::Arc;
 
@@ -23,6 +31,9 @@ pub enum IngestError {
     /// A store validation needs was unavailable; nothing of the batch was accepted.
     #[error("cannot validate now: {0}")]
     Unavailable(Rejection),
+    /// The schedule index could not take the scheduled requests; nothing of the batch was accepted.
+    #[error("cannot schedule the requests: {0}")]
+    Schedule(#[from] StoreError),
 }
 
 impl IngestError {
@@ -30,6 +41,7 @@ impl IngestError {
         match self {
             IngestError::Log(e) => e.is_retryable(),
             IngestError::Unavailable(_) => true,
+            IngestError::Schedule(e) => e.is_retryable(),
         }
     }
 }
@@ -61,6 +73,8 @@ pub enum ItemOutcome {
 
 pub struct Ingestor {
     pub log: Arc<dyn TopicLog>,
+    /// Where requests with a `send_at` ahead wait.
+    pub schedule: Arc<dyn ScheduleStore>,
     pub validator: Arc<Validator>,
     pub request_partitions: u32,
     pub event_partitions: u32,
@@ -99,18 +113,43 @@ impl Ingestor {
         let mut outcomes = Vec::with_capacity(items.len());
         let mut records = Vec::with_capacity(items.len());
         let mut events = Vec::with_capacity(items.len());
+        let mut holds = Vec::new();
         for item in items {
             let id = item.id.unwrap_or_else(NotificationId::generate);
             let checked = match &item.raw {
                 Ok(value) => self.validator.check(value).await,
                 Err(message) => Err(Rejection { code: "invalid_json", message: message.clone() }),
             };
+            let checked = checked.and_then(|request| Ok((timing::resolve(&request, now)?, request)));
             match checked {
-                Ok(request) => {
+                Ok((timing, request)) => {
                     let user_id = request.user_id.clone();
                     events.push(DeliveryEvent::new(&id, client_id, &user_id, EventKind::Accepted, None, None, now));
-                    let envelope = RequestEnvelope::new(id.clone(), client_id.to_string(), now, request);
-                    records.push(Record { key: user_id.into_bytes(), value: codec::encode(&envelope) });
+                    let mut envelope = RequestEnvelope::new(id.clone(), client_id.to_string(), now, request);
+                    envelope.send_at_ms = timing.send_at_ms;
+                    envelope.expires_at_ms = timing.expires_at_ms;
+                    match timing.send_at_ms {
+                        Some(due_at_ms) => {
+                            events.push(DeliveryEvent::new(
+                                &id,
+                                client_id,
+                                &user_id,
+                                EventKind::Scheduled,
+                                None,
+                                None,
+                                now,
+                            ));
+                            holds.push(Hold {
+                                id: id.clone(),
+                                reason: HoldReason::SendAt,
+                                partition: topic::partition_for_key(user_id.as_bytes(), self.request_partitions),
+                                due_at_ms,
+                                client_id: client_id.to_string(),
+                                envelope: codec::encode(&envelope),
+                            });
+                        }
+                        None => records.push(Record { key: user_id.into_bytes(), value: codec::encode(&envelope) }),
+                    }
                     outcomes.push(ItemOutcome::Accepted(id));
                 }
                 Err(rejection) if rejection.is_retryable() => return Err(IngestError::Unavailable(rejection)),
@@ -134,6 +173,11 @@ impl Ingestor {
                     outcomes.push(ItemOutcome::Rejected(id, rejection));
                 }
             }
+        }
+        if !holds.is_empty() {
+            // Ordered: durable with the append of their events, which the caller makes next. A
+            // hold already there (a replayed `herald-ingest` record) stays as it is.
+            self.schedule.hold(&holds).await?;
         }
         let mut parts = topic::keyed_appends(topic::REQUESTS, self.request_partitions, records);
         parts.extend(event_appends(&events, self.event_partitions));

@@ -30,6 +30,9 @@ pub const BREAKER_STATE: &str = "herald_provider_breaker_state";
 pub const ALERTS: &str = "herald_alerts_total";
 pub const ALERTS_SUPPRESSED: &str = "herald_alerts_suppressed_total";
 pub const RETRY_RELEASED: &str = "herald_retry_released_total";
+pub const SCHEDULE_RELEASED: &str = "herald_schedule_released_total";
+pub const SCHEDULE_LATENESS: &str = "herald_schedule_lateness_seconds";
+pub const SCHEDULE_UNREADABLE: &str = "herald_schedule_unreadable_total";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
 pub const RECORDS_UNDECODABLE: &str = "herald_records_undecodable_total";
@@ -217,6 +220,17 @@ pub fn retry_released(released: usize, waiting: usize) {
     counter!(RETRY_RELEASED).increment(released as u64);
     retry_waiting(waiting);
     tracing::debug!(released, waiting, "retries released");
+}
+
+/// A hold released by the scheduler, `late_ms` after its due time.
+pub fn schedule_released(reason: &'static str, late_ms: u64) {
+    counter!(SCHEDULE_RELEASED, "reason" => reason).increment(1);
+    histogram!(SCHEDULE_LATENESS, "reason" => reason).record(late_ms as f64 / 1000.0);
+}
+
+/// A hold whose stored request could not be read back (dropped).
+pub fn schedule_unreadable(reason: &'static str) {
+    counter!(SCHEDULE_UNREADABLE, "reason" => reason).increment(1);
 }
 
 pub fn retention_deleted(records: u64) {

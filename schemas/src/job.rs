@@ -134,6 +134,21 @@ pub struct DeliveryJob {
     pub fallback: Option<Box<Fallback>>,
 }
 
+impl DeliveryJob {
+    /// How long a provider should keep it for an offline device: `configured`, shortened to what
+    /// is left before `expires_at_ms` (never below a second, so a provider does not read 0 as
+    /// "now or never" for a delivery that still has time).
+    pub fn provider_ttl(&self, now_ms: u64, configured: std::time::Duration) -> std::time::Duration {
+        match self.expires_at_ms {
+            Some(at) => {
+                let left = std::time::Duration::from_millis(at.saturating_sub(now_ms));
+                configured.min(left.max(std::time::Duration::from_secs(1)))
+            }
+            None => configured,
+        }
+    }
+}
+
 /// The fallback of a notification's push deliveries. Every push job of the notification
 /// carries the same one; the dispatcher that sees the last of them fail appends `jobs`. Their
 /// delivery ids are derived like any other, so appending them twice (two dispatchers, or a
@@ -166,4 +181,35 @@ pub struct DeadLetter {
     /// The provider's answer to the last attempt.
     pub last_error: String,
     pub dead_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_provider_ttl_never_outlives_the_expiry() {
+        let mut job = DeliveryJob {
+            delivery_id: DeliveryId("d".into()),
+            notification_id: NotificationId("n".into()),
+            client_id: "c".into(),
+            user_id: "u".into(),
+            category: "general".into(),
+            template: "t".into(),
+            locale: "en".into(),
+            target: Target::Phone { number: "+15550000000".into() },
+            content: RenderedContent::Sms { text: "x".into() },
+            attempt: 1,
+            requested_at_ms: 0,
+            expires_at_ms: None,
+            fallback: None,
+        };
+        let day = Duration::from_secs(86_400);
+        assert_eq!(job.provider_ttl(1_000, day), day);
+        job.expires_at_ms = Some(1_000 + 90_000);
+        assert_eq!(job.provider_ttl(1_000, day), Duration::from_secs(90));
+        assert_eq!(job.provider_ttl(1_000, Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(job.provider_ttl(500_000, day), Duration::from_secs(1), "at least a second");
+    }
 }

@@ -24,8 +24,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use herald_schemas::store::{ApiKeyRecord, Scope};
-use herald_schemas::{NotificationId, Template, User};
+use herald_schemas::store::{ApiKeyRecord, HoldState, Scope};
+use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope, Template, User};
 use herald_stages::render::check_template;
 use herald_stages::validate::validate_user;
 use serde::Deserialize;
@@ -44,7 +44,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/notifications", post(post_notifications))
-        .route("/v1/notifications/{id}", get(get_notification))
+        .route("/v1/notifications/{id}", get(get_notification).delete(delete_notification))
         .route("/v1/users/{user_id}", put(put_user).get(get_user))
         .route("/v1/templates", post(post_template))
         .route("/v1/keys", post(post_key))
@@ -226,6 +226,43 @@ async fn get_notification(
         return Err(ApiError::not_found(format!("no notification {id}")));
     }
     Ok(axum::Json(json!({ "id": id, "events": events })).into_response())
+}
+
+/// Cancels a notification still waiting in the schedule index (its `send_at`, or the end of the
+/// user's quiet hours): 200 once it is cancelled (again 200 if it was already), 409 when the
+/// scheduler has released it for sending, 404 when nothing of this client's waits under that id.
+async fn delete_notification(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let key = authorize(&s, req.headers(), Scope::Send).await?;
+    let id = NotificationId(id);
+    // Another client's notification is as unknown as a missing one.
+    let client = (!key.allows(Scope::Admin)).then_some(key.client_id.as_str());
+    let found = s.app.backends.schedule.cancel(&id, client).await.map_err(|e| ApiError::internal(&e))?;
+    let cancelled = |reason: &str| axum::Json(json!({ "id": id, "status": "cancelled", "reason": reason }));
+    if let Some((hold, _)) = found.iter().find(|(_, state)| *state == HoldState::Waiting) {
+        let user_id = herald_schemas::codec::decode::<RequestEnvelope>(&hold.envelope)
+            .map(|e| e.request.user_id)
+            .unwrap_or_default();
+        let event =
+            DeliveryEvent::new(&id, &hold.client_id, &user_id, EventKind::Cancelled, None, None, s.app.clock.now_ms());
+        let appends = crate::runtime::requests::event_appends(&[event], s.app.partitions());
+        s.app.backends.log.append(appends).await.map_err(|e| ApiError::internal(&e))?;
+        return Ok(cancelled(hold.reason.as_str()).into_response());
+    }
+    if let Some((hold, _)) = found.iter().find(|(_, state)| *state == HoldState::Cancelled) {
+        return Ok(cancelled(hold.reason.as_str()).into_response());
+    }
+    if !found.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_released",
+            format!("notification {id} was released for sending; it can no longer be cancelled"),
+        ));
+    }
+    Err(ApiError::not_found(format!("no notification {id} waits to be sent (unknown, or not scheduled)")))
 }
 
 async fn put_user(State(s): State<ApiState>, Path(user_id): Path<String>, req: Request) -> Result<Response, ApiError> {

@@ -27,6 +27,10 @@
 //! Event ids are derived, so events appended twice across a crash are kept
 //! once by their consumers.
 //!
+//! A delivery past its `expires_at_ms` is not sent: it gets an `expired`
+//! event and is finished (failed) in the ledger; so does a retryable one whose
+//! next attempt would come after it.
+//!
 //! A retryable outcome goes to `herald-retry` with the time of its next
 //! attempt (see [`herald_stages::retry`]), or, out of attempts or time, to
 //! `herald-dead`; a permanent one goes to `herald-dead`. Both are appended in
@@ -119,6 +123,7 @@ impl Dispatcher {
             let now = now_ms();
             let mut events = Vec::with_capacity(ids.len());
             let mut fresh = Vec::with_capacity(ids.len());
+            let mut stale = Vec::new();
             // A job can be in a topic twice (a producer's replay on a backend whose append and
             // commit are two steps); both copies can land in one batch, before either is in the ledger.
             let mut seen = HashSet::with_capacity(ids.len());
@@ -126,17 +131,27 @@ impl Dispatcher {
                 if !seen.insert(job.delivery_id.clone()) {
                     continue;
                 }
+                let expired = job.expires_at_ms.is_some_and(|at| at <= now);
                 match state {
                     Some(LedgerState::Sent) => {
                         events.push(job_event(&job, EventKind::Sent, None, now, &self.recipients))
                     }
                     Some(LedgerState::Failed) => {
-                        events.push(job_event(&job, EventKind::Failed, None, now, &self.recipients))
+                        let kind = if expired { EventKind::Expired } else { EventKind::Failed };
+                        events.push(job_event(&job, kind, None, now, &self.recipients))
                     }
+                    Some(LedgerState::InFlight) | None if expired => stale.push(job),
                     Some(LedgerState::InFlight) | None => fresh.push(job),
                 }
             }
-            let skipped = seen.len() - fresh.len();
+            let skipped = seen.len() - fresh.len() - stale.len();
+            // Stale before it could go: never sent, and finished in the ledger so a replay does
+            // not send it either.
+            let mut done = Vec::with_capacity(fresh.len() + stale.len());
+            for job in &stale {
+                events.push(job_event(job, EventKind::Expired, None, now, &self.recipients));
+                done.push((job.delivery_id.clone(), LedgerState::Failed));
+            }
             if let Some(tracking) = &self.tracking {
                 fresh.iter_mut().for_each(|job| tracking.apply(job));
             }
@@ -145,7 +160,6 @@ impl Dispatcher {
             } else {
                 channel.send(&fresh).await.map_err(|e| TaskFailed::new(name, e))?
             };
-            let mut done = Vec::with_capacity(fresh.len());
             let (mut retries, mut dead, mut dead_addresses) = (Vec::new(), Vec::new(), Vec::new());
             // Push deliveries that failed for good in this batch (for their fallbacks).
             let mut failed_for_good = HashSet::new();
@@ -169,6 +183,12 @@ impl Dispatcher {
                     }
                     SendOutcome::Retryable { reason, retry_after } => {
                         match self.retry.decide(job.attempt, job.requested_at_ms, now, *retry_after, rand::random()) {
+                            RetryDecision::Retry { due_at_ms, .. }
+                                if job.expires_at_ms.is_some_and(|at| at <= due_at_ms) =>
+                            {
+                                done.push((job.delivery_id.clone(), LedgerState::Failed));
+                                (EventKind::Expired, Some(format!("before retry: {reason}")))
+                            }
                             RetryDecision::Retry { attempt, due_at_ms } => {
                                 let next = DeliveryJob { attempt, ..job.clone() };
                                 retries.push(RetryJob { job: next, due_at_ms, last_error: reason.clone() });
@@ -494,6 +514,39 @@ pub(crate) mod tests {
         // The dead token is recorded on the user, and only it.
         let user = db.get_users(&["u".into()]).await.unwrap()[0].clone().unwrap();
         assert_eq!(user.unreachable, [gone.target.address()]);
+    }
+
+    #[tokio::test]
+    async fn stale_deliveries_and_retries_that_would_come_too_late_expire_unsent() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
+        for name in [Route::Apns.topic(), topic::EVENTS, topic::RETRY, topic::DEAD] {
+            db.ensure_topic(name, 1).await.unwrap();
+        }
+        let now = now_ms();
+        let expiring = |n: &str, at: u64| DeliveryJob { requested_at_ms: now, expires_at_ms: Some(at), ..job(n) };
+        // Stale already; refused for now with its next try (Retry-After 30 s) past its expiry; in time.
+        let (stale, later, ok) =
+            (expiring("stale", now - 1), expiring("later", now + 10_000), expiring("ok", now + 60_000));
+        let records = [&stale, &later, &ok].map(|j| Record { key: b"u".to_vec(), value: codec::encode(j) });
+        db.append(vec![Append { topic: Route::Apns.topic().into(), partition: 0, records: records.to_vec() }])
+            .await
+            .unwrap();
+        run_scripted(&db).await;
+
+        assert!(db.read(topic::RETRY, 0, 0, 10, Duration::ZERO).await.unwrap().is_empty(), "no retry past the expiry");
+        assert!(db.read(topic::DEAD, 0, 0, 10, Duration::ZERO).await.unwrap().is_empty());
+        let events: Vec<DeliveryEvent> = db
+            .read(topic::EVENTS, 0, 0, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| codec::decode(&r.value).unwrap())
+            .collect();
+        let kinds: Vec<(&str, EventKind)> = events.iter().map(|e| (e.notification_id.0.as_str(), e.kind)).collect();
+        assert_eq!(kinds, [("stale", EventKind::Expired), ("later", EventKind::Expired), ("ok", EventKind::Sent)]);
+        let states = db.states(&[stale.delivery_id, later.delivery_id, ok.delivery_id]).await.unwrap();
+        assert_eq!(states, [Some(LedgerState::Failed), Some(LedgerState::Failed), Some(LedgerState::Sent)]);
     }
 
     /// A push delivery of notification `n` to `token` whose body tells [`Scripted`] its fate.

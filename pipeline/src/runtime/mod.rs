@@ -3,6 +3,8 @@
 //! - the request chains ([`requests`]), one per lane, over the worker's partitions of `herald-requests`;
 //! - one dispatcher per channel ([`dispatch`]) over the delivery topics;
 //! - the retry scheduler ([`retry`]): `herald-retry` back onto the delivery topics when due;
+//! - the scheduler ([`schedule`]): the schedule index (`send_at`, quiet hours, digests) back into
+//!   `herald-requests` when due;
 //! - the timeline sink ([`timeline`]) over `herald-events`, when the timeline store needs a feed;
 //! - the `herald-ingest` consumer ([`ingest_topic`]);
 //! - the analytics sink ([`crate::analytics::sink`]): `herald-events` as Parquet files;
@@ -19,6 +21,7 @@ pub mod queue;
 pub mod reader;
 pub mod requests;
 pub mod retry;
+pub mod schedule;
 pub mod supervise;
 pub mod timeline;
 pub mod workers;
@@ -45,7 +48,9 @@ use herald_schemas::job::Route;
 use herald_schemas::topic;
 use herald_schemas::{Stage, request::ChannelKind};
 use herald_stages::dedup::DedupStage;
+use herald_stages::digest::DigestStage;
 use herald_stages::enrich::EnrichStage;
+use herald_stages::quiet::QuietHoursStage;
 use herald_stages::render::RenderStage;
 use herald_stages::throttle::ThrottleStage;
 use herald_stages::validate::ValidateStage;
@@ -146,6 +151,19 @@ impl Runtime {
         };
         tasks.push(tokio::spawn(supervise("retry", shutdown.clone(), move |t, set| scheduler.start(t, set))));
 
+        let scheduler = schedule::Scheduler {
+            log: log.clone(),
+            store: app.backends.schedule.clone(),
+            owned: owned.clone(),
+            partitions,
+            clock: app.clock.clone(),
+            poll_interval: app.config.schedule.poll_interval,
+            page: app.config.schedule.page.get() as usize,
+            digest_items: app.config.schedule.digest_items.get() as usize,
+            max_data_bytes: app.validator.limits().max_data_bytes,
+        };
+        tasks.push(tokio::spawn(supervise("schedule", shutdown.clone(), move |t, set| scheduler.start(t, set))));
+
         if let Some(store) = app.backends.timeline_feed.clone() {
             let sink =
                 timeline::TimelineSink { log: log.clone(), store, partitions: owned.clone(), read: read.clone() };
@@ -225,6 +243,8 @@ fn stage_factory(app: &App) -> StageFactory {
     let clock = app.clock.clone();
     let window = app.config.dedup.window;
     let throttle = app.config.throttle.clone();
+    let quiet = app.quiet_hours.clone();
+    let partitions = app.partitions();
     let limits = app.config.render_limits();
     let templates = app.template_cache.clone();
     Arc::new(move || {
@@ -232,7 +252,9 @@ fn stage_factory(app: &App) -> StageFactory {
             Box::new(ValidateStage::with_clock(validator.clone(), clock.clone())) as Box<dyn Stage>,
             Box::new(EnrichStage::new(b.contacts.clone(), cache.clone(), clock.clone())),
             Box::new(DedupStage::new(b.dedup.clone(), window, clock.clone())),
+            Box::new(DigestStage::new(b.schedule.clone(), partitions, clock.clone())),
             Box::new(ThrottleStage::new(b.throttle.clone(), throttle.clone(), clock.clone())),
+            Box::new(QuietHoursStage::new(b.schedule.clone(), quiet.clone(), partitions, clock.clone())),
             Box::new(RenderStage::with_cache(b.templates.clone(), limits.clone(), templates.clone())),
         ]
     })

@@ -241,7 +241,8 @@ impl Apns {
 
     async fn send_one(&self, job: &DeliveryJob) -> SendOutcome {
         let now = self.now();
-        let request = match ApnsRequest::from_job(job, now, self.ttl) {
+        let ttl = job.provider_ttl(now.saturating_mul(1000), self.ttl);
+        let request = match ApnsRequest::from_job(job, now, ttl) {
             Ok(request) => request,
             Err(error) => return SendOutcome::Permanent { reason: error.to_string() },
         };

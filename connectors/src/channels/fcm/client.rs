@@ -125,7 +125,7 @@ impl Fcm {
             .post(&self.send_url)
             .bearer_auth(&*access)
             .header(DELIVERY_ID_HEADER, &job.delivery_id.0)
-            .json(&message(job, device, title, body, self.ttl));
+            .json(&message(job, device, title, body, job.provider_ttl(herald_schemas::stage::now_ms(), self.ttl)));
         match crate::channels::exchange(request).await {
             Ok(answer) => {
                 if answer.status == 401 && FcmError::parse(&answer.body).is_unauthenticated() {

@@ -18,6 +18,8 @@ pub(super) struct OutboxLine<'a> {
     locale: &'a str,
     attempt: u32,
     requested_at_ms: u64,
+    /// When the outbox wrote it (ms since the Unix epoch): when it was "sent".
+    written_at_ms: u64,
     #[serde(flatten)]
     content: Content<'a>,
 }
@@ -32,7 +34,7 @@ enum Content<'a> {
 
 impl<'a> OutboxLine<'a> {
     /// The line for `job`, or why the job cannot be written (its content does not fit its target).
-    pub(super) fn new(job: &'a DeliveryJob) -> Result<OutboxLine<'a>, String> {
+    pub(super) fn new(job: &'a DeliveryJob, written_at_ms: u64) -> Result<OutboxLine<'a>, String> {
         let content = match (&job.content, &job.target) {
             (RenderedContent::Push { title, body }, Target::Device { platform, .. }) => {
                 Content::Push { platform: platform.as_str(), title, body }
@@ -62,6 +64,7 @@ impl<'a> OutboxLine<'a> {
             locale: &job.locale,
             attempt: job.attempt,
             requested_at_ms: job.requested_at_ms,
+            written_at_ms,
             content,
         })
     }

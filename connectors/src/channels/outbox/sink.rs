@@ -85,8 +85,9 @@ impl Channel for FileOutbox {
     async fn send(&mut self, jobs: &[DeliveryJob]) -> Result<Vec<SendOutcome>, ChannelError> {
         let mut buf = Vec::with_capacity(jobs.len() * 512);
         let mut outcomes = Vec::with_capacity(jobs.len());
+        let now = herald_schemas::stage::now_ms();
         for job in jobs {
-            match OutboxLine::new(job) {
+            match OutboxLine::new(job, now) {
                 Ok(line) => {
                     line.write_to(&mut buf).map_err(|e| self.unavailable(format!("cannot encode a line: {e}")))?;
                     outcomes.push(SendOutcome::Delivered { provider_id: None });

@@ -76,7 +76,9 @@ impl WebPush {
         vapid.add_claim("aud", audience);
         let signature = vapid.build().map_err(|e| SendOutcome::Permanent { reason: format!("vapid signing: {e}") })?;
         let mut message = WebPushMessageBuilder::new(&info);
-        message.set_ttl(self.ttl);
+        let left =
+            job.provider_ttl(herald_schemas::stage::now_ms(), std::time::Duration::from_secs(u64::from(self.ttl)));
+        message.set_ttl(u32::try_from(left.as_secs()).unwrap_or(self.ttl));
         message.set_urgency(if job.category == "transactional" { Urgency::High } else { Urgency::Normal });
         message.set_vapid_signature(signature);
         message.set_payload(ContentEncoding::Aes128Gcm, payload);
