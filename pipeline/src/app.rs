@@ -154,8 +154,9 @@ impl Backends {
 
     /// Creates every topic Herald uses (idempotent; a different partition count is refused).
     pub async fn ensure_topics(&self, partitions: u32) -> Result<(), LogError> {
-        let mut names = vec![topic::INGEST, topic::REQUESTS, topic::EVENTS, topic::RETRY, topic::DEAD];
-        names.extend(Route::ALL.iter().map(|r| r.topic()));
+        let mut names =
+            vec![topic::INGEST, topic::REQUESTS, topic::REQUESTS_PRIORITY, topic::EVENTS, topic::RETRY, topic::DEAD];
+        names.extend(Route::ALL.iter().flat_map(|r| [r.topic(), r.priority_topic()]));
         for name in names {
             self.log.ensure_topic(name, partitions).await?;
         }

@@ -139,7 +139,7 @@ mod tests {
     async fn lists_the_latest_open_letter_per_delivery_and_replays_each_once() {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        for name in [topic::DEAD, Route::Apns.topic()] {
+        for name in [topic::DEAD, Route::Apns.topic(), Route::Apns.priority_topic()] {
             db.ensure_topic(name, 1).await.unwrap();
         }
         dead(&db, "a", 10, "permanent:first").await;
@@ -157,7 +157,8 @@ mod tests {
         let report = replay(&db, &db, &open, 1, |n| done.lock().unwrap().push(n)).await.unwrap();
         assert_eq!(report, ReplayReport { replayed: 2, skipped: 0 });
         assert_eq!(*done.lock().unwrap(), [2]);
-        let queued = db.read(Route::Apns.topic(), 0, 0, 10, Duration::ZERO).await.unwrap();
+        // Transactional letters go back to the priority lane.
+        let queued = db.read(Route::Apns.priority_topic(), 0, 0, 10, Duration::ZERO).await.unwrap();
         let jobs: Vec<DeliveryJob> = queued.iter().map(|r| codec::decode(&r.value).unwrap()).collect();
         assert_eq!(jobs.len(), 2);
         assert!(jobs.iter().all(|j| j.attempt == 1 && j.requested_at_ms > 1_000));

@@ -13,11 +13,11 @@
 //! scheduler appends it to `herald-requests` when it is due. Its times
 //! (`send_at`, `expires_at` / `ttl`) are resolved here, once.
 
-use crate::runtime::requests::event_appends;
+use crate::runtime::requests::{event_appends, request_appends};
 use herald_schemas::codec;
 use herald_schemas::stage::Clock;
 use herald_schemas::store::{Hold, HoldReason, ScheduleStore, StoreError};
-use herald_schemas::topic::{self, Append, Commit, LogError, Record, TopicLog};
+use herald_schemas::topic::{self, Append, Commit, LogError, TopicLog};
 use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope};
 use herald_stages::timing;
 use herald_stages::validate::{Rejection, Validator};
@@ -148,7 +148,7 @@ impl Ingestor {
                                 envelope: codec::encode(&envelope),
                             });
                         }
-                        None => records.push(Record { key: user_id.into_bytes(), value: codec::encode(&envelope) }),
+                        None => records.push(envelope),
                     }
                     outcomes.push(ItemOutcome::Accepted(id));
                 }
@@ -179,7 +179,7 @@ impl Ingestor {
             // hold already there (a replayed `herald-ingest` record) stays as it is.
             self.schedule.hold(&holds).await?;
         }
-        let mut parts = topic::keyed_appends(topic::REQUESTS, self.request_partitions, records);
+        let mut parts = request_appends(&records, self.request_partitions);
         parts.extend(event_appends(&events, self.event_partitions));
         Ok((outcomes, parts))
     }

@@ -42,6 +42,23 @@ impl Route {
         }
     }
 
+    /// The topic of its priority lane: `transactional` jobs, which a dispatcher takes before the
+    /// others, so a marketing backlog never delays them.
+    pub fn priority_topic(self) -> &'static str {
+        match self {
+            Route::Apns => "herald-deliveries-apns-priority",
+            Route::Fcm => "herald-deliveries-fcm-priority",
+            Route::Webpush => "herald-deliveries-webpush-priority",
+            Route::Sms => "herald-deliveries-sms-priority",
+            Route::Email => "herald-deliveries-email-priority",
+        }
+    }
+
+    /// The topic a job of `category` goes to.
+    pub fn topic_for(self, category: &str) -> &'static str {
+        if category == crate::TRANSACTIONAL { self.priority_topic() } else { self.topic() }
+    }
+
     pub fn channel(self) -> ChannelKind {
         match self {
             Route::Apns | Route::Fcm | Route::Webpush => ChannelKind::Push,

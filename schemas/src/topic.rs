@@ -19,11 +19,19 @@ use xxhash_rust::xxh3::xxh3_64;
 
 pub const INGEST: &str = "herald-ingest";
 pub const REQUESTS: &str = "herald-requests";
+/// The priority lane: `transactional` requests (one-time passwords, security notices) have their
+/// own topic and chain, so a marketing backlog on [`REQUESTS`] never delays them.
+pub const REQUESTS_PRIORITY: &str = "herald-requests-priority";
 pub const EVENTS: &str = "herald-events";
 /// Deliveries waiting for their next attempt ([`crate::job::RetryJob`]).
 pub const RETRY: &str = "herald-retry";
 /// Deliveries given up ([`crate::job::DeadLetter`]).
 pub const DEAD: &str = "herald-dead";
+
+/// The request topic of a category's lane.
+pub fn requests_topic(category: &str) -> &'static str {
+    if category == crate::TRANSACTIONAL { REQUESTS_PRIORITY } else { REQUESTS }
+}
 
 /// Ends the *group* a record key may start with: an event's key is `notification id 0x1f event
 /// id`. A log may index records by group (the embedded one does, for `herald-events`).

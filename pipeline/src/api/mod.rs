@@ -6,7 +6,9 @@
 //! or invalid UTF-8). `POST /v1/notifications` answers 202 only after the
 //! accepted items are durable in `herald-requests`; when the request chain
 //! lags more than `api.lag_high_water` records it answers 503 with
-//! `Retry-After` instead (429 stays for a client over its own rate limit).
+//! `Retry-After` instead (429 stays for a client over its own rate limit),
+//! except to a batch of only transactional items, whose lane that lag does
+//! not slow.
 
 mod callbacks;
 mod engagement;
@@ -25,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use herald_schemas::store::{ApiKeyRecord, HoldState, Scope};
-use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope, Template, User};
+use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope, TRANSACTIONAL, Template, User};
 use herald_stages::render::check_template;
 use herald_stages::validate::validate_user;
 use serde::Deserialize;
@@ -168,18 +170,21 @@ async fn read_json<T: DeserializeOwned>(s: &ApiState, req: Request) -> Result<T,
 
 async fn post_notifications(State(s): State<ApiState>, req: Request) -> Result<Response, ApiError> {
     let key = authorize(&s, req.headers(), Scope::Send).await?;
-    let lag = s.request_lag.load(Ordering::Relaxed);
-    if lag > s.app.config.api.lag_high_water {
-        telemetry::api_overloaded(lag);
-        return Err(ApiError::unavailable(
-            format!("Herald is behind ({lag} requests queued); retry later"),
-            s.app.config.api.retry_after,
-        ));
-    }
     let body: Value = read_json(&s, req).await?;
     let Some(items) = body.get("notifications").and_then(Value::as_array) else {
         return Err(ApiError::bad_request("invalid_body", "expected {\"notifications\": [ … ]}"));
     };
+    // The lag is that of the normal lane: a batch of only transactional items goes to the
+    // priority lane, which a marketing backlog does not slow, and is taken.
+    let lag = s.request_lag.load(Ordering::Relaxed);
+    let priority_only = items.iter().all(|i| i.get("category").and_then(Value::as_str) == Some(TRANSACTIONAL));
+    if lag > s.app.config.api.lag_high_water && !priority_only {
+        telemetry::api_overloaded(lag);
+        return Err(ApiError::unavailable(
+            format!("Herald is behind ({lag} requests queued); retry later (transactional requests are still taken)"),
+            s.app.config.api.retry_after,
+        ));
+    }
     let max = s.app.config.api.max_items;
     if items.is_empty() || items.len() > max {
         return Err(ApiError::bad_request(

@@ -1,7 +1,10 @@
 //! Dispatchers: delivery topics → ledger check → channel → events → commit.
 //!
 //! A dispatcher consumes every partition of its routes' topics and sends
-//! through one [`Channel`]. For each batch, in order:
+//! through one [`Channel`]. Each route has a priority topic (transactional
+//! jobs) beside its normal one; batches of the priority topics are taken
+//! first, so a transactional job waits at most for the one batch already in
+//! hand, never for a marketing backlog. For each batch, in order:
 //! 1. deliveries the ledger has as finished are not sent again (a replay),
 //!    and a delivery id met twice in the batch is taken once; a finished
 //!    delivery's event is emitted again, with the same event id, since it may
@@ -99,23 +102,42 @@ impl Dispatcher {
         format!("herald-dispatch-{}", self.name)
     }
 
+    /// Readers of the routes' priority topics and of their other topics, into two queues: the
+    /// dispatcher takes the priority queue's batches first.
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let sources: Vec<(String, u32)> = self
-            .routes
-            .iter()
-            .flat_map(|route| self.owned.iter().map(move |&p| (route.topic().to_string(), p)))
-            .collect();
-        let rx = spawn_readers(self.name, &self.log, sources, &self.group(), &self.read, decode_job, &token, tasks);
-        tasks.spawn(self.clone().run(rx));
+        let sources = |topic: fn(Route) -> &'static str| -> Vec<(String, u32)> {
+            self.routes.iter().flat_map(|r| self.owned.iter().map(move |&p| (topic(*r).to_string(), p))).collect()
+        };
+        let group = self.group();
+        let (read, name) = (&self.read, self.name);
+        let priority_name = match name {
+            "push" => "push-priority",
+            "sms" => "sms-priority",
+            "email" => "email-priority",
+            _ => "priority",
+        };
+        let priority = spawn_readers(
+            priority_name,
+            &self.log,
+            sources(Route::priority_topic),
+            &group,
+            read,
+            decode_job,
+            &token,
+            tasks,
+        );
+        let normal = spawn_readers(name, &self.log, sources(Route::topic), &group, read, decode_job, &token, tasks);
+        tasks.spawn(self.clone().run(priority, normal));
     }
 
-    async fn run(self, mut rx: QueueRx<DeliveryJob>) -> TaskResult {
+    async fn run(self, mut priority: QueueRx<DeliveryJob>, mut normal: QueueRx<DeliveryJob>) -> TaskResult {
         let name = self.name;
         let mut channel = (self.channel)().map_err(|e| TaskFailed::new(name, e))?;
         let committed = self.ledger.sink_position(name).await.map_err(|e| TaskFailed::new(name, e))?;
         channel.recover(committed).await.map_err(|e| TaskFailed::new(name, e))?;
         let group = self.group();
-        while let Some(batch) = rx.recv_merged(self.read.batch_size, self.read.linger).await {
+        let (size, linger) = (self.read.batch_size, self.read.linger);
+        while let Some(batch) = QueueRx::recv_either(&mut priority, &mut normal, size, linger).await {
             let started = Instant::now();
             let commits = batch.commits(&group);
             let ids: Vec<_> = batch.items.iter().map(|j| j.delivery_id.clone()).collect();
@@ -393,6 +415,7 @@ pub(crate) mod tests {
         let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
         for route in Route::ALL {
             db.ensure_topic(route.topic(), 1).await.unwrap();
+            db.ensure_topic(route.priority_topic(), 1).await.unwrap();
         }
         db.ensure_topic(topic::EVENTS, 1).await.unwrap();
         let record = |j: &DeliveryJob| Record { key: b"u".to_vec(), value: codec::encode(j) };
@@ -476,7 +499,7 @@ pub(crate) mod tests {
     async fn refused_deliveries_go_to_retry_or_dead_letter_and_the_batch_commits() {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
-        for name in [Route::Apns.topic(), topic::EVENTS, topic::RETRY, topic::DEAD] {
+        for name in [Route::Apns.topic(), Route::Apns.priority_topic(), topic::EVENTS, topic::RETRY, topic::DEAD] {
             db.ensure_topic(name, 1).await.unwrap();
         }
         // Requested now: max_age counts from the request.
@@ -520,7 +543,7 @@ pub(crate) mod tests {
     async fn stale_deliveries_and_retries_that_would_come_too_late_expire_unsent() {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
-        for name in [Route::Apns.topic(), topic::EVENTS, topic::RETRY, topic::DEAD] {
+        for name in [Route::Apns.topic(), Route::Apns.priority_topic(), topic::EVENTS, topic::RETRY, topic::DEAD] {
             db.ensure_topic(name, 1).await.unwrap();
         }
         let now = now_ms();
@@ -584,7 +607,8 @@ pub(crate) mod tests {
     async fn the_fallback_goes_out_once_every_push_sibling_failed_for_good() {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
-        for name in Route::ALL.map(Route::topic).into_iter().chain([topic::EVENTS, topic::RETRY, topic::DEAD]) {
+        let routes = Route::ALL.into_iter().flat_map(|r| [r.topic(), r.priority_topic()]);
+        for name in routes.chain([topic::EVENTS, topic::RETRY, topic::DEAD]) {
             db.ensure_topic(name, 1).await.unwrap();
         }
         // a: both devices dead now; b: one delivered; c: one dead now, its sibling failed before;
@@ -599,7 +623,8 @@ pub(crate) mod tests {
         db.append(vec![Append { topic: Route::Apns.topic().into(), partition: 0, records }]).await.unwrap();
         run_scripted(&db).await;
 
-        let sms = db.read(Route::Sms.topic(), 0, 0, 10, Duration::ZERO).await.unwrap();
+        // The jobs are transactional: their fallback goes to the SMS priority lane.
+        let sms = db.read(Route::Sms.priority_topic(), 0, 0, 10, Duration::ZERO).await.unwrap();
         let mut to: Vec<String> =
             sms.iter().map(|r| codec::decode::<DeliveryJob>(&r.value).unwrap().target.address().to_string()).collect();
         to.sort();

@@ -1,6 +1,7 @@
 //! The runtime: the long-running tasks of a Herald worker.
 //!
-//! - the request chains ([`requests`]), one per lane, over the worker's partitions of `herald-requests`;
+//! - the request chains ([`requests`]), one per lane, over the worker's partitions of `herald-requests`,
+//!   and the priority lane's over `herald-requests-priority` (transactional);
 //! - one dispatcher per channel ([`dispatch`]) over the delivery topics;
 //! - the retry scheduler ([`retry`]): `herald-retry` back onto the delivery topics when due;
 //! - the scheduler ([`schedule`]): the schedule index (`send_at`, quiet hours, digests) back into
@@ -102,6 +103,7 @@ impl Runtime {
             }
             let chain = RequestChain {
                 log: log.clone(),
+                topic: topic::REQUESTS,
                 stages: stage_factory(app),
                 partitions: lane_partitions,
                 route_partitions: partitions,
@@ -110,9 +112,22 @@ impl Runtime {
             };
             tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
         }
+        // The priority lane: transactional requests in a chain of their own, over every owned
+        // partition of their topic, so a marketing backlog in the others never delays them.
+        let chain = RequestChain {
+            log: log.clone(),
+            topic: topic::REQUESTS_PRIORITY,
+            stages: stage_factory(app),
+            partitions: owned.to_vec(),
+            route_partitions: partitions,
+            event_partitions: partitions,
+            read: read.clone(),
+        };
+        tasks.push(tokio::spawn(supervise("requests-priority", shutdown.clone(), move |t, set| chain.start(t, set))));
 
-        let mut watches =
-            vec![Watch { group: requests::GROUP.into(), topic: topic::REQUESTS.into(), partitions: owned.clone() }];
+        let mut watches = [topic::REQUESTS, topic::REQUESTS_PRIORITY]
+            .map(|t| Watch { group: requests::GROUP.into(), topic: t.into(), partitions: owned.clone() })
+            .to_vec();
         for (name, channel) in [("push", ChannelKind::Push), ("sms", ChannelKind::Sms), ("email", ChannelKind::Email)] {
             let factory = channel_factory(app, name, channel);
             let dispatcher = Dispatcher {
@@ -132,12 +147,8 @@ impl Runtime {
                 recipients: app.recipients.clone(),
                 tracking: app.tracking.clone(),
             };
-            for route in &dispatcher.routes {
-                watches.push(Watch {
-                    group: dispatcher.group(),
-                    topic: route.topic().into(),
-                    partitions: owned.clone(),
-                });
+            for topic in dispatcher.routes.iter().flat_map(|r| [r.topic(), r.priority_topic()]) {
+                watches.push(Watch { group: dispatcher.group(), topic: topic.into(), partitions: owned.clone() });
             }
             tasks.push(tokio::spawn(supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set))));
         }

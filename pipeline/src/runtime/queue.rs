@@ -131,6 +131,13 @@ impl<T> QueueRx<T> {
     /// `linger` of latency.
     pub async fn recv_merged(&mut self, max_records: usize, linger: Duration) -> Option<Batch<T>> {
         let mut batch = self.recv().await?;
+        self.merge_into(&mut batch, max_records, linger).await;
+        Some(batch)
+    }
+
+    /// Joins the batches that follow into `batch`, as [`recv_merged`](Self::recv_merged) does
+    /// after its first.
+    async fn merge_into(&mut self, batch: &mut Batch<T>, max_records: usize, linger: Duration) {
         let deadline = tokio::time::Instant::now() + linger;
         while batch.items.len() < max_records {
             let next = match self.rx.try_recv() {
@@ -152,6 +159,27 @@ impl<T> QueueRx<T> {
             crate::telemetry::queue_depth(self.shared.name, queued);
             batch.absorb(next);
         }
+    }
+
+    /// The next batch of `first` if it has one waiting (or it arrives first), else of `second`,
+    /// merged like [`recv_merged`](Self::recv_merged) with what follows it in its own queue;
+    /// `None` once both are closed and empty. A priority lane: `second`'s batches wait only while
+    /// `first` has something, and a batch of `first` waits at most for the one batch of `second`
+    /// already taken.
+    pub async fn recv_either(
+        first: &mut QueueRx<T>,
+        second: &mut QueueRx<T>,
+        max_records: usize,
+        linger: Duration,
+    ) -> Option<Batch<T>> {
+        // `recv` is cancel-safe (an mpsc receive): the losing branch loses nothing.
+        let (mut batch, rx) = tokio::select! {
+            biased;
+            Some(b) = first.recv() => (b, first),
+            Some(b) = second.recv() => (b, second),
+            else => return None,
+        };
+        rx.merge_into(&mut batch, max_records, linger).await;
         Some(batch)
     }
 
@@ -198,6 +226,21 @@ mod tests {
         assert_eq!(commits.iter().find(|c| c.partition == 0).unwrap().next_offset, 30);
         assert_eq!(commits.iter().find(|c| c.partition == 1).unwrap().next_offset, 20);
         assert_eq!(rx.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_first_queue_goes_first_and_both_drain_before_the_end() {
+        let (tx_first, mut first) = queue::<u32>("first", 100);
+        let (tx_second, mut second) = queue::<u32>("second", 100);
+        tx_second.send(Batch::new(src(), vec![20, 21])).await.unwrap();
+        tx_first.send(Batch::new(src(), vec![10])).await.unwrap();
+        tx_first.send(Batch::new(src(), vec![11])).await.unwrap();
+        let got = QueueRx::recv_either(&mut first, &mut second, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.items, [10, 11], "the first queue, merged");
+        let got = QueueRx::recv_either(&mut first, &mut second, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.items, [20, 21]);
+        drop((tx_first, tx_second));
+        assert!(QueueRx::recv_either(&mut first, &mut second, 10, Duration::ZERO).await.is_none());
     }
 
     #[tokio::test]

@@ -36,6 +36,8 @@ pub type StageFactory = Arc<dyn Fn() -> Vec<Box<dyn Stage>> + Send + Sync>;
 #[derive(Clone)]
 pub struct RequestChain {
     pub log: Arc<dyn TopicLog>,
+    /// The lane's topic: [`topic::REQUESTS`] or [`topic::REQUESTS_PRIORITY`].
+    pub topic: &'static str,
     pub stages: StageFactory,
     /// Partitions of `herald-requests` this worker owns.
     pub partitions: Vec<u32>,
@@ -51,7 +53,7 @@ fn decode_request(record: &StoredRecord) -> Result<WorkItem, CodecError> {
 impl RequestChain {
     /// Spawns readers, stages and the fan-out sink into `tasks`.
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
-        let sources = self.partitions.iter().map(|&p| (topic::REQUESTS.to_string(), p));
+        let sources = self.partitions.iter().map(|&p| (self.topic.to_string(), p));
         let mut rx = spawn_readers("validate", &self.log, sources, GROUP, &self.read, decode_request, &token, tasks);
         let stages = (self.stages)();
         let names: Vec<&'static str> = stages.iter().map(|s| s.name()).skip(1).chain(["fanout"]).collect();
@@ -138,22 +140,35 @@ async fn run_fanout(chain: RequestChain, mut rx: QueueRx<WorkItem>) -> TaskResul
     Ok(())
 }
 
-/// Jobs as appends to their routes' delivery topics, keyed by user id, so one user's deliveries
-/// keep their order on one partition.
+/// Jobs as appends to their routes' delivery topics (a transactional job to its route's priority
+/// lane), keyed by user id, so one user's deliveries keep their order on one partition.
 pub fn job_appends<'a>(jobs: impl IntoIterator<Item = &'a DeliveryJob>, partitions: u32) -> Vec<Append> {
-    let mut by_route: [Vec<&DeliveryJob>; Route::ALL.len()] = Default::default();
+    let mut by_topic: Vec<(&'static str, Vec<&DeliveryJob>)> = Vec::with_capacity(2 * Route::ALL.len());
     for job in jobs {
-        let route = job.target.route();
-        let slot = Route::ALL.iter().position(|r| *r == route).unwrap_or_default();
-        by_route[slot].push(job);
+        let topic = job.target.route().topic_for(&job.category);
+        match by_topic.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, list)) => list.push(job),
+            None => by_topic.push((topic, vec![job])),
+        }
     }
-    Route::ALL
-        .iter()
-        .zip(by_route)
-        .flat_map(|(route, jobs)| {
-            keyed_jobs(route.topic(), partitions, jobs.into_iter().map(|j| (j, codec::encode(j))))
-        })
+    by_topic
+        .into_iter()
+        .flat_map(|(topic, jobs)| keyed_jobs(topic, partitions, jobs.into_iter().map(|j| (j, codec::encode(j)))))
         .collect()
+}
+
+/// Accepted requests as appends to their lane's topic ([`topic::requests_topic`]), keyed by user id.
+pub fn request_appends(envelopes: &[RequestEnvelope], partitions: u32) -> Vec<Append> {
+    let (priority, normal): (Vec<&RequestEnvelope>, Vec<&RequestEnvelope>) =
+        envelopes.iter().partition(|e| topic::requests_topic(&e.request.category) == topic::REQUESTS_PRIORITY);
+    let records = |list: Vec<&RequestEnvelope>| -> Vec<Record> {
+        list.into_iter()
+            .map(|e| Record { key: e.request.user_id.as_bytes().to_vec(), value: codec::encode(e) })
+            .collect()
+    };
+    let mut parts = topic::keyed_appends(topic::REQUESTS, partitions, records(normal));
+    parts.extend(topic::keyed_appends(topic::REQUESTS_PRIORITY, partitions, records(priority)));
+    parts
 }
 
 /// Records about jobs (the jobs themselves, retries, dead letters), keyed and so partitioned by

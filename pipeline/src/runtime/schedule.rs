@@ -18,12 +18,12 @@
 //!
 //! Expiry is not checked here: the validate stage drops what expired while it waited.
 
-use super::requests::event_appends;
+use super::requests::{event_appends, request_appends};
 use super::supervise::{TaskFailed, TaskResult};
 use herald_schemas::codec;
 use herald_schemas::stage::Clock;
 use herald_schemas::store::{Hold, HoldKey, HoldReason, ScheduleStore};
-use herald_schemas::topic::{self, Record, TopicLog};
+use herald_schemas::topic::TopicLog;
 use herald_schemas::{DeliveryEvent, EventKind, NotificationRequest, RequestEnvelope};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -101,14 +101,13 @@ impl Scheduler {
                         ));
                     }
                     crate::telemetry::schedule_released(hold.reason.as_str(), now.saturating_sub(hold.due_at_ms));
-                    let key = envelope.request.user_id.as_bytes().to_vec();
-                    records.push(Record { key, value: codec::encode(&envelope) });
+                    records.push(envelope);
                 }
                 None => crate::telemetry::schedule_unreadable(hold.reason.as_str()),
             }
             released.push(key);
         }
-        let mut parts = topic::keyed_appends(topic::REQUESTS, self.partitions, records);
+        let mut parts = request_appends(&records, self.partitions);
         parts.extend(event_appends(&events, self.partitions));
         if !parts.is_empty() {
             self.log.append_and_commit(parts, Vec::new()).await.map_err(|e| TaskFailed::new("schedule", e))?;
