@@ -21,8 +21,9 @@ use herald_schemas::event::{DeliveryEvent, EncodedEvent, EventKind};
 use herald_schemas::ids::{DeliveryId, NotificationId};
 use herald_schemas::job::Route;
 use herald_schemas::store::{
-    ApiKeyRecord, CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, KeyStore, LedgerState, LedgerStore,
-    Membership, OffsetStore, Scope, SinkPosition, TemplateStore, ThrottleStore, TimelineFeed, TimelineStore,
+    ApiKeyRecord, CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, DigestJoined, HoldReason, HoldState,
+    KeyStore, LedgerState, LedgerStore, Membership, OffsetStore, ScheduleStore, Scope, SinkPosition, TemplateStore,
+    ThrottleStore, TimelineFeed, TimelineStore,
 };
 use herald_schemas::template::{SmsPart, Template};
 use herald_schemas::topic::Commit;
@@ -437,6 +438,89 @@ async fn workers_announce_themselves_and_leases_have_one_holder() {
             holders += usize::from(racer.await.unwrap());
         }
         assert_eq!(holders, 1);
+    })
+    .await;
+}
+
+#[path = "contracts/schedule.rs"]
+mod schedule_contract;
+
+use schedule_contract::{hold, join};
+
+#[tokio::test]
+async fn due_holds_come_soonest_first_per_partition_and_a_replayed_hold_is_recognised() {
+    with_keyspace(|db| async move {
+        schedule_contract::due_holds_come_soonest_first_per_partition_and_a_replayed_hold_is_recognised(&db).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn release_is_two_steps_and_a_cancel_cannot_take_what_is_being_released() {
+    with_keyspace(|db| async move {
+        schedule_contract::release_is_two_steps_and_a_cancel_cannot_take_what_is_being_released(&db).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn digests_collect_per_user_and_key_until_released_then_a_new_one_opens() {
+    with_keyspace(|db| async move {
+        schedule_contract::digests_collect_per_user_and_key_until_released_then_a_new_one_opens(&db).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cancelled_digest_stops_collecting() {
+    with_keyspace(|db| async move { schedule_contract::a_cancelled_digest_stops_collecting(&db).await }).await;
+}
+
+#[tokio::test]
+async fn concurrent_cancels_and_releases_of_one_hold_have_exactly_one_winner() {
+    with_keyspace(|db| async move {
+        for round in 0..4 {
+            let id = format!("n{round}");
+            db.hold(&[hold(&id, 0, 100)]).await.unwrap();
+            let release = {
+                let (db, id) = (db.clone(), id.clone());
+                tokio::spawn(async move { db.begin_release(&[(nid(&id), HoldReason::SendAt)]).await.unwrap()[0] })
+            };
+            let cancel = {
+                let (db, id) = (db.clone(), id.clone());
+                tokio::spawn(async move { db.cancel(&nid(&id), None).await.unwrap()[0].1 })
+            };
+            let (taken, seen) = (release.await.unwrap(), cancel.await.unwrap());
+            // The cancel won (it saw it waiting) or the release did (the cancel saw it releasing).
+            assert_ne!(taken, seen == HoldState::Waiting, "round {round}: taken {taken}, cancel saw {seen:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_joins_of_one_user_and_key_each_count_once() {
+    with_keyspace(|db| async move {
+        let calls = (0..12).map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move { db.join_digests(&[join("u1", "k", &format!("m{i}"))], 1_000).await.unwrap() })
+        });
+        let mut digests = Vec::new();
+        for call in calls {
+            let joined = call.await.unwrap();
+            assert!(!matches!(joined[0], DigestJoined::AlreadyMember { .. }), "{joined:?}");
+            digests.push(joined[0].digest().clone());
+        }
+        digests.sort();
+        digests.dedup();
+        assert_eq!(digests.len(), 1, "one digest: {digests:?}");
+        let (mut members, count) = db.digest_members(&digests[0], 100).await.unwrap();
+        assert_eq!(count, 12);
+        members.sort();
+        let mut expected: Vec<Vec<u8>> = (0..12).map(|i| format!("m{i}").into_bytes()).collect();
+        expected.sort();
+        assert_eq!(members, expected, "each member once");
+        assert_eq!(db.due(3, 601_000, 10).await.unwrap().len(), 1, "one digest hold");
     })
     .await;
 }

@@ -248,6 +248,13 @@ pub trait Membership: Send + Sync + 'static {
     async fn release_lease(&self, partition: u32, worker: &str) -> Result<(), StoreError>;
 }
 
+/// How long a released or cancelled hold, and a digest membership, are remembered (after its
+/// window), so that a replayed hold or join is recognised.
+pub const REMEMBER_DONE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Most members a digest keeps the envelopes of; later ones are counted only.
+pub const MAX_DIGEST_MEMBERS: u64 = 1_000;
+
 /// Why a notification waits in the schedule index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -21,15 +21,12 @@ use async_trait::async_trait;
 use fjall::OwnedWriteBatch;
 use herald_schemas::ids::NotificationId;
 use herald_schemas::store::{
-    DigestJoin, DigestJoined, Hold, HoldKey, HoldReason, HoldState, ScheduleStore, StoreError,
+    DigestJoin, DigestJoined, Hold, HoldKey, HoldReason, HoldState, MAX_DIGEST_MEMBERS, REMEMBER_DONE, ScheduleStore,
+    StoreError,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// How long a released or cancelled hold, and a digest membership, are remembered.
-pub const REMEMBER_DONE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Most members a digest keeps the envelopes of; later ones are counted only.
-pub const MAX_DIGEST_MEMBERS: u64 = 1_000;
 /// Expired entries dropped per write batch.
 const PURGE_CHUNK: usize = 10_000;
 
@@ -434,10 +431,17 @@ impl ScheduleStore for EmbeddedDb {
     }
 }
 
+/// The tests every [`ScheduleStore`] passes (the ScyllaDB one too).
+#[cfg(test)]
+#[path = "../../tests/contracts/schedule.rs"]
+mod contract;
+
 #[cfg(test)]
 mod tests {
+    use super::contract;
     use super::*;
     use crate::embedded::EmbeddedOptions;
+    use contract::{hold, join, nid};
 
     fn open() -> (tempfile::TempDir, EmbeddedDb) {
         let dir = tempfile::tempdir().unwrap();
@@ -445,112 +449,28 @@ mod tests {
         (dir, db)
     }
 
-    fn nid(s: &str) -> NotificationId {
-        NotificationId(s.into())
-    }
-
-    fn hold(id: &str, partition: u32, due: u64) -> Hold {
-        Hold {
-            id: nid(id),
-            reason: HoldReason::SendAt,
-            partition,
-            due_at_ms: due,
-            client_id: "c1".into(),
-            envelope: format!("envelope of {id}").into_bytes(),
-        }
-    }
-
-    fn ids(holds: &[Hold]) -> Vec<&str> {
-        holds.iter().map(|h| h.id.0.as_str()).collect()
-    }
-
     #[tokio::test]
     async fn due_holds_come_soonest_first_per_partition_and_a_replayed_hold_is_recognised() {
         let (_dir, db) = open();
-        let added = db.hold(&[hold("late", 0, 300), hold("soon", 0, 100), hold("other", 1, 50)]).await.unwrap();
-        assert_eq!(added, [None, None, None]);
-        assert_eq!(db.hold(&[hold("soon", 0, 100)]).await.unwrap(), [Some(HoldState::Waiting)]);
-        assert_eq!(ids(&db.due(0, 99, 10).await.unwrap()), Vec::<&str>::new());
-        assert_eq!(ids(&db.due(0, 1_000, 10).await.unwrap()), ["soon", "late"]);
-        assert_eq!(ids(&db.due(0, 1_000, 1).await.unwrap()), ["soon"]);
-        let due = db.due(1, 1_000, 10).await.unwrap();
-        assert_eq!((due[0].client_id.as_str(), due[0].envelope.as_slice()), ("c1", b"envelope of other".as_slice()));
+        contract::due_holds_come_soonest_first_per_partition_and_a_replayed_hold_is_recognised(&db).await;
     }
 
     #[tokio::test]
     async fn release_is_two_steps_and_a_cancel_cannot_take_what_is_being_released() {
         let (_dir, db) = open();
-        db.hold(&[hold("a", 0, 100), hold("b", 0, 100)]).await.unwrap();
-        let key = |id: &str| (nid(id), HoldReason::SendAt);
-        assert_eq!(db.begin_release(&[key("a")]).await.unwrap(), [true]);
-        // Taken but not finished (a crash here): still due, and taken again.
-        assert_eq!(ids(&db.due(0, 1_000, 10).await.unwrap()), ["a", "b"]);
-        assert_eq!(db.begin_release(&[key("a")]).await.unwrap(), [true]);
-        let cancelled = db.cancel(&nid("a"), Some("c1")).await.unwrap();
-        assert_eq!(cancelled.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [HoldState::Releasing]);
-        db.finish_release(&[key("a")]).await.unwrap();
-        assert_eq!(ids(&db.due(0, 1_000, 10).await.unwrap()), ["b"]);
-        assert_eq!(db.hold(&[hold("a", 0, 100)]).await.unwrap(), [Some(HoldState::Released)]);
-
-        // Another client's cancel finds nothing; the sender's cancels, once.
-        assert!(db.cancel(&nid("b"), Some("c2")).await.unwrap().is_empty());
-        let cancelled = db.cancel(&nid("b"), Some("c1")).await.unwrap();
-        assert_eq!(cancelled[0].1, HoldState::Waiting);
-        assert_eq!(cancelled[0].0.envelope, b"envelope of b");
-        assert_eq!(db.cancel(&nid("b"), None).await.unwrap()[0].1, HoldState::Cancelled);
-        assert_eq!(db.begin_release(&[key("b")]).await.unwrap(), [false]);
-        assert!(db.due(0, 1_000, 10).await.unwrap().is_empty());
-        assert_eq!(db.hold(&[hold("b", 0, 100)]).await.unwrap(), [Some(HoldState::Cancelled)]);
-    }
-
-    fn join(user: &str, key: &str, member: &str) -> DigestJoin {
-        DigestJoin {
-            user_id: user.into(),
-            key: key.into(),
-            member: nid(member),
-            window_ms: 600_000,
-            partition: 3,
-            client_id: "c1".into(),
-            envelope: member.as_bytes().to_vec(),
-        }
+        contract::release_is_two_steps_and_a_cancel_cannot_take_what_is_being_released(&db).await;
     }
 
     #[tokio::test]
     async fn digests_collect_per_user_and_key_until_released_then_a_new_one_opens() {
         let (_dir, db) = open();
-        let joined = db
-            .join_digests(&[join("u1", "k", "m1"), join("u1", "k", "m2"), join("u1", "j", "m3")], 1_000)
-            .await
-            .unwrap();
-        let first = NotificationId::for_digest(&nid("m1"));
-        assert_eq!(joined[0], DigestJoined::Opened { digest: first.clone(), due_at_ms: 601_000 });
-        assert_eq!(joined[1], DigestJoined::Joined { digest: first.clone() });
-        assert!(matches!(joined[2], DigestJoined::Opened { .. }));
-        // A replayed join changes nothing.
-        let again = db.join_digests(&[join("u1", "k", "m2")], 2_000).await.unwrap();
-        assert_eq!(again, [DigestJoined::AlreadyMember { digest: first.clone() }]);
-        let (members, count) = db.digest_members(&first, 10).await.unwrap();
-        assert_eq!((members, count), (vec![b"m1".to_vec(), b"m2".to_vec()], 2));
+        contract::digests_collect_per_user_and_key_until_released_then_a_new_one_opens(&db).await;
+    }
 
-        let due = db.due(3, 601_000, 10).await.unwrap();
-        assert_eq!(due.len(), 2, "both digests are due");
-        let due = due.iter().find(|h| h.id == first).expect("the first digest is due");
-        assert_eq!((due.reason, due.envelope.as_slice()), (HoldReason::Digest, b"m1".as_slice()));
-        let key = (first.clone(), HoldReason::Digest);
-        assert_eq!(db.begin_release(std::slice::from_ref(&key)).await.unwrap(), [true]);
-        // Closed at release: the next notification opens a new digest; the members are still there.
-        let next = db.join_digests(&[join("u1", "k", "m4")], 601_500).await.unwrap();
-        assert_eq!(
-            next[0],
-            DigestJoined::Opened { digest: NotificationId::for_digest(&nid("m4")), due_at_ms: 1_201_500 }
-        );
-        assert_eq!(db.digest_members(&first, 10).await.unwrap().1, 2);
-        db.finish_release(&[key]).await.unwrap();
-        assert_eq!(db.digest_members(&first, 10).await.unwrap(), (vec![], 0));
-        assert_eq!(
-            db.join_digests(&[join("u1", "k", "m1")], 700_000).await.unwrap()[0],
-            DigestJoined::AlreadyMember { digest: first }
-        );
+    #[tokio::test]
+    async fn a_cancelled_digest_stops_collecting() {
+        let (_dir, db) = open();
+        contract::a_cancelled_digest_stops_collecting(&db).await;
     }
 
     #[tokio::test]

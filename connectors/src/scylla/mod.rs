@@ -64,6 +64,23 @@
 //! - `workers (cluster, worker)` with a TTL per heartbeat, and `leases (cluster, partition_id,
 //!   owner)`: a lease is taken with `INSERT … IF NOT EXISTS USING TTL`, renewed with `UPDATE … USING
 //!   TTL … IF owner = ?`, released with `DELETE … IF owner = ?`, so a partition never has two holders.
+//! - The schedule ([`ScheduleStore`]; `schedule.rs` and `digests.rs` say why each write is what it
+//!   is):
+//!   - `holds ((notification_id), reason)`: each hold's state and index position. Every write an
+//!     LWT on `state`: created `IF state = null` (a replay finds the state it has), taken for
+//!     release `IF state = waiting`, ended `IF state = releasing` / `waiting` (so a cancel and a
+//!     release never both win), ending rewriting every column `USING TTL` of a week.
+//!   - `schedule ((partition_id, bucket), due_at_ms, notification_id, reason) → envelope`: the
+//!     index, one partition per hour of due times of one Herald partition (`bucket = due / 1 h`),
+//!     plain writes; `schedule_buckets (partition_id, bucket)`: the buckets that may have rows, so
+//!     the scheduler's `due` reads a few bounded partitions, never a scan; a bucket found empty an
+//!     hour after its end leaves the list (a back-dated delete, checked again after).
+//!   - `digests (digest_id PK, …, member_count, last_member, collecting)`: every write an LWT (a
+//!     join's sequence number is a compare-and-set on the count, refused once `collecting` is
+//!     false); `digest_members ((digest_id), seq) → envelope`, plain writes with a TTL;
+//!     `digest_open ((user_id, digest_key)) → digest_id`, opened `IF NOT EXISTS`, closed `IF
+//!     digest_id = ?`; `digest_member_of (member_id PK) → digest_id`, `IF NOT EXISTS` with a TTL of
+//!     the window plus a week (a replayed join changes nothing).
 //!
 //! # Layout
 //! - `options.rs`: [`ScyllaOptions`] and the `scylla://` URL.
@@ -72,20 +89,23 @@
 //! - `state.rs`: [`ScyllaState`]: the session and the request helpers every store uses.
 //! - `values.rs`: column encodings, TTLs, reading an LWT's answer.
 //! - One file per store: `contacts.rs`, `templates.rs`, `dedup.rs`, `throttle.rs`, `ledger.rs`,
-//!   `keys.rs`, `timeline.rs`, `offsets.rs`, `membership.rs`; each keeps its decisions in pure
-//!   functions, tested without a cluster. Tests against a live cluster are in
-//!   `connectors/tests/scylla.rs` (they run when `HERALD_SCYLLA_NODES` is set).
+//!   `keys.rs`, `timeline.rs`, `offsets.rs`, `membership.rs`, `schedule.rs` (with `digests.rs`);
+//!   each keeps its decisions in pure functions, tested without a cluster. Tests against a live
+//!   cluster are in `connectors/tests/scylla.rs` (they run when `HERALD_SCYLLA_NODES` is set).
 //!
+//! [`ScheduleStore`]: herald_schemas::store::ScheduleStore
 //! [`TimelineStore`]: herald_schemas::store::TimelineStore
 //! [`TimelineFeed`]: herald_schemas::store::TimelineFeed
 
 mod contacts;
 mod dedup;
+mod digests;
 mod keys;
 mod ledger;
 mod membership;
 mod offsets;
 mod options;
+mod schedule;
 mod schema;
 mod state;
 pub mod statements;

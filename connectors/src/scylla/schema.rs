@@ -51,6 +51,33 @@ pub fn schema_statements(options: &ScyllaOptions) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {ks}.leases (cluster text, partition_id int, owner text, \
              PRIMARY KEY (cluster, partition_id))"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.holds (notification_id text, reason text, state tinyint, \
+             partition_id int, due_at_ms bigint, bucket bigint, client_id text, \
+             PRIMARY KEY (notification_id, reason))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.schedule (partition_id int, bucket bigint, due_at_ms bigint, \
+             notification_id text, reason text, envelope blob, \
+             PRIMARY KEY ((partition_id, bucket), due_at_ms, notification_id, reason))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.schedule_buckets (partition_id int, bucket bigint, \
+             PRIMARY KEY (partition_id, bucket))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.digests (digest_id text PRIMARY KEY, user_id text, digest_key text, \
+             due_at_ms bigint, member_count bigint, last_member text, collecting boolean)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.digest_members (digest_id text, seq int, envelope blob, \
+             PRIMARY KEY (digest_id, seq))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.digest_open (user_id text, digest_key text, digest_id text, \
+             PRIMARY KEY ((user_id, digest_key)))"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.digest_member_of (member_id text PRIMARY KEY, digest_id text)"),
     ]
 }
 
@@ -108,7 +135,7 @@ mod tests {
             assert!(statements.iter().any(|s| s.starts_with(&create)), "{stmt:?}: no {create}");
         }
         // And no table nobody uses.
-        assert_eq!(statements.len(), 1 + 11);
+        assert_eq!(statements.len(), 1 + 18);
     }
 
     #[test]
@@ -126,6 +153,13 @@ mod tests {
         assert!(table("offsets").contains("PRIMARY KEY ((consumer_group, topic, partition_id))"));
         assert!(table("leases").contains("PRIMARY KEY (cluster, partition_id)"));
         assert!(table("timeline").contains("PRIMARY KEY (notification_id, event_id)"));
+        assert!(table("holds").contains("PRIMARY KEY (notification_id, reason)"));
+        assert!(table("schedule").contains("PRIMARY KEY ((partition_id, bucket), due_at_ms, notification_id, reason)"));
+        assert!(table("schedule_buckets").contains("PRIMARY KEY (partition_id, bucket)"));
+        assert!(table("digests").contains("digest_id text PRIMARY KEY"));
+        assert!(table("digest_members").contains("PRIMARY KEY (digest_id, seq)"));
+        assert!(table("digest_open").contains("PRIMARY KEY ((user_id, digest_key))"));
+        assert!(table("digest_member_of").contains("member_id text PRIMARY KEY"));
     }
 
     #[test]

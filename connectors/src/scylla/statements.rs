@@ -45,11 +45,35 @@ pub enum Stmt {
     LeaseInsert,
     LeaseRenew,
     LeaseRelease,
+    HoldSelect,
+    HoldCreate,
+    HoldTake,
+    HoldEnd,
+    ScheduleInsert,
+    ScheduleSelectDue,
+    ScheduleSelectOne,
+    ScheduleDelete,
+    BucketInsert,
+    BucketSelect,
+    BucketDelete,
+    DigestSelect,
+    DigestOpen,
+    DigestCount,
+    DigestClose,
+    DigestDrop,
+    MemberInsert,
+    MemberSelect,
+    MemberDrop,
+    OpenSelect,
+    OpenInsert,
+    OpenDelete,
+    MemberOfSelect,
+    MemberOfInsert,
 }
 
 impl Stmt {
     /// Every statement, in declaration order (so `Stmt::ALL[s as usize] == s`).
-    pub const ALL: [Stmt; 28] = [
+    pub const ALL: [Stmt; 52] = [
         Stmt::UserSelect,
         Stmt::UserInsert,
         Stmt::UserUpdate,
@@ -78,6 +102,30 @@ impl Stmt {
         Stmt::LeaseInsert,
         Stmt::LeaseRenew,
         Stmt::LeaseRelease,
+        Stmt::HoldSelect,
+        Stmt::HoldCreate,
+        Stmt::HoldTake,
+        Stmt::HoldEnd,
+        Stmt::ScheduleInsert,
+        Stmt::ScheduleSelectDue,
+        Stmt::ScheduleSelectOne,
+        Stmt::ScheduleDelete,
+        Stmt::BucketInsert,
+        Stmt::BucketSelect,
+        Stmt::BucketDelete,
+        Stmt::DigestSelect,
+        Stmt::DigestOpen,
+        Stmt::DigestCount,
+        Stmt::DigestClose,
+        Stmt::DigestDrop,
+        Stmt::MemberInsert,
+        Stmt::MemberSelect,
+        Stmt::MemberDrop,
+        Stmt::OpenSelect,
+        Stmt::OpenInsert,
+        Stmt::OpenDelete,
+        Stmt::MemberOfSelect,
+        Stmt::MemberOfInsert,
     ];
 
     /// The table the statement reads or writes (for errors and logs).
@@ -95,6 +143,13 @@ impl Stmt {
             OffsetSelect | OffsetUpsert => "offsets",
             WorkerHeartbeat | WorkerSelect | WorkerLeave => "workers",
             LeaseInsert | LeaseRenew | LeaseRelease => "leases",
+            HoldSelect | HoldCreate | HoldTake | HoldEnd => "holds",
+            ScheduleInsert | ScheduleSelectDue | ScheduleSelectOne | ScheduleDelete => "schedule",
+            BucketInsert | BucketSelect | BucketDelete => "schedule_buckets",
+            DigestSelect | DigestOpen | DigestCount | DigestClose | DigestDrop => "digests",
+            MemberInsert | MemberSelect | MemberDrop => "digest_members",
+            OpenSelect | OpenInsert | OpenDelete => "digest_open",
+            MemberOfSelect | MemberOfInsert => "digest_member_of",
         }
     }
 
@@ -160,6 +215,76 @@ impl Stmt {
             LeaseRelease => {
                 format!("DELETE FROM {ks}.leases WHERE cluster = ? AND partition_id = ? IF owner = ?")
             }
+            HoldSelect => format!(
+                "SELECT reason, state, partition_id, due_at_ms, bucket, client_id FROM {ks}.holds \
+                 WHERE notification_id = ?"
+            ),
+            // An UPDATE, not an INSERT: an INSERT's row marker has no TTL and would keep the row
+            // (with null columns) after the TTL that `HoldEnd` gives every column.
+            HoldCreate => format!(
+                "UPDATE {ks}.holds SET state = ?, partition_id = ?, due_at_ms = ?, bucket = ?, client_id = ? \
+                 WHERE notification_id = ? AND reason = ? IF state = null"
+            ),
+            HoldTake => {
+                format!("UPDATE {ks}.holds SET state = ? WHERE notification_id = ? AND reason = ? IF state = ?")
+            }
+            HoldEnd => format!(
+                "UPDATE {ks}.holds USING TTL ? SET state = ?, partition_id = ?, due_at_ms = ?, bucket = ?, \
+                 client_id = ? WHERE notification_id = ? AND reason = ? IF state = ?"
+            ),
+            ScheduleInsert => format!(
+                "INSERT INTO {ks}.schedule (partition_id, bucket, due_at_ms, notification_id, reason, envelope) \
+                 VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            ScheduleSelectDue => format!(
+                "SELECT due_at_ms, notification_id, reason, envelope FROM {ks}.schedule \
+                 WHERE partition_id = ? AND bucket = ? AND due_at_ms <= ? LIMIT ?"
+            ),
+            ScheduleSelectOne => format!(
+                "SELECT envelope FROM {ks}.schedule WHERE partition_id = ? AND bucket = ? AND due_at_ms = ? \
+                 AND notification_id = ? AND reason = ?"
+            ),
+            ScheduleDelete => format!(
+                "DELETE FROM {ks}.schedule WHERE partition_id = ? AND bucket = ? AND due_at_ms = ? \
+                 AND notification_id = ? AND reason = ?"
+            ),
+            BucketInsert => format!("INSERT INTO {ks}.schedule_buckets (partition_id, bucket) VALUES (?, ?)"),
+            BucketSelect => {
+                format!("SELECT bucket FROM {ks}.schedule_buckets WHERE partition_id = ? AND bucket <= ? LIMIT ?")
+            }
+            BucketDelete => {
+                format!("DELETE FROM {ks}.schedule_buckets USING TIMESTAMP ? WHERE partition_id = ? AND bucket = ?")
+            }
+            DigestSelect => format!(
+                "SELECT user_id, digest_key, due_at_ms, member_count, last_member, collecting FROM {ks}.digests \
+                 WHERE digest_id = ?"
+            ),
+            DigestOpen => format!(
+                "INSERT INTO {ks}.digests (digest_id, user_id, digest_key, due_at_ms, member_count, last_member, \
+                 collecting) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+            ),
+            DigestCount => format!(
+                "UPDATE {ks}.digests SET member_count = ?, last_member = ? WHERE digest_id = ? \
+                 IF member_count = ? AND collecting = ?"
+            ),
+            DigestClose => format!("UPDATE {ks}.digests SET collecting = ? WHERE digest_id = ? IF collecting = ?"),
+            DigestDrop => format!("DELETE FROM {ks}.digests WHERE digest_id = ? IF EXISTS"),
+            MemberInsert => {
+                format!("INSERT INTO {ks}.digest_members (digest_id, seq, envelope) VALUES (?, ?, ?) USING TTL ?")
+            }
+            MemberSelect => format!("SELECT envelope FROM {ks}.digest_members WHERE digest_id = ? LIMIT ?"),
+            MemberDrop => format!("DELETE FROM {ks}.digest_members WHERE digest_id = ?"),
+            OpenSelect => format!("SELECT digest_id FROM {ks}.digest_open WHERE user_id = ? AND digest_key = ?"),
+            OpenInsert => {
+                format!("INSERT INTO {ks}.digest_open (user_id, digest_key, digest_id) VALUES (?, ?, ?) IF NOT EXISTS")
+            }
+            OpenDelete => {
+                format!("DELETE FROM {ks}.digest_open WHERE user_id = ? AND digest_key = ? IF digest_id = ?")
+            }
+            MemberOfSelect => format!("SELECT digest_id FROM {ks}.digest_member_of WHERE member_id = ?"),
+            MemberOfInsert => format!(
+                "INSERT INTO {ks}.digest_member_of (member_id, digest_id) VALUES (?, ?) IF NOT EXISTS USING TTL ?"
+            ),
         }
     }
 
@@ -179,6 +304,16 @@ impl Stmt {
                 | LeaseInsert
                 | LeaseRenew
                 | LeaseRelease
+                | HoldCreate
+                | HoldTake
+                | HoldEnd
+                | DigestOpen
+                | DigestCount
+                | DigestClose
+                | DigestDrop
+                | OpenInsert
+                | OpenDelete
+                | MemberOfInsert
         )
     }
 
@@ -272,7 +407,17 @@ mod tests {
                 "LedgerReopen",
                 "LeaseInsert",
                 "LeaseRenew",
-                "LeaseRelease"
+                "LeaseRelease",
+                "HoldCreate",
+                "HoldTake",
+                "HoldEnd",
+                "DigestOpen",
+                "DigestCount",
+                "DigestClose",
+                "DigestDrop",
+                "OpenInsert",
+                "OpenDelete",
+                "MemberOfInsert"
             ]
         );
     }
@@ -300,10 +445,27 @@ mod tests {
             Stmt::WorkerHeartbeat,
             Stmt::LeaseInsert,
             Stmt::LeaseRenew,
+            Stmt::HoldEnd,
+            Stmt::MemberInsert,
+            Stmt::MemberOfInsert,
         ] {
             assert!(stmt.cql(&ks()).contains("USING TTL ?"), "{stmt:?}");
         }
-        for stmt in [Stmt::UserInsert, Stmt::LedgerInsert, Stmt::SinkUpsert, Stmt::KeyUpsert, Stmt::OffsetUpsert] {
+        // Waiting holds, the index and open digests live until released or cancelled.
+        for stmt in [
+            Stmt::UserInsert,
+            Stmt::LedgerInsert,
+            Stmt::SinkUpsert,
+            Stmt::KeyUpsert,
+            Stmt::OffsetUpsert,
+            Stmt::HoldCreate,
+            Stmt::HoldTake,
+            Stmt::ScheduleInsert,
+            Stmt::BucketInsert,
+            Stmt::DigestOpen,
+            Stmt::DigestCount,
+            Stmt::OpenInsert,
+        ] {
             assert!(!stmt.cql(&ks()).contains("TTL"), "{stmt:?} must not expire");
         }
     }
@@ -318,5 +480,16 @@ mod tests {
         assert!(cql(Stmt::LeaseRenew).ends_with("IF owner = ?"));
         assert!(cql(Stmt::LeaseRelease).ends_with("IF owner = ?"));
         assert!(cql(Stmt::TemplateDefaultIfNone).ends_with("IF default_locale = null"));
+        assert!(cql(Stmt::HoldCreate).ends_with("IF state = null"));
+        assert!(cql(Stmt::HoldTake).ends_with("IF state = ?"));
+        assert!(cql(Stmt::HoldEnd).ends_with("IF state = ?"));
+        assert!(cql(Stmt::DigestCount).ends_with("IF member_count = ? AND collecting = ?"));
+        assert!(cql(Stmt::DigestClose).ends_with("IF collecting = ?"));
+        assert!(cql(Stmt::DigestDrop).ends_with("IF EXISTS"));
+        assert!(cql(Stmt::OpenInsert).ends_with("IF NOT EXISTS"));
+        assert!(cql(Stmt::OpenDelete).ends_with("IF digest_id = ?"));
+        assert!(cql(Stmt::MemberOfInsert).ends_with("IF NOT EXISTS USING TTL ?"));
+        // A bucket's row is removed back-dated (see the schedule module).
+        assert!(cql(Stmt::BucketDelete).contains("USING TIMESTAMP ?"));
     }
 }

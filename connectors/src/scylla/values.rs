@@ -5,7 +5,7 @@
 use super::ScyllaError;
 use super::options::MAX_TTL_SECS;
 use ::scylla::value::CqlValue;
-use herald_schemas::store::LedgerState;
+use herald_schemas::store::{HoldState, LedgerState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -48,6 +48,25 @@ pub fn decode_state(value: i8) -> Result<LedgerState, ScyllaError> {
         2 => Ok(LedgerState::Sent),
         3 => Ok(LedgerState::Failed),
         other => Err(ScyllaError::corrupt("ledger", format!("unknown state {other}"))),
+    }
+}
+
+pub fn encode_hold_state(state: HoldState) -> i8 {
+    match state {
+        HoldState::Waiting => 1,
+        HoldState::Releasing => 2,
+        HoldState::Released => 3,
+        HoldState::Cancelled => 4,
+    }
+}
+
+pub fn decode_hold_state(value: i8) -> Result<HoldState, ScyllaError> {
+    match value {
+        1 => Ok(HoldState::Waiting),
+        2 => Ok(HoldState::Releasing),
+        3 => Ok(HoldState::Released),
+        4 => Ok(HoldState::Cancelled),
+        other => Err(ScyllaError::corrupt("holds", format!("unknown hold state {other}"))),
     }
 }
 
@@ -111,6 +130,15 @@ impl LwtRow {
         }
     }
 
+    /// A tinyint column of the old row (`None`: absent, or null: no row).
+    pub fn tinyint(&self, name: &str) -> Result<Option<i8>, String> {
+        match self.value(name) {
+            None => Ok(None),
+            Some(CqlValue::TinyInt(n)) => Ok(Some(*n)),
+            Some(other) => Err(format!("column {name} is {other:?}, not tinyint")),
+        }
+    }
+
     /// A bigint column of the old row (`None`: absent, or null: no row).
     pub fn bigint(&self, name: &str) -> Result<Option<i64>, String> {
         match self.value(name) {
@@ -152,6 +180,16 @@ mod tests {
     }
 
     #[test]
+    fn hold_states_round_trip_and_unknown_bytes_are_corrupt() {
+        let all = [HoldState::Waiting, HoldState::Releasing, HoldState::Released, HoldState::Cancelled];
+        for state in all {
+            assert_eq!(decode_hold_state(encode_hold_state(state)).unwrap(), state);
+        }
+        assert_eq!(all.map(encode_hold_state), [1, 2, 3, 4]);
+        assert!(matches!(decode_hold_state(0), Err(ScyllaError::Corrupt { table: "holds", .. })));
+    }
+
+    #[test]
     fn unsigned_numbers_fit_signed_columns_or_say_so() {
         assert_eq!(bigint("offset", 42).unwrap(), 42);
         assert!(matches!(bigint("offset", u64::MAX), Err(ScyllaError::OutOfRange { what: "offset", .. })));
@@ -184,6 +222,13 @@ mod tests {
         assert_eq!(row.bigint("expires_at_ms").unwrap(), Some(99));
         assert_eq!(row.bigint("owner").unwrap(), None, "absent");
         assert!(row.text("expires_at_ms").is_err(), "wrong type");
+        let row = LwtRow::new(
+            names(&["[applied]", "state"]),
+            vec![Some(CqlValue::Boolean(false)), Some(CqlValue::TinyInt(2))],
+        )
+        .unwrap();
+        assert_eq!(row.tinyint("state").unwrap(), Some(2));
+        assert!(row.bigint("state").is_err(), "wrong type");
 
         // Cassandra, applied: only [applied].
         let row = LwtRow::new(names(&["[applied]"]), vec![Some(CqlValue::Boolean(true))]).unwrap();
