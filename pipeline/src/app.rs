@@ -117,9 +117,7 @@ impl Backends {
                     .await
                     .map_err(|e| OpenError::State(e.to_string()))?;
                 let scylla = Arc::new(scylla);
-                // TEMPORARY (until the ScyllaDB schedule store lands, this session).
-                let _ = StateStores::of(scylla.clone(), Some(scylla));
-                return Err(OpenError::State("the ScyllaDB schedule store is not built yet".into()));
+                (StateStores::of(scylla.clone(), Some(scylla.clone())), scylla as Arc<dyn ScheduleStore>)
             }
         };
         let log: Arc<dyn TopicLog> = match &topics {
