@@ -68,6 +68,7 @@ fn item(k: usize) -> WorkItem {
         0,
         NotificationRequest {
             user_id: format!("u{}", k % USERS),
+            topic: None,
             template: "t".into(),
             data: serde_json::json!({"n": k, "name": "Ada"}),
             channels: vec![channel],

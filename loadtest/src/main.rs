@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_loadtest::run::find_max::{FindMaxOptions, find_max};
+use herald_loadtest::run::priority::{PriorityOptions, priority};
 use herald_loadtest::run::{Mix, RunOptions, plot, run, warm_up};
 use herald_loadtest::sandbox::config::herald_config;
 use herald_loadtest::sandbox::{Faults, Sandbox};
@@ -66,6 +67,34 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = humantime_duration)]
         duration: Duration,
     },
+    /// Check that transactional traffic stays ahead of a marketing backlog.
+    ///
+    /// Phase 1 sends a transactional probe alone; phase 2 sends the same probe beside a flood of
+    /// --flood-category at --flood-rate (set it above what `find-max` reports, so a backlog builds).
+    /// Passes when the probe's end-to-end p99 under the flood is within --max-ratio times its
+    /// unloaded p99 and every probe notification arrived. Herald must not cap the flood's category
+    /// (`[throttle] caps = []`), or the flood stops in the throttle stage:
+    ///
+    ///   herald-loadtest priority --key $KEY --probe-rate 50 --flood-rate 20000 --phase 20s --json
+    Priority {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Transactional notifications per second, in both phases.
+        #[arg(long, default_value_t = 50.0)]
+        probe_rate: f64,
+        /// Notifications per second of the flood in phase 2.
+        #[arg(long)]
+        flood_rate: f64,
+        /// The flood's category (not transactional).
+        #[arg(long, default_value = "marketing")]
+        flood_category: String,
+        /// Each phase's length.
+        #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+        phase: Duration,
+        /// The loaded probe p99 may be at most this many times the unloaded one.
+        #[arg(long, default_value_t = 2.0)]
+        max_ratio: f64,
+    },
     /// Find the highest rate Herald sustains: steps of rising rate until one fails.
     ///
     /// Each step is a whole `run` (same flags, but the rate): it passes when every notification
@@ -108,6 +137,7 @@ impl LoadArgs {
             drain: self.drain,
             progress: true,
             set_up: true,
+            category: "transactional".into(),
         }
     }
 }
@@ -256,6 +286,29 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{}", report.to_text());
+            }
+            Ok(())
+        }
+        Command::Priority { load, probe_rate, flood_rate, flood_category, phase, max_ratio } => {
+            let sandbox = load.sandbox.start().await?;
+            let mut options = PriorityOptions {
+                load: load.options(probe_rate, phase),
+                probe_rate,
+                flood_rate,
+                flood_category,
+                phase,
+                max_ratio,
+            };
+            warm_up(&mut options.load, load.warm_up, &sandbox).await.context("warm-up failed")?;
+            let report = priority(&options, &sandbox).await?;
+            sandbox.shutdown().await;
+            if load.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if !report.passed {
+                std::process::exit(1);
             }
             Ok(())
         }

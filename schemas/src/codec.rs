@@ -71,6 +71,7 @@ mod tests {
             received_at_ms: 7,
             request: NotificationRequest {
                 user_id: "u".into(),
+                topic: None,
                 template: "t".into(),
                 data: serde_json::json!({"a": [1, 2.5, null, {"b": "x"}], "c": true}),
                 channels: vec![ChannelKind::Push, ChannelKind::Email],

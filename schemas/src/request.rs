@@ -42,8 +42,13 @@ impl fmt::Display for ChannelKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationRequest {
-    /// The recipient; also the partitioning key of `herald-requests`.
+    /// The recipient; also the partitioning key of `herald-requests`. Empty for a broadcast
+    /// (`topic`), which becomes one notification per subscriber, each with its user id.
+    #[serde(default)]
     pub user_id: String,
+    /// A broadcast: every subscriber of this topic, instead of `user_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Template id; the locale variant is chosen from the user's locale.
     pub template: String,
     /// Variables for the template. Always an object.

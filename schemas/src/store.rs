@@ -388,3 +388,30 @@ pub trait ScheduleStore: Send + Sync + 'static {
     /// and how many joined in all.
     async fn digest_members(&self, digest: &NotificationId, limit: usize) -> Result<(Vec<Vec<u8>>, u64), StoreError>;
 }
+
+/// Users' subscriptions to named topics, and where each broadcast's fan-out stands.
+///
+/// A broadcast reads a topic's subscribers a page at a time ([`subscribers`](Self::subscribers)),
+/// so a million subscribers are never in memory at once.
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync + 'static {
+    /// Replaces the user's topics; returns the ones it had. Durable when it returns.
+    async fn set_topics(&self, user_id: &str, topics: &[String]) -> Result<Vec<String>, StoreError>;
+    /// The user's topics, sorted.
+    async fn topics_of(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
+    /// At most `limit` subscribers of `topic` after `cursor` (from the start when `None`), in an
+    /// order that does not change while paging, and the cursor of the next page (`None`: the end).
+    async fn subscribers(
+        &self,
+        topic: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>), StoreError>;
+    /// Where broadcast `id`'s fan-out stands: the cursor after its last appended page (`None`:
+    /// not started). Ordered durability.
+    async fn broadcast_cursor(&self, id: &NotificationId) -> Result<Option<String>, StoreError>;
+    async fn set_broadcast_cursor(&self, id: &NotificationId, cursor: &str) -> Result<(), StoreError>;
+}
+
+/// The cursor a broadcast's fan-out records once every page is appended.
+pub const BROADCAST_DONE: &str = "\u{0}done";

@@ -181,6 +181,7 @@ impl ThrottleStore for Throttle {
 pub fn request(user: &str, template: &str, channels: &[ChannelKind]) -> NotificationRequest {
     NotificationRequest {
         user_id: user.to_string(),
+        topic: None,
         template: template.to_string(),
         data: serde_json::json!({}),
         channels: channels.to_vec(),

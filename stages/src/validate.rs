@@ -116,8 +116,9 @@ pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Longest category name.
 pub const MAX_CATEGORY_CHARS: usize = 64;
 
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "user_id",
+    "topic",
     "template",
     "data",
     "channels",
@@ -231,8 +232,13 @@ impl Validator {
             Some(v @ Value::Object(_)) => v.clone(),
             Some(_) => return Err(Rejection::invalid("`data` must be an object")),
         };
+        let topic = optional_string(obj, "topic")?;
         let request = NotificationRequest {
-            user_id: required_string(obj, "user_id")?,
+            user_id: match &topic {
+                Some(_) => optional_string(obj, "user_id")?.unwrap_or_default(),
+                None => required_string(obj, "user_id")?,
+            },
+            topic,
             template: required_string(obj, "template")?,
             data,
             channels: parse_channels("channels", obj.get("channels"))?,
@@ -270,7 +276,22 @@ impl Validator {
     /// The pure checks of every field of a typed request.
     fn check_fields(&self, r: &NotificationRequest) -> Result<(), Rejection> {
         let max = self.limits.max_id_chars;
-        check_id("user_id", &r.user_id, max)?;
+        match &r.topic {
+            Some(topic) => {
+                if !r.user_id.is_empty() {
+                    return Err(Rejection::invalid("give `user_id` or `topic`, not both"));
+                }
+                if !is_category(topic) {
+                    return Err(Rejection::invalid(format!(
+                        "`topic` must be 1 to {MAX_CATEGORY_CHARS} characters of a-z, 0-9, '_' and '-'"
+                    )));
+                }
+                if r.digest.is_some() {
+                    return Err(Rejection::invalid("a broadcast (`topic`) cannot be folded into a digest"));
+                }
+            }
+            None => check_id("user_id", &r.user_id, max)?,
+        }
         check_id("template", &r.template, max)?;
         if let Some(key) = &r.idempotency_key {
             check_id("idempotency_key", key, max)?;
@@ -722,6 +743,23 @@ mod tests {
         }
         assert!(with(json!(["push"]), json!("sms")).unwrap_err().contains("`fallback` must be an array"));
         assert!(with(json!(["push"]), json!(["fax"])).unwrap_err().contains("`fallback` names \"fax\""));
+    }
+
+    #[test]
+    fn a_broadcast_names_a_topic_instead_of_a_user() {
+        let v = validator(store());
+        let mut raw = good();
+        raw.as_object_mut().unwrap().remove("user_id");
+        raw["topic"] = json!("news");
+        let r = v.parse(&raw).unwrap();
+        assert_eq!((r.user_id.as_str(), r.topic.as_deref()), ("", Some("news")));
+        raw["user_id"] = json!("u1");
+        assert!(v.parse(&raw).unwrap_err().message.contains("not both"));
+        raw.as_object_mut().unwrap().remove("user_id");
+        raw["topic"] = json!("News!");
+        assert!(v.parse(&raw).unwrap_err().message.contains("`topic` must be"));
+        raw.as_object_mut().unwrap().remove("topic");
+        assert_eq!(v.parse(&raw).unwrap_err().code, Rejection::MISSING_FIELD);
     }
 
     #[tokio::test]

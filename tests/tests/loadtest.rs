@@ -27,6 +27,7 @@ async fn a_short_run_receives_everything_it_sent_and_reports_it() {
         drain: Duration::from_secs(60),
         progress: false,
         set_up: true,
+        category: "transactional".into(),
     };
     // The warm-up sets up the users and the template, sends, and stays out of the report.
     let mut options = options;

@@ -86,6 +86,10 @@ pub(crate) struct Keyspaces {
     pub(crate) digest_open: Keyspace,
     pub(crate) digest_members: Keyspace,
     pub(crate) digest_member_of: Keyspace,
+    /// Topic subscriptions and broadcast progress, see `subscriptions.rs`.
+    pub(crate) user_topics: Keyspace,
+    pub(crate) topic_members: Keyspace,
+    pub(crate) broadcast_cursors: Keyspace,
 }
 
 impl Keyspaces {
@@ -115,6 +119,9 @@ impl Keyspaces {
             digest_open: ks("digest_open")?,
             digest_members: ks("digest_members")?,
             digest_member_of: ks("digest_member_of")?,
+            user_topics: ks("user_topics")?,
+            topic_members: ks("topic_members")?,
+            broadcast_cursors: ks("broadcast_cursors")?,
         })
     }
 }
@@ -133,6 +140,8 @@ pub(crate) struct StoreLocks {
     pub(crate) ledger: Mutex<()>,
     /// Serializes every call of the schedule store (holds, releases, cancels, digest joins).
     pub(crate) schedule: Mutex<()>,
+    /// Serializes `set_topics`' read of the old list and rewrite of the index.
+    pub(crate) subscriptions: Mutex<()>,
 }
 
 /// Takes a lock; a panic elsewhere while holding it does not make the data behind it wrong here

@@ -32,6 +32,8 @@
 //!   positions ([`herald_schemas::store::OffsetStore`]) and the timeline's own copy of the events
 //!   ([`herald_schemas::store::TimelineFeed`]).
 //! - `schedule.rs`: the schedule index and digests ([`herald_schemas::store::ScheduleStore`]).
+//! - `subscriptions.rs`: topic subscriptions and broadcast progress
+//!   ([`herald_schemas::store::SubscriptionStore`]).
 
 mod commit;
 mod db;
@@ -41,6 +43,7 @@ mod log;
 mod remote;
 mod schedule;
 mod stores;
+mod subscriptions;
 
 pub use commit::CommitStats;
 pub use db::{EmbeddedDb, EmbeddedOptions};

@@ -18,6 +18,7 @@
 
 pub mod find_max;
 pub mod plot;
+pub mod priority;
 pub mod report;
 
 use crate::sandbox::{OnAccept, Sandbox};
@@ -126,6 +127,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Put the users and the template first (a later step of `find-max` skips it).
     pub set_up: bool,
+    /// The notifications' category: `transactional` (the default: never capped, the priority
+    /// lane) or another, such as `marketing` for a flood behind it.
+    pub category: String,
 }
 
 /// Runs the load for `length` unmeasured (setting up the users and the template if `options`
@@ -229,32 +233,72 @@ async fn set_up(client: &reqwest::Client, options: &RunOptions) -> Result<(), Ru
 
 /// Runs the load against `options.target`, with `sandbox` standing in for the providers.
 pub async fn run(options: &RunOptions, sandbox: &Sandbox) -> Result<Report, RunError> {
-    if !options.rate.is_finite() || options.rate <= 0.0 || options.batch == 0 || options.users == 0 {
-        return Err(RunError::Options("rate, batch and users must be positive".into()));
+    let mut reports = run_together(std::slice::from_ref(options), sandbox).await?;
+    reports.pop().ok_or_else(|| RunError::Options("no run".into()))
+}
+
+/// Runs several loads at once (a transactional probe beside a marketing flood), each with its own
+/// run id and report; the sandbox's arrivals are told to every one, and each counts its own.
+pub async fn run_together(all: &[RunOptions], sandbox: &Sandbox) -> Result<Vec<Report>, RunError> {
+    for options in all {
+        if !options.rate.is_finite() || options.rate <= 0.0 || options.batch == 0 || options.users == 0 {
+            return Err(RunError::Options("rate, batch and users must be positive".into()));
+        }
     }
     let client =
         reqwest::Client::builder().pool_max_idle_per_host(256).build().map_err(|e| RunError::Options(e.to_string()))?;
-    if options.set_up {
+    for options in all.iter().filter(|o| o.set_up) {
         set_up(&client, options).await?;
     }
-
-    let total = (options.rate * options.duration.as_secs_f64()).round().max(1.0) as u64;
-    let run_id = format!("{:08x}", rand::random::<u32>());
-    let shared = Arc::new(Shared {
-        intended: Mutex::default(),
-        arrivals: Mutex::default(),
-        ack: Mutex::new(histogram()),
-        errors: Mutex::default(),
-        requested: AtomicU64::new(0),
-        accepted: AtomicU64::new(0),
-    });
+    let shared: Vec<Arc<Shared>> = all
+        .iter()
+        .map(|_| {
+            Arc::new(Shared {
+                intended: Mutex::default(),
+                arrivals: Mutex::default(),
+                ack: Mutex::new(histogram()),
+                errors: Mutex::default(),
+                requested: AtomicU64::new(0),
+                accepted: AtomicU64::new(0),
+            })
+        })
+        .collect();
     let before = sandbox.state.view();
-    let arrivals = Arc::clone(&shared);
+    let observers = shared.clone();
     let on_accept: OnAccept = Arc::new(move |_provider, delivery| {
-        arrivals.arrivals.lock().unwrap_or_else(PoisonError::into_inner).push((delivery.to_string(), Instant::now()));
+        let at = Instant::now();
+        for s in &observers {
+            s.arrivals.lock().unwrap_or_else(PoisonError::into_inner).push((delivery.to_string(), at));
+        }
     });
     sandbox.state.observe_accepted(Some(on_accept));
+    let runs = all.iter().zip(&shared).map(|(options, shared)| generate(&client, options, shared));
+    let generated = futures_util::future::join_all(runs).await;
+    sandbox.state.observe_accepted(None);
+    let after = sandbox.state.view();
+    let duplicates = after.iter().map(|(p, s)| s.duplicates - before.get(p).map_or(0, |b| b.duplicates)).sum();
+    Ok(all
+        .iter()
+        .zip(&shared)
+        .zip(generated)
+        .map(|((options, shared), (run_id, start, last_sent))| {
+            summarize(options, &run_id, shared, start, last_sent, duplicates)
+        })
+        .collect())
+}
 
+/// Deliveries of this run's notifications that arrived.
+fn received_deliveries(shared: &Shared) -> u64 {
+    let intended = shared.intended.lock().unwrap_or_else(PoisonError::into_inner);
+    let arrivals = shared.arrivals.lock().unwrap_or_else(PoisonError::into_inner);
+    arrivals.iter().filter(|(d, _)| intended.contains_key(d.split('.').next().unwrap_or_default())).count() as u64
+}
+
+/// Sends one run's load on schedule and waits (at most `drain`) for its deliveries: its run id,
+/// start and last send.
+async fn generate(client: &reqwest::Client, options: &RunOptions, shared: &Arc<Shared>) -> (String, Instant, Instant) {
+    let total = (options.rate * options.duration.as_secs_f64()).round().max(1.0) as u64;
+    let run_id = format!("{:08x}", rand::random::<u32>());
     let bar = if options.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} sent {msg}")
@@ -276,12 +320,12 @@ pub async fn run(options: &RunOptions, sandbox: &Sandbox) -> Result<Report, RunE
             .zip(&channels)
             .map(|(n, channel)| {
                 json!({ "user_id": format!("lt-{}", n % options.users as u64), "template": "loadtest",
-                        "channels": [channel.as_str()], "category": "transactional",
+                        "channels": [channel.as_str()], "category": options.category,
                         "idempotency_key": format!("{run_id}-{n}"), "data": { "n": n } })
             })
             .collect();
         let request = client.post(&url).bearer_auth(&options.key).json(&json!({ "notifications": items }));
-        let shared = Arc::clone(&shared);
+        let shared = Arc::clone(shared);
         let intended = at.into_std();
         shared.requested.fetch_add(numbers.len() as u64, Ordering::Relaxed);
         requests.spawn(async move { acknowledge(request, intended, &channels, &shared).await });
@@ -296,19 +340,15 @@ pub async fn run(options: &RunOptions, sandbox: &Sandbox) -> Result<Report, RunE
         shared.intended.lock().unwrap_or_else(PoisonError::into_inner).values().map(|(_, n)| u64::from(*n)).sum();
     let deadline = Instant::now() + options.drain;
     loop {
-        let arrived = shared.arrivals.lock().unwrap_or_else(PoisonError::into_inner).len() as u64;
+        let arrived = received_deliveries(shared);
         bar.set_message(format!("· {arrived}/{expected} deliveries received"));
         if arrived >= expected || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sandbox.state.observe_accepted(None);
     bar.finish_and_clear();
-
-    let after = sandbox.state.view();
-    let duplicates = after.iter().map(|(p, s)| s.duplicates - before.get(p).map_or(0, |b| b.duplicates)).sum();
-    Ok(summarize(options, &run_id, &shared, start.into_std(), last_sent, duplicates))
+    (run_id, start.into_std(), last_sent)
 }
 
 /// Sends one batch and records its acknowledgement: latency from the intended time, and each
@@ -392,7 +432,7 @@ fn summarize(
         requested: shared.requested.load(Ordering::Relaxed),
         sent,
         received,
-        deliveries_received: arrivals.len() as u64,
+        deliveries_received: intended.keys().filter_map(|id| seen.get(id.as_str())).map(|(n, _)| u64::from(*n)).sum(),
         duplicates,
         throughput_per_s: received as f64 / elapsed,
         ack_latency_ms: Percentiles::of(&ack),

@@ -156,6 +156,7 @@ impl Scheduler {
         }
         let request = NotificationRequest {
             user_id: first.request.user_id.clone(),
+            topic: None,
             template: spec.map(|s| s.template).unwrap_or(first.request.template.clone()),
             data: json!({ "key": key, "count": count, "items": Value::Array(items) }),
             channels: first.request.channels.clone(),

@@ -1,0 +1,96 @@
+//! `herald-loadtest priority`: is transactional traffic kept ahead of a marketing backlog?
+//!
+//! Two phases against one running Herald, each a [`run`](super::run_together):
+//! 1. **unloaded**: a transactional probe alone (`probe_rate`, `phase` long);
+//! 2. **loaded**: the same probe beside a flood of `flood_category` (default `marketing`) at
+//!    `flood_rate`, which should be above what Herald sustains (see `find-max`) so that a
+//!    backlog builds in the normal lane and the API sheds the flood with 503.
+//!
+//! The verdict compares the probe's end-to-end p99 in the two phases: the priority lane holds
+//! when the loaded p99 is within `max_ratio` (2) times the unloaded one. The generator runs on the
+//! same machine as Herald, so the flood also takes CPU from Herald; the ratio includes that.
+
+use super::report::Report;
+use super::{RunError, RunOptions, run, run_together};
+use crate::sandbox::Sandbox;
+use serde::Serialize;
+use std::fmt::Write;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct PriorityOptions {
+    /// The probe's shape (target, key, mix, users, batch, drain); its rate and category are set
+    /// here.
+    pub load: RunOptions,
+    pub probe_rate: f64,
+    pub flood_rate: f64,
+    pub flood_category: String,
+    pub phase: Duration,
+    /// The loaded p99 may be at most this many times the unloaded one.
+    pub max_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PriorityReport {
+    pub unloaded: Report,
+    pub loaded: Report,
+    pub flood: Report,
+    /// Loaded over unloaded probe end-to-end p99.
+    pub p99_ratio: f64,
+    pub max_ratio: f64,
+    pub passed: bool,
+}
+
+pub async fn priority(options: &PriorityOptions, sandbox: &Sandbox) -> Result<PriorityReport, RunError> {
+    if options.flood_category == herald_schemas::TRANSACTIONAL {
+        return Err(RunError::Options("the flood must not be transactional: it is what the probe overtakes".into()));
+    }
+    let probe = RunOptions {
+        rate: options.probe_rate,
+        duration: options.phase,
+        category: herald_schemas::TRANSACTIONAL.into(),
+        ..options.load.clone()
+    };
+    let unloaded = run(&probe, sandbox).await?;
+    let probe = RunOptions { set_up: false, ..probe };
+    let flood = RunOptions {
+        rate: options.flood_rate,
+        category: options.flood_category.clone(),
+        progress: false,
+        ..probe.clone()
+    };
+    let mut reports = run_together(&[probe, flood], sandbox).await?;
+    let (Some(flood), Some(loaded)) = (reports.pop(), reports.pop()) else {
+        return Err(RunError::Options("a run did not report".into()));
+    };
+    let base = unloaded.e2e_latency_ms.p99.max(f64::EPSILON);
+    let p99_ratio = loaded.e2e_latency_ms.p99 / base;
+    let complete = |r: &Report| r.received == r.sent && r.sent > 0;
+    let passed = p99_ratio <= options.max_ratio && complete(&unloaded) && complete(&loaded);
+    Ok(PriorityReport { unloaded, loaded, flood, p99_ratio, max_ratio: options.max_ratio, passed })
+}
+
+impl PriorityReport {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, name: &str, r: &Report| {
+            let e = &r.e2e_latency_ms;
+            let _ = writeln!(
+                out,
+                "{name:<22} {:>8.0}/s asked  {:>7} sent  {:>7} received  e2e p50 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms  errors {:?}",
+                r.rate_per_s, r.sent, r.received, e.p50, e.p99, e.max, r.errors
+            );
+        };
+        line(&mut out, "probe, unloaded", &self.unloaded);
+        line(&mut out, "probe, under the flood", &self.loaded);
+        line(&mut out, "flood", &self.flood);
+        let _ = writeln!(
+            out,
+            "transactional p99 under the flood: {:.2}x unloaded (limit {:.1}x): {}",
+            self.p99_ratio,
+            self.max_ratio,
+            if self.passed { "PASS" } else { "FAIL" }
+        );
+        out
+    }
+}
