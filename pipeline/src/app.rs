@@ -14,8 +14,8 @@ use herald_schemas::analytics::RecipientHasher;
 use herald_schemas::job::Route;
 use herald_schemas::stage::{Clock, SystemClock};
 use herald_schemas::store::{
-    ContactStore, DedupStore, KeyStore, LedgerStore, Membership, OffsetStore, ScheduleStore, TemplateStore,
-    ThrottleStore, TimelineFeed, TimelineStore,
+    ContactStore, DedupStore, KeyStore, LedgerStore, Membership, OffsetStore, ScheduleStore, SubscriptionStore,
+    TemplateStore, ThrottleStore, TimelineFeed, TimelineStore,
 };
 use herald_schemas::topic::{self, LogError, TopicLog};
 use herald_stages::enrich::{ContactCache, ContactCacheConfig};
@@ -37,6 +37,8 @@ pub struct Backends {
     pub timeline: Arc<dyn TimelineStore>,
     /// The schedule index (`send_at`, quiet hours) and the digests collecting.
     pub schedule: Arc<dyn ScheduleStore>,
+    /// Users' topic subscriptions, for broadcasts.
+    pub subscriptions: Arc<dyn SubscriptionStore>,
     /// Where the timeline sink writes `herald-events`; `None` when the timeline store reads the
     /// events log itself (embedded), and then no sink runs.
     pub timeline_feed: Option<Arc<dyn TimelineFeed>>,
@@ -106,10 +108,15 @@ impl Backends {
         } else {
             None
         };
-        let (stores, schedule) = match &state {
+        let (stores, schedule, subscriptions) = match &state {
             StateBackend::Embedded => {
                 let db = embedded.clone().ok_or_else(|| OpenError::State("embedded database not open".into()))?;
-                (StateStores::of(Arc::new(db.clone()), None), Arc::new(db) as Arc<dyn ScheduleStore>)
+                let db = Arc::new(db);
+                (
+                    StateStores::of(db.clone(), None),
+                    db.clone() as Arc<dyn ScheduleStore>,
+                    db as Arc<dyn SubscriptionStore>,
+                )
             }
             #[cfg(feature = "scylla")]
             StateBackend::Scylla(options) => {
@@ -117,7 +124,9 @@ impl Backends {
                     .await
                     .map_err(|e| OpenError::State(e.to_string()))?;
                 let scylla = Arc::new(scylla);
-                (StateStores::of(scylla.clone(), Some(scylla.clone())), scylla as Arc<dyn ScheduleStore>)
+                // TEMPORARY (until the ScyllaDB subscription store lands, this session).
+                let _ = (StateStores::of(scylla.clone(), Some(scylla.clone())), scylla as Arc<dyn ScheduleStore>);
+                return Err(OpenError::State("the ScyllaDB subscription store is not built yet".into()));
             }
         };
         let log: Arc<dyn TopicLog> = match &topics {
@@ -144,6 +153,7 @@ impl Backends {
             keys: stores.keys,
             timeline: stores.timeline,
             schedule,
+            subscriptions,
             timeline_feed: fed.then_some(stores.feed),
             embedded,
             membership: stores.membership,
@@ -152,8 +162,15 @@ impl Backends {
 
     /// Creates every topic Herald uses (idempotent; a different partition count is refused).
     pub async fn ensure_topics(&self, partitions: u32) -> Result<(), LogError> {
-        let mut names =
-            vec![topic::INGEST, topic::REQUESTS, topic::REQUESTS_PRIORITY, topic::EVENTS, topic::RETRY, topic::DEAD];
+        let mut names = vec![
+            topic::INGEST,
+            topic::REQUESTS,
+            topic::REQUESTS_PRIORITY,
+            topic::BROADCASTS,
+            topic::EVENTS,
+            topic::RETRY,
+            topic::DEAD,
+        ];
         names.extend(Route::ALL.iter().flat_map(|r| [r.topic(), r.priority_topic()]));
         for name in names {
             self.log.ensure_topic(name, partitions).await?;

@@ -362,6 +362,9 @@ pub struct ScheduleConfig {
     pub page: NonZeroU32,
     /// Most notifications a digest message lists in `items` (`count` tells how many there were).
     pub digest_items: NonZeroU32,
+    /// Subscribers a broadcast reads and fans out per step: what it holds in memory, however
+    /// many subscribers the topic has.
+    pub broadcast_page: NonZeroU32,
 }
 
 impl Default for ScheduleConfig {
@@ -370,6 +373,7 @@ impl Default for ScheduleConfig {
             poll_interval: Duration::from_millis(250),
             page: NonZeroU32::new(1_000).unwrap_or(NonZeroU32::MIN),
             digest_items: NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN),
+            broadcast_page: NonZeroU32::new(1_000).unwrap_or(NonZeroU32::MIN),
         }
     }
 }

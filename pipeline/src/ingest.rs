@@ -142,7 +142,11 @@ impl Ingestor {
                             holds.push(Hold {
                                 id: id.clone(),
                                 reason: HoldReason::SendAt,
-                                partition: topic::partition_for_key(user_id.as_bytes(), self.request_partitions),
+                                partition: topic::partition_for_key(
+                                    // A broadcast's partition follows its id, like its record.
+                                    if envelope.request.topic.is_some() { id.0.as_bytes() } else { user_id.as_bytes() },
+                                    self.request_partitions,
+                                ),
                                 due_at_ms,
                                 client_id: client_id.to_string(),
                                 envelope: codec::encode(&envelope),

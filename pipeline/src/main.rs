@@ -408,7 +408,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 bail!("cannot tell the format of {} from its name; pass --format csv or --format jsonl", file.display())
             };
             let app = commands::open_for_command(config, dir, "import users with PUT /v1/users/{id}").await?;
-            let report = contacts::import(app.backends.contacts.as_ref(), &file, format).await?;
+            let b = &app.backends;
+            let report = contacts::import(b.contacts.as_ref(), b.subscriptions.as_ref(), &file, format).await?;
             eprintln!("{} created, {} updated, {} skipped", report.created, report.updated, report.skipped.len());
             Ok(())
         }

@@ -33,6 +33,7 @@ pub const RETRY_RELEASED: &str = "herald_retry_released_total";
 pub const SCHEDULE_RELEASED: &str = "herald_schedule_released_total";
 pub const SCHEDULE_LATENESS: &str = "herald_schedule_lateness_seconds";
 pub const SCHEDULE_UNREADABLE: &str = "herald_schedule_unreadable_total";
+pub const BROADCAST_RECIPIENTS: &str = "herald_broadcast_recipients_total";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
 pub const RECORDS_UNDECODABLE: &str = "herald_records_undecodable_total";
@@ -226,6 +227,11 @@ pub fn retry_released(released: usize, waiting: usize) {
 pub fn schedule_released(reason: &'static str, late_ms: u64) {
     counter!(SCHEDULE_RELEASED, "reason" => reason).increment(1);
     histogram!(SCHEDULE_LATENESS, "reason" => reason).record(late_ms as f64 / 1000.0);
+}
+
+/// Subscribers a broadcast page reached.
+pub fn broadcast_recipients(n: usize) {
+    counter!(BROADCAST_RECIPIENTS).increment(n as u64);
 }
 
 /// A hold whose stored request could not be read back (dropped).

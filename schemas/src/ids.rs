@@ -30,6 +30,15 @@ impl NotificationId {
     }
 }
 
+impl NotificationId {
+    /// The id of a broadcast's notification to one subscriber: a UUID (version 8) derived from
+    /// the broadcast and the user, so fanning a broadcast out again yields the same ids.
+    pub fn for_subscriber(broadcast: &NotificationId, user_id: &str) -> Self {
+        let hash = xxh3_128(format!("broadcast\x1f{}\x1f{user_id}", broadcast.0).as_bytes());
+        Self(uuid::Uuid::new_v8(hash.to_be_bytes()).to_string())
+    }
+}
+
 impl fmt::Display for NotificationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -23,6 +23,9 @@ pub const REQUESTS: &str = "herald-requests";
 /// own topic and chain, so a marketing backlog on [`REQUESTS`] never delays them.
 pub const REQUESTS_PRIORITY: &str = "herald-requests-priority";
 pub const EVENTS: &str = "herald-events";
+/// Broadcasts (a request naming a `topic`), keyed by notification id, until fanned out to every
+/// subscriber on [`REQUESTS`].
+pub const BROADCASTS: &str = "herald-broadcasts";
 /// Deliveries waiting for their next attempt ([`crate::job::RetryJob`]).
 pub const RETRY: &str = "herald-retry";
 /// Deliveries given up ([`crate::job::DeadLetter`]).

@@ -48,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/notifications", post(post_notifications))
         .route("/v1/notifications/{id}", get(get_notification).delete(delete_notification))
         .route("/v1/users/{user_id}", put(put_user).get(get_user))
+        .route("/v1/users/{user_id}/topics", put(put_topics).get(get_topics))
         .route("/v1/templates", post(post_template))
         .route("/v1/keys", post(post_key))
         .route("/v1/analytics/sql", post(post_sql))
@@ -303,6 +304,52 @@ async fn get_user(State(s): State<ApiState>, Path(user_id): Path<String>, req: R
         Some(user) => Ok(axum::Json(user).into_response()),
         None => Err(ApiError::not_found(format!("no user {user_id}"))),
     }
+}
+
+/// Most topics one user may follow.
+const MAX_TOPICS_PER_USER: usize = 100;
+
+/// Replaces the topics the user follows (`{"topics": ["news", …]}`); broadcasts to a topic reach
+/// its followers. The user must exist.
+async fn put_topics(
+    State(s): State<ApiState>,
+    Path(user_id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    authorize(&s, req.headers(), Scope::Contacts).await?;
+    let body: Value = read_json(&s, req).await?;
+    let bad = |m: String| ApiError::bad_request("invalid_topics", m);
+    let topics: Vec<String> = body
+        .get("topics")
+        .and_then(Value::as_array)
+        .and_then(|list| list.iter().map(|t| t.as_str().map(String::from)).collect())
+        .ok_or_else(|| bad("expected {\"topics\": [\"name\", …]}".into()))?;
+    if topics.len() > MAX_TOPICS_PER_USER {
+        return Err(bad(format!("a user follows at most {MAX_TOPICS_PER_USER} topics")));
+    }
+    if let Some(t) = topics.iter().find(|t| !herald_stages::validate::is_category(t)) {
+        let shown: String = t.chars().take(64).collect();
+        return Err(bad(format!("topic {shown:?} must be 1 to 64 characters of a-z, 0-9, '_' and '-'")));
+    }
+    let users =
+        s.app.backends.contacts.get_users(std::slice::from_ref(&user_id)).await.map_err(|e| ApiError::internal(&e))?;
+    if users.into_iter().next().flatten().is_none() {
+        return Err(ApiError::not_found(format!("no user {user_id}")));
+    }
+    let subscriptions = &s.app.backends.subscriptions;
+    subscriptions.set_topics(&user_id, &topics).await.map_err(|e| ApiError::internal(&e))?;
+    let now = subscriptions.topics_of(&user_id).await.map_err(|e| ApiError::internal(&e))?;
+    Ok(axum::Json(json!({ "user_id": user_id, "topics": now })).into_response())
+}
+
+async fn get_topics(
+    State(s): State<ApiState>,
+    Path(user_id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    authorize(&s, req.headers(), Scope::Contacts).await?;
+    let topics = s.app.backends.subscriptions.topics_of(&user_id).await.map_err(|e| ApiError::internal(&e))?;
+    Ok(axum::Json(json!({ "user_id": user_id, "topics": topics })).into_response())
 }
 
 async fn post_template(State(s): State<ApiState>, req: Request) -> Result<Response, ApiError> {

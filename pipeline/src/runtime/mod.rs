@@ -6,6 +6,8 @@
 //! - the retry scheduler ([`retry`]): `herald-retry` back onto the delivery topics when due;
 //! - the scheduler ([`schedule`]): the schedule index (`send_at`, quiet hours, digests) back into
 //!   `herald-requests` when due;
+//! - the broadcast expander ([`broadcast`]): `herald-broadcasts`, a page of subscribers at a time,
+//!   into one request per subscriber;
 //! - the timeline sink ([`timeline`]) over `herald-events`, when the timeline store needs a feed;
 //! - the `herald-ingest` consumer ([`ingest_topic`]);
 //! - the analytics sink ([`crate::analytics::sink`]): `herald-events` as Parquet files;
@@ -15,6 +17,7 @@
 //! replays from the last commit. [`Runtime::stop`] stops the readers and
 //! lets every chain drain and commit what it holds before returning.
 
+pub mod broadcast;
 pub mod dispatch;
 pub mod ingest_topic;
 pub mod monitor;
@@ -174,6 +177,24 @@ impl Runtime {
             max_data_bytes: app.validator.limits().max_data_bytes,
         };
         tasks.push(tokio::spawn(supervise("schedule", shutdown.clone(), move |t, set| scheduler.start(t, set))));
+
+        let expander = broadcast::BroadcastExpander {
+            log: log.clone(),
+            store: app.backends.subscriptions.clone(),
+            owned: owned.clone(),
+            partitions,
+            read: read.clone(),
+            clock: app.clock.clone(),
+            page: app.config.schedule.broadcast_page.get() as usize,
+            request_lag: request_lag.clone(),
+            lag_high_water: app.config.api.lag_high_water,
+        };
+        watches.push(Watch {
+            group: broadcast::GROUP.into(),
+            topic: topic::BROADCASTS.into(),
+            partitions: owned.clone(),
+        });
+        tasks.push(tokio::spawn(supervise("broadcast", shutdown.clone(), move |t, set| expander.start(t, set))));
 
         if let Some(store) = app.backends.timeline_feed.clone() {
             let sink =

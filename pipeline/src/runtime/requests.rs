@@ -157,18 +157,25 @@ pub fn job_appends<'a>(jobs: impl IntoIterator<Item = &'a DeliveryJob>, partitio
         .collect()
 }
 
-/// Accepted requests as appends to their lane's topic ([`topic::requests_topic`]), keyed by user id.
+/// Accepted requests as appends to their lane's topic ([`topic::requests_topic`]), keyed by user
+/// id; a broadcast (a request naming a `topic`) to [`topic::BROADCASTS`], keyed by its id.
 pub fn request_appends(envelopes: &[RequestEnvelope], partitions: u32) -> Vec<Append> {
-    let (priority, normal): (Vec<&RequestEnvelope>, Vec<&RequestEnvelope>) =
-        envelopes.iter().partition(|e| topic::requests_topic(&e.request.category) == topic::REQUESTS_PRIORITY);
-    let records = |list: Vec<&RequestEnvelope>| -> Vec<Record> {
-        list.into_iter()
-            .map(|e| Record { key: e.request.user_id.as_bytes().to_vec(), value: codec::encode(e) })
-            .collect()
-    };
-    let mut parts = topic::keyed_appends(topic::REQUESTS, partitions, records(normal));
-    parts.extend(topic::keyed_appends(topic::REQUESTS_PRIORITY, partitions, records(priority)));
-    parts
+    let mut lanes: [Vec<Record>; 3] = Default::default();
+    for e in envelopes {
+        let (lane, key) = match &e.request.topic {
+            Some(_) => (2, e.id.0.as_bytes()),
+            None if topic::requests_topic(&e.request.category) == topic::REQUESTS_PRIORITY => {
+                (1, e.request.user_id.as_bytes())
+            }
+            None => (0, e.request.user_id.as_bytes()),
+        };
+        lanes[lane].push(Record { key: key.to_vec(), value: codec::encode(e) });
+    }
+    [topic::REQUESTS, topic::REQUESTS_PRIORITY, topic::BROADCASTS]
+        .into_iter()
+        .zip(lanes)
+        .flat_map(|(name, records)| topic::keyed_appends(name, partitions, records))
+        .collect()
 }
 
 /// Records about jobs (the jobs themselves, retries, dead letters), keyed and so partitioned by
