@@ -22,8 +22,8 @@ use herald_schemas::ids::{DeliveryId, NotificationId};
 use herald_schemas::job::Route;
 use herald_schemas::store::{
     ApiKeyRecord, CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, DigestJoined, HoldReason, HoldState,
-    KeyStore, LedgerState, LedgerStore, Membership, OffsetStore, ScheduleStore, Scope, SinkPosition, TemplateStore,
-    ThrottleStore, TimelineFeed, TimelineStore,
+    KeyStore, LedgerState, LedgerStore, Membership, OffsetStore, ScheduleStore, Scope, SinkPosition, SubscriptionStore,
+    TemplateStore, ThrottleStore, TimelineFeed, TimelineStore,
 };
 use herald_schemas::template::{SmsPart, Template};
 use herald_schemas::topic::Commit;
@@ -521,6 +521,88 @@ async fn concurrent_joins_of_one_user_and_key_each_count_once() {
         expected.sort();
         assert_eq!(members, expected, "each member once");
         assert_eq!(db.due(3, 601_000, 10).await.unwrap().len(), 1, "one digest hold");
+    })
+    .await;
+}
+
+#[path = "contracts/subscriptions.rs"]
+mod subscriptions_contract;
+
+#[tokio::test]
+async fn subscribers_come_in_stable_pages_and_follow_changes() {
+    with_keyspace(|db| async move {
+        subscriptions_contract::subscribers_come_in_stable_pages_and_follow_changes(&db).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stored_cursor_resumes_the_fan_out_where_it_stood() {
+    with_keyspace(
+        |db| async move { subscriptions_contract::a_stored_cursor_resumes_the_fan_out_where_it_stood(&db).await },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_large_topic_pages_through_every_bucket_each_subscriber_once() {
+    with_keyspace(|db| async move {
+        let users: Vec<String> = (0..300).map(|u| format!("user-{u:03}")).collect();
+        let each = users.iter().map(|u| {
+            let (db, u) = (db.clone(), u.clone());
+            tokio::spawn(async move { db.set_topics(&u, &subscriptions_contract::topics(&["big"])).await.unwrap() })
+        });
+        for call in each.collect::<Vec<_>>() {
+            call.await.unwrap();
+        }
+        let (all, pages) = subscriptions_contract::read_all(&db, "big", None, 7).await;
+        assert_eq!(pages, 300_usize.div_ceil(7));
+        let mut sorted = all;
+        sorted.sort();
+        assert_eq!(sorted, users);
+        // Cursors name the bucket they stopped in: every bucket was crossed, in order.
+        let mut cursor: Option<String> = None;
+        let mut buckets = Vec::new();
+        while let (_, Some(next)) = db.subscribers("big", cursor.as_deref(), 7).await.unwrap() {
+            buckets.push(next[..2].to_string());
+            cursor = Some(next);
+        }
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        // These 300 users put at least 9 in each bucket, so some page ends in every one.
+        buckets.dedup();
+        assert_eq!(buckets, (0..16).map(|b| format!("{b:02}")).collect::<Vec<_>>());
+    })
+    .await;
+}
+
+/// Adds `topic` to the user's stored set only, as step 2 of an interrupted `set_topics` does.
+async fn widen_stored_topics(db: &ScyllaState, user_id: &str, topic: &str) {
+    let cql = format!("UPDATE {}.user_topics SET topics = topics + ? WHERE user_id = ?", db.options().keyspace);
+    db.session().query_unpaged(cql, (vec![topic.to_string()], user_id)).await.unwrap();
+}
+
+#[tokio::test]
+async fn setting_topics_again_repairs_what_an_interrupted_call_left() {
+    with_keyspace(|db| async move {
+        let topics = subscriptions_contract::topics;
+        // u1 went from news to ghost and stopped before narrowing its set: the set is the union,
+        // the index has ghost only. The next call removes every topic of the set it does not keep.
+        db.set_topics("u1", &topics(&["ghost"])).await.unwrap();
+        widen_stored_topics(&db, "u1", "news").await;
+        assert_eq!(db.topics_of("u1").await.unwrap(), ["ghost", "news"]);
+        assert_eq!(db.set_topics("u1", &topics(&["sports"])).await.unwrap(), ["ghost", "news"]);
+        assert_eq!(db.topics_of("u1").await.unwrap(), ["sports"]);
+        for gone in ["ghost", "news"] {
+            assert_eq!(db.subscribers(gone, None, 10).await.unwrap(), (Vec::new(), None), "{gone}");
+        }
+        assert_eq!(db.subscribers("sports", None, 10).await.unwrap().0, ["u1"]);
+
+        // u2 went from news to ghost and stopped before the index: the retry writes it.
+        db.set_topics("u2", &topics(&["news"])).await.unwrap();
+        widen_stored_topics(&db, "u2", "ghost").await;
+        assert_eq!(db.set_topics("u2", &topics(&["ghost"])).await.unwrap(), ["ghost", "news"]);
+        assert_eq!(db.subscribers("ghost", None, 10).await.unwrap().0, ["u2"]);
+        assert_eq!(db.subscribers("news", None, 10).await.unwrap(), (Vec::new(), None));
     })
     .await;
 }

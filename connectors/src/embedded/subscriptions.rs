@@ -129,50 +129,40 @@ impl SubscriptionStore for EmbeddedDb {
     }
 }
 
+/// The tests every [`SubscriptionStore`] passes (the ScyllaDB one too).
+#[cfg(test)]
+#[path = "../../tests/contracts/subscriptions.rs"]
+mod contract;
+
 #[cfg(test)]
 mod tests {
+    use super::contract;
     use super::*;
     use crate::embedded::EmbeddedOptions;
 
-    #[tokio::test]
-    async fn subscribers_come_in_pages_in_user_order_and_follow_changes() {
+    fn open() -> (tempfile::TempDir, EmbeddedDb) {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        let topics = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<_>>();
-        for u in 0..25 {
-            let list = if u % 5 == 0 { topics(&["news", "sports"]) } else { topics(&["news"]) };
-            assert!(db.set_topics(&format!("u{u:02}"), &list).await.unwrap().is_empty());
-        }
-        // "news" must not be read as a prefix of another topic's keys.
-        db.set_topics("z", &topics(&["newsletter"])).await.unwrap();
-        let mut all = Vec::new();
-        let mut cursor: Option<String> = None;
-        let mut pages = 0;
-        loop {
-            let (page, next) = db.subscribers("news", cursor.as_deref(), 10).await.unwrap();
-            assert!(page.len() <= 10);
-            all.extend(page);
-            pages += 1;
-            match next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
-        assert_eq!(pages, 3);
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn subscribers_come_in_stable_pages_and_follow_changes() {
+        let (_dir, db) = open();
+        contract::subscribers_come_in_stable_pages_and_follow_changes(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_stored_cursor_resumes_the_fan_out_where_it_stood() {
+        let (_dir, db) = open();
+        contract::a_stored_cursor_resumes_the_fan_out_where_it_stood(&db).await;
+    }
+
+    #[tokio::test]
+    async fn subscribers_come_in_user_id_order() {
+        let (_dir, db) = open();
+        contract::subscribe_25(&db).await;
+        let (all, _) = contract::read_all(&db, "news", None, 10).await;
         assert_eq!(all, (0..25).map(|u| format!("u{u:02}")).collect::<Vec<_>>());
-        assert_eq!(db.subscribers("sports", None, 100).await.unwrap().0, ["u00", "u05", "u10", "u15", "u20"]);
-
-        // Replacing a user's topics moves them in the index; an empty list removes them.
-        assert_eq!(db.set_topics("u05", &topics(&["weather"])).await.unwrap(), ["news", "sports"]);
-        assert_eq!(db.topics_of("u05").await.unwrap(), ["weather"]);
-        assert_eq!(db.subscribers("sports", None, 100).await.unwrap().0, ["u00", "u10", "u15", "u20"]);
-        db.set_topics("u00", &[]).await.unwrap();
-        assert!(db.topics_of("u00").await.unwrap().is_empty());
-        assert_eq!(db.subscribers("news", None, 100).await.unwrap().0.len(), 23);
-
-        let id = NotificationId("b1".into());
-        assert_eq!(db.broadcast_cursor(&id).await.unwrap(), None);
-        db.set_broadcast_cursor(&id, "u10").await.unwrap();
-        assert_eq!(db.broadcast_cursor(&id).await.unwrap().as_deref(), Some("u10"));
     }
 }

@@ -81,6 +81,12 @@
 //!     `digest_open ((user_id, digest_key)) → digest_id`, opened `IF NOT EXISTS`, closed `IF
 //!     digest_id = ?`; `digest_member_of (member_id PK) → digest_id`, `IF NOT EXISTS` with a TTL of
 //!     the window plus a week (a replayed join changes nothing).
+//! - Subscriptions ([`SubscriptionStore`]; `subscriptions.rs` says why): `user_topics (user_id
+//!   PK, topics set<text>)`; `topic_subscribers ((topic, bucket), user_id)`, a topic's subscribers
+//!   split into 16 partitions by a salted hash of the user id and paged in (bucket, user id) order
+//!   with `LIMIT`, a few bounded queries per page; `broadcast_cursors (broadcast_id PK, cursor)`
+//!   with a TTL of 30 days. All plain writes: `set_topics` widens the stored set before it touches
+//!   the index and narrows it after, so a crash never leaves an index row it would not remove.
 //!
 //! # Layout
 //! - `options.rs`: [`ScyllaOptions`] and the `scylla://` URL.
@@ -89,11 +95,13 @@
 //! - `state.rs`: [`ScyllaState`]: the session and the request helpers every store uses.
 //! - `values.rs`: column encodings, TTLs, reading an LWT's answer.
 //! - One file per store: `contacts.rs`, `templates.rs`, `dedup.rs`, `throttle.rs`, `ledger.rs`,
-//!   `keys.rs`, `timeline.rs`, `offsets.rs`, `membership.rs`, `schedule.rs` (with `digests.rs`);
+//!   `keys.rs`, `timeline.rs`, `offsets.rs`, `membership.rs`, `schedule.rs` (with `digests.rs`),
+//!   `subscriptions.rs`;
 //!   each keeps its decisions in pure functions, tested without a cluster. Tests against a live
 //!   cluster are in `connectors/tests/scylla.rs` (they run when `HERALD_SCYLLA_NODES` is set).
 //!
 //! [`ScheduleStore`]: herald_schemas::store::ScheduleStore
+//! [`SubscriptionStore`]: herald_schemas::store::SubscriptionStore
 //! [`TimelineStore`]: herald_schemas::store::TimelineStore
 //! [`TimelineFeed`]: herald_schemas::store::TimelineFeed
 
@@ -109,6 +117,7 @@ mod schedule;
 mod schema;
 mod state;
 pub mod statements;
+mod subscriptions;
 mod templates;
 mod throttle;
 mod timeline;

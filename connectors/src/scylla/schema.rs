@@ -78,6 +78,12 @@ pub fn schema_statements(options: &ScyllaOptions) -> Vec<String> {
              PRIMARY KEY ((user_id, digest_key)))"
         ),
         format!("CREATE TABLE IF NOT EXISTS {ks}.digest_member_of (member_id text PRIMARY KEY, digest_id text)"),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.user_topics (user_id text PRIMARY KEY, topics set<text>)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.topic_subscribers (topic text, bucket int, user_id text, \
+             PRIMARY KEY ((topic, bucket), user_id))"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.broadcast_cursors (broadcast_id text PRIMARY KEY, cursor text)"),
     ]
 }
 
@@ -135,7 +141,7 @@ mod tests {
             assert!(statements.iter().any(|s| s.starts_with(&create)), "{stmt:?}: no {create}");
         }
         // And no table nobody uses.
-        assert_eq!(statements.len(), 1 + 18);
+        assert_eq!(statements.len(), 1 + 21);
     }
 
     #[test]
@@ -160,6 +166,9 @@ mod tests {
         assert!(table("digest_members").contains("PRIMARY KEY (digest_id, seq)"));
         assert!(table("digest_open").contains("PRIMARY KEY ((user_id, digest_key))"));
         assert!(table("digest_member_of").contains("member_id text PRIMARY KEY"));
+        assert!(table("user_topics").contains("user_id text PRIMARY KEY, topics set<text>"));
+        assert!(table("topic_subscribers").contains("PRIMARY KEY ((topic, bucket), user_id)"));
+        assert!(table("broadcast_cursors").contains("broadcast_id text PRIMARY KEY"));
     }
 
     #[test]

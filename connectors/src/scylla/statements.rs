@@ -69,11 +69,20 @@ pub enum Stmt {
     OpenDelete,
     MemberOfSelect,
     MemberOfInsert,
+    TopicsSelect,
+    TopicsAdd,
+    TopicsSet,
+    SubscriberInsert,
+    SubscriberDelete,
+    SubscribersFirst,
+    SubscribersAfter,
+    CursorSelect,
+    CursorUpsert,
 }
 
 impl Stmt {
     /// Every statement, in declaration order (so `Stmt::ALL[s as usize] == s`).
-    pub const ALL: [Stmt; 52] = [
+    pub const ALL: [Stmt; 61] = [
         Stmt::UserSelect,
         Stmt::UserInsert,
         Stmt::UserUpdate,
@@ -126,6 +135,15 @@ impl Stmt {
         Stmt::OpenDelete,
         Stmt::MemberOfSelect,
         Stmt::MemberOfInsert,
+        Stmt::TopicsSelect,
+        Stmt::TopicsAdd,
+        Stmt::TopicsSet,
+        Stmt::SubscriberInsert,
+        Stmt::SubscriberDelete,
+        Stmt::SubscribersFirst,
+        Stmt::SubscribersAfter,
+        Stmt::CursorSelect,
+        Stmt::CursorUpsert,
     ];
 
     /// The table the statement reads or writes (for errors and logs).
@@ -150,6 +168,9 @@ impl Stmt {
             MemberInsert | MemberSelect | MemberDrop => "digest_members",
             OpenSelect | OpenInsert | OpenDelete => "digest_open",
             MemberOfSelect | MemberOfInsert => "digest_member_of",
+            TopicsSelect | TopicsAdd | TopicsSet => "user_topics",
+            SubscriberInsert | SubscriberDelete | SubscribersFirst | SubscribersAfter => "topic_subscribers",
+            CursorSelect | CursorUpsert => "broadcast_cursors",
         }
     }
 
@@ -285,6 +306,26 @@ impl Stmt {
             MemberOfInsert => format!(
                 "INSERT INTO {ks}.digest_member_of (member_id, digest_id) VALUES (?, ?) IF NOT EXISTS USING TTL ?"
             ),
+            TopicsSelect => format!("SELECT topics FROM {ks}.user_topics WHERE user_id = ?"),
+            // UPDATEs, not INSERTs: without a row marker, a user whose set is emptied has no row.
+            TopicsAdd => format!("UPDATE {ks}.user_topics SET topics = topics + ? WHERE user_id = ?"),
+            TopicsSet => format!("UPDATE {ks}.user_topics SET topics = ? WHERE user_id = ?"),
+            SubscriberInsert => {
+                format!("INSERT INTO {ks}.topic_subscribers (topic, bucket, user_id) VALUES (?, ?, ?)")
+            }
+            SubscriberDelete => {
+                format!("DELETE FROM {ks}.topic_subscribers WHERE topic = ? AND bucket = ? AND user_id = ?")
+            }
+            SubscribersFirst => {
+                format!("SELECT user_id FROM {ks}.topic_subscribers WHERE topic = ? AND bucket = ? LIMIT ?")
+            }
+            SubscribersAfter => format!(
+                "SELECT user_id FROM {ks}.topic_subscribers WHERE topic = ? AND bucket = ? AND user_id > ? LIMIT ?"
+            ),
+            CursorSelect => format!("SELECT cursor FROM {ks}.broadcast_cursors WHERE broadcast_id = ?"),
+            CursorUpsert => {
+                format!("INSERT INTO {ks}.broadcast_cursors (broadcast_id, cursor) VALUES (?, ?) USING TTL ?")
+            }
         }
     }
 
@@ -448,10 +489,12 @@ mod tests {
             Stmt::HoldEnd,
             Stmt::MemberInsert,
             Stmt::MemberOfInsert,
+            Stmt::CursorUpsert,
         ] {
             assert!(stmt.cql(&ks()).contains("USING TTL ?"), "{stmt:?}");
         }
-        // Waiting holds, the index and open digests live until released or cancelled.
+        // Waiting holds, the index and open digests live until released or cancelled; subscriptions
+        // until changed.
         for stmt in [
             Stmt::UserInsert,
             Stmt::LedgerInsert,
@@ -465,6 +508,9 @@ mod tests {
             Stmt::DigestOpen,
             Stmt::DigestCount,
             Stmt::OpenInsert,
+            Stmt::TopicsAdd,
+            Stmt::TopicsSet,
+            Stmt::SubscriberInsert,
         ] {
             assert!(!stmt.cql(&ks()).contains("TTL"), "{stmt:?} must not expire");
         }
