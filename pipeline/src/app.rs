@@ -124,9 +124,8 @@ impl Backends {
                     .await
                     .map_err(|e| OpenError::State(e.to_string()))?;
                 let scylla = Arc::new(scylla);
-                // TEMPORARY (until the ScyllaDB subscription store lands, this session).
-                let _ = (StateStores::of(scylla.clone(), Some(scylla.clone())), scylla as Arc<dyn ScheduleStore>);
-                return Err(OpenError::State("the ScyllaDB subscription store is not built yet".into()));
+                let stores = StateStores::of(scylla.clone(), Some(scylla.clone()));
+                (stores, scylla.clone() as Arc<dyn ScheduleStore>, scylla as Arc<dyn SubscriptionStore>)
             }
         };
         let log: Arc<dyn TopicLog> = match &topics {
