@@ -78,6 +78,10 @@ pub(crate) struct Keyspaces {
     pub(crate) timeline: Keyspace,
     /// `written_at_ms | timeline key` → (), to drop old timeline events without a full scan.
     pub(crate) timeline_expiry: Keyspace,
+    /// Status webhooks: registrations, delivery status and the outbox, see `webhooks.rs`.
+    pub(crate) webhooks: Keyspace,
+    pub(crate) webhook_status: Keyspace,
+    pub(crate) webhook_outbox: Keyspace,
 }
 
 impl Keyspaces {
@@ -100,6 +104,9 @@ impl Keyspaces {
             positions: ks("positions")?,
             timeline: ks("timeline")?,
             timeline_expiry: ks("timeline_expiry")?,
+            webhooks: ks("webhooks")?,
+            webhook_status: ks("webhook_status")?,
+            webhook_outbox: ks("webhook_outbox")?,
         })
     }
 }
@@ -116,6 +123,8 @@ pub(crate) struct StoreLocks {
     pub(crate) retention: Mutex<()>,
     /// Serializes [`herald_schemas::store::LedgerStore::reopen_failed`]'s read-then-delete.
     pub(crate) ledger: Mutex<()>,
+    /// Serializes webhook registration writes ("was it new?").
+    pub(crate) webhooks: Mutex<()>,
 }
 
 /// Takes a lock; a panic elsewhere while holding it does not make the data behind it wrong here

@@ -31,6 +31,8 @@
 //! - `remote.rs`: what the database keeps when the topics live elsewhere (Fluvio): consumer
 //!   positions ([`herald_schemas::store::OffsetStore`]) and the timeline's own copy of the events
 //!   ([`herald_schemas::store::TimelineFeed`]).
+//! - `webhooks.rs`: status webhook registrations and the webhook outbox
+//!   ([`herald_schemas::store::WebhookStore`]).
 
 mod commit;
 mod db;
@@ -39,6 +41,7 @@ mod lock;
 mod log;
 mod remote;
 mod stores;
+mod webhooks;
 
 pub use commit::CommitStats;
 pub use db::{EmbeddedDb, EmbeddedOptions};

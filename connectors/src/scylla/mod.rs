@@ -64,6 +64,9 @@
 //! - `workers (cluster, worker)` with a TTL per heartbeat, and `leases (cluster, partition_id,
 //!   owner)`: a lease is taken with `INSERT … IF NOT EXISTS USING TTL`, renewed with `UPDATE … USING
 //!   TTL … IF owner = ?`, released with `DELETE … IF owner = ?`, so a partition never has two holders.
+//! - `webhooks (scope, client_id, data)`, `webhook_status (client_id PK, data)` and `webhook_outbox
+//!   ((client_id, partition_id), first_offset, …)`: status webhooks, see `webhooks.rs`; the
+//!   outbox's positions are rows of `sink_positions`.
 //!
 //! # Layout
 //! - `options.rs`: [`ScyllaOptions`] and the `scylla://` URL.
@@ -72,8 +75,8 @@
 //! - `state.rs`: [`ScyllaState`]: the session and the request helpers every store uses.
 //! - `values.rs`: column encodings, TTLs, reading an LWT's answer.
 //! - One file per store: `contacts.rs`, `templates.rs`, `dedup.rs`, `throttle.rs`, `ledger.rs`,
-//!   `keys.rs`, `timeline.rs`, `offsets.rs`, `membership.rs`; each keeps its decisions in pure
-//!   functions, tested without a cluster. Tests against a live cluster are in
+//!   `keys.rs`, `timeline.rs`, `offsets.rs`, `membership.rs`, `webhooks.rs`; each keeps its
+//!   decisions in pure functions, tested without a cluster. Tests against a live cluster are in
 //!   `connectors/tests/scylla.rs` (they run when `HERALD_SCYLLA_NODES` is set).
 //!
 //! [`TimelineStore`]: herald_schemas::store::TimelineStore
@@ -93,6 +96,7 @@ mod templates;
 mod throttle;
 mod timeline;
 mod values;
+mod webhooks;
 
 pub use options::{
     DEFAULT_CLUSTER, DEFAULT_KEYSPACE, DEFAULT_PAGE_SIZE, DEFAULT_PORT, Keyspace, ReplicationSpec, ScyllaOptions,

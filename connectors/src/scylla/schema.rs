@@ -51,6 +51,17 @@ pub fn schema_statements(options: &ScyllaOptions) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {ks}.leases (cluster text, partition_id int, owner text, \
              PRIMARY KEY (cluster, partition_id))"
         ),
+        // One partition holds every registration (a few per client): the senders list them all.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.webhooks (scope text, client_id text, data blob, \
+             PRIMARY KEY (scope, client_id))"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.webhook_status (client_id text PRIMARY KEY, data blob)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.webhook_outbox (client_id text, partition_id int, \
+             first_offset bigint, created_at_ms bigint, events int, body blob, \
+             PRIMARY KEY ((client_id, partition_id), first_offset))"
+        ),
     ]
 }
 
@@ -108,7 +119,7 @@ mod tests {
             assert!(statements.iter().any(|s| s.starts_with(&create)), "{stmt:?}: no {create}");
         }
         // And no table nobody uses.
-        assert_eq!(statements.len(), 1 + 11);
+        assert_eq!(statements.len(), 1 + 14);
     }
 
     #[test]
@@ -126,6 +137,8 @@ mod tests {
         assert!(table("offsets").contains("PRIMARY KEY ((consumer_group, topic, partition_id))"));
         assert!(table("leases").contains("PRIMARY KEY (cluster, partition_id)"));
         assert!(table("timeline").contains("PRIMARY KEY (notification_id, event_id)"));
+        assert!(table("webhooks").contains("PRIMARY KEY (scope, client_id)"));
+        assert!(table("webhook_outbox").contains("PRIMARY KEY ((client_id, partition_id), first_offset)"));
     }
 
     #[test]

@@ -45,11 +45,23 @@ pub enum Stmt {
     LeaseInsert,
     LeaseRenew,
     LeaseRelease,
+    WebhookSelect,
+    WebhookList,
+    WebhookUpsert,
+    WebhookDelete,
+    WebhookStatusSelect,
+    WebhookStatusUpsert,
+    WebhookStatusDelete,
+    OutboxInsert,
+    OutboxPage,
+    OutboxDelete,
+    OutboxDeleteFrom,
+    OutboxKeys,
 }
 
 impl Stmt {
     /// Every statement, in declaration order (so `Stmt::ALL[s as usize] == s`).
-    pub const ALL: [Stmt; 28] = [
+    pub const ALL: [Stmt; 40] = [
         Stmt::UserSelect,
         Stmt::UserInsert,
         Stmt::UserUpdate,
@@ -78,6 +90,18 @@ impl Stmt {
         Stmt::LeaseInsert,
         Stmt::LeaseRenew,
         Stmt::LeaseRelease,
+        Stmt::WebhookSelect,
+        Stmt::WebhookList,
+        Stmt::WebhookUpsert,
+        Stmt::WebhookDelete,
+        Stmt::WebhookStatusSelect,
+        Stmt::WebhookStatusUpsert,
+        Stmt::WebhookStatusDelete,
+        Stmt::OutboxInsert,
+        Stmt::OutboxPage,
+        Stmt::OutboxDelete,
+        Stmt::OutboxDeleteFrom,
+        Stmt::OutboxKeys,
     ];
 
     /// The table the statement reads or writes (for errors and logs).
@@ -95,6 +119,9 @@ impl Stmt {
             OffsetSelect | OffsetUpsert => "offsets",
             WorkerHeartbeat | WorkerSelect | WorkerLeave => "workers",
             LeaseInsert | LeaseRenew | LeaseRelease => "leases",
+            WebhookSelect | WebhookList | WebhookUpsert | WebhookDelete => "webhooks",
+            WebhookStatusSelect | WebhookStatusUpsert | WebhookStatusDelete => "webhook_status",
+            OutboxInsert | OutboxPage | OutboxDelete | OutboxDeleteFrom | OutboxKeys => "webhook_outbox",
         }
     }
 
@@ -159,6 +186,30 @@ impl Stmt {
             ),
             LeaseRelease => {
                 format!("DELETE FROM {ks}.leases WHERE cluster = ? AND partition_id = ? IF owner = ?")
+            }
+            WebhookSelect => format!("SELECT data FROM {ks}.webhooks WHERE scope = ? AND client_id = ?"),
+            WebhookList => format!("SELECT data FROM {ks}.webhooks WHERE scope = ?"),
+            WebhookUpsert => format!("INSERT INTO {ks}.webhooks (scope, client_id, data) VALUES (?, ?, ?)"),
+            WebhookDelete => format!("DELETE FROM {ks}.webhooks WHERE scope = ? AND client_id = ?"),
+            WebhookStatusSelect => format!("SELECT data FROM {ks}.webhook_status WHERE client_id = ?"),
+            WebhookStatusUpsert => format!("INSERT INTO {ks}.webhook_status (client_id, data) VALUES (?, ?)"),
+            WebhookStatusDelete => format!("DELETE FROM {ks}.webhook_status WHERE client_id = ?"),
+            OutboxInsert => format!(
+                "INSERT INTO {ks}.webhook_outbox (client_id, partition_id, first_offset, created_at_ms, events, body) \
+                 VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            OutboxPage => format!(
+                "SELECT first_offset, created_at_ms, events, body FROM {ks}.webhook_outbox \
+                 WHERE client_id = ? AND partition_id = ? AND first_offset >= ? AND first_offset < ? LIMIT ?"
+            ),
+            OutboxDelete => {
+                format!("DELETE FROM {ks}.webhook_outbox WHERE client_id = ? AND partition_id = ? AND first_offset = ?")
+            }
+            OutboxDeleteFrom => format!(
+                "DELETE FROM {ks}.webhook_outbox WHERE client_id = ? AND partition_id = ? AND first_offset >= ?"
+            ),
+            OutboxKeys => {
+                format!("SELECT first_offset FROM {ks}.webhook_outbox WHERE client_id = ? AND partition_id = ? LIMIT ?")
             }
         }
     }
