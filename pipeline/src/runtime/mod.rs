@@ -17,6 +17,7 @@ pub mod ingest_topic;
 pub mod monitor;
 pub mod queue;
 pub mod reader;
+pub mod recent;
 pub mod requests;
 pub mod retry;
 pub mod supervise;
