@@ -14,6 +14,7 @@
 //! - [`secret`]: secrets from the configuration (inline, environment, file), never logged.
 //! - [`signed`]: signed tokens (HMAC-SHA256) for links Herald reads back.
 //! - [`unsubscribe`]: signed one-click unsubscribe links for the email connectors.
+//! - [`webhooks`]: status webhooks' HTTP side: a signed POST of one batch, its failure classified.
 
 pub mod channels;
 pub mod embedded;
@@ -25,3 +26,4 @@ pub mod scylla;
 pub mod secret;
 pub mod signed;
 pub mod unsubscribe;
+pub mod webhooks;

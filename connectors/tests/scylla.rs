@@ -23,10 +23,11 @@ use herald_schemas::job::Route;
 use herald_schemas::store::{
     ApiKeyRecord, CapHit, ContactStore, DedupClaim, DedupDecision, DedupStore, DigestJoined, HoldReason, HoldState,
     KeyStore, LedgerState, LedgerStore, Membership, OffsetStore, ScheduleStore, Scope, SinkPosition, SubscriptionStore,
-    TemplateStore, ThrottleStore, TimelineFeed, TimelineStore,
+    TemplateStore, ThrottleStore, TimelineFeed, TimelineStore, WebhookStore,
 };
 use herald_schemas::template::{SmsPart, Template};
 use herald_schemas::topic::Commit;
+use herald_schemas::webhook::{WebhookBatch, WebhookRegistration, WebhookStatus};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -603,6 +604,64 @@ async fn setting_topics_again_repairs_what_an_interrupted_call_left() {
         assert_eq!(db.set_topics("u2", &topics(&["ghost"])).await.unwrap(), ["ghost", "news"]);
         assert_eq!(db.subscribers("ghost", None, 10).await.unwrap().0, ["u2"]);
         assert_eq!(db.subscribers("news", None, 10).await.unwrap(), (Vec::new(), None));
+    })
+    .await;
+}
+
+fn webhook(client: &str, url: &str) -> WebhookRegistration {
+    WebhookRegistration {
+        client_id: client.into(),
+        url: url.into(),
+        secret: "whsec_s".into(),
+        created_at_ms: 1,
+        updated_at_ms: 2,
+    }
+}
+
+fn webhook_batch(client: &str, partition: u32, first_offset: u64) -> WebhookBatch {
+    let event = DeliveryEvent::new(&nid("n1"), client, "u1", EventKind::Failed, None, Some("x".into()), 3);
+    WebhookBatch::new(&webhook(client, "https://h.example"), partition, first_offset, 9, &[event])
+}
+
+#[tokio::test]
+async fn webhook_registrations_and_status_round_trip_and_are_deleted_together() {
+    with_keyspace(|db| async move {
+        assert!(db.put_webhook(&webhook("acme", "https://one.example")).await.unwrap());
+        assert!(!db.put_webhook(&webhook("acme", "https://two.example")).await.unwrap());
+        assert!(db.put_webhook(&webhook("beta", "https://b.example")).await.unwrap());
+        assert_eq!(db.get_webhook("acme").await.unwrap(), Some(webhook("acme", "https://two.example")));
+        let mut listed: Vec<String> = db.list_webhooks().await.unwrap().into_iter().map(|r| r.client_id).collect();
+        listed.sort();
+        assert_eq!(listed, ["acme", "beta"]);
+        let status = WebhookStatus { last_success_at_ms: Some(5), consecutive_failures: 0, ..WebhookStatus::default() };
+        db.record_webhook_status("acme", &status).await.unwrap();
+        assert_eq!(db.webhook_status("acme").await.unwrap(), Some(status));
+        assert!(db.delete_webhook("acme").await.unwrap());
+        assert!(!db.delete_webhook("acme").await.unwrap());
+        assert_eq!((db.get_webhook("acme").await.unwrap(), db.webhook_status("acme").await.unwrap()), (None, None));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_webhook_outbox_pages_in_offset_order_acks_and_drops_a_tail() {
+    with_keyspace(|db| async move {
+        assert_eq!(db.webhook_position(2).await.unwrap(), None);
+        db.enqueue_webhook_batches(2, &[webhook_batch("acme", 2, 70), webhook_batch("acme", 2, 8)], 71).await.unwrap();
+        db.enqueue_webhook_batches(2, &[webhook_batch("acme", 2, 90)], 95).await.unwrap();
+        db.enqueue_webhook_batches(5, &[webhook_batch("acme", 5, 1)], 2).await.unwrap();
+        assert_eq!(db.webhook_position(2).await.unwrap(), Some(95));
+        let firsts = |page: Vec<WebhookBatch>| page.iter().map(|b| b.first_offset).collect::<Vec<u64>>();
+        assert_eq!(firsts(db.pending_webhook_batches("acme", 2, 0, u64::MAX, 50).await.unwrap()), [8, 70, 90]);
+        assert_eq!(firsts(db.pending_webhook_batches("acme", 2, 9, 90, 50).await.unwrap()), [70]);
+        assert_eq!(db.pending_webhook_batches("acme", 2, 0, 95, 1).await.unwrap(), [webhook_batch("acme", 2, 8)]);
+        assert_eq!(db.count_webhook_batches("acme", 2, 2).await.unwrap(), 2);
+        db.ack_webhook_batch("acme", 2, 8).await.unwrap();
+        db.drop_webhook_batches("acme", 2, 80).await.unwrap();
+        assert_eq!(firsts(db.pending_webhook_batches("acme", 2, 0, u64::MAX, 50).await.unwrap()), [70]);
+        assert_eq!(db.count_webhook_batches("acme", 5, 100).await.unwrap(), 1);
+        db.drop_webhook_batches("acme", 5, 0).await.unwrap();
+        assert_eq!(db.count_webhook_batches("acme", 5, 100).await.unwrap(), 0);
     })
     .await;
 }

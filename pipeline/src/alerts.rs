@@ -1,11 +1,11 @@
-//! Alerts: when a provider fails (its circuit breaker opens) or dead letters pile up, an error log
-//! line, a metric, and optionally a JSON POST to a webhook, rate-limited per alert so an outage
-//! sends a few alerts, not thousands.
+//! Alerts: when a provider fails (its circuit breaker opens), dead letters pile up or a status
+//! webhook batch is given up, an error log line, a metric, and optionally a JSON POST to a
+//! webhook, rate-limited per alert so an outage sends a few alerts, not thousands.
 //!
-//! The webhook body: `{"alert": "provider_down" | "dead_letters", "key": "…", "detail": {…},
-//! "at": "RFC 3339"}`. It is sent from a task of its own with a short timeout, never from the
-//! pipeline's path, and a failed POST is logged, not retried (the next alert of the key after
-//! `min_interval` is the retry).
+//! The webhook body: `{"alert": "provider_down" | "dead_letters" | "webhook_dropped", "key":
+//! "…", "detail": {…}, "at": "RFC 3339"}`. It is sent from a task of its own with a short
+//! timeout, never from the pipeline's path, and a failed POST is logged, not retried (the next
+//! alert of the key after `min_interval` is the retry).
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -75,6 +75,14 @@ impl Alerts {
     /// A provider's circuit breaker opened.
     pub fn provider_down(&self, provider: &str) {
         self.raise("provider_down", &format!("provider_down:{provider}"), serde_json::json!({ "provider": provider }));
+    }
+
+    /// A status webhook batch was given up (not accepted within `webhooks.max_age`).
+    pub fn webhook_dropped(&self, client_id: &str, batch_id: &str, events: u32, age: Duration) {
+        let detail = serde_json::json!({
+            "client_id": client_id, "batch_id": batch_id, "events": events, "age_s": age.as_secs()
+        });
+        self.raise("webhook_dropped", &format!("webhook_dropped:{client_id}"), detail);
     }
 
     /// `count` deliveries of `channel` were dead-lettered just now.

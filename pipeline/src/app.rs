@@ -15,7 +15,7 @@ use herald_schemas::job::Route;
 use herald_schemas::stage::{Clock, SystemClock};
 use herald_schemas::store::{
     ContactStore, DedupStore, KeyStore, LedgerStore, Membership, OffsetStore, ScheduleStore, SubscriptionStore,
-    TemplateStore, ThrottleStore, TimelineFeed, TimelineStore,
+    TemplateStore, ThrottleStore, TimelineFeed, TimelineStore, WebhookStore,
 };
 use herald_schemas::topic::{self, LogError, TopicLog};
 use herald_stages::enrich::{ContactCache, ContactCacheConfig};
@@ -47,6 +47,8 @@ pub struct Backends {
     /// Workers sharing the partitions, when the state backend can coordinate them (ScyllaDB);
     /// `None`: this process is the only worker and owns every partition.
     pub membership: Option<Arc<dyn Membership>>,
+    /// Status webhook registrations and the webhook outbox.
+    pub webhooks: Arc<dyn WebhookStore>,
 }
 
 /// Every state store of one backend, as interfaces.
@@ -61,6 +63,7 @@ struct StateStores {
     feed: Arc<dyn TimelineFeed>,
     offsets: Arc<dyn OffsetStore>,
     membership: Option<Arc<dyn Membership>>,
+    webhooks: Arc<dyn WebhookStore>,
 }
 
 impl StateStores {
@@ -74,7 +77,8 @@ impl StateStores {
             + KeyStore
             + TimelineStore
             + TimelineFeed
-            + OffsetStore,
+            + OffsetStore
+            + WebhookStore,
     {
         StateStores {
             contacts: store.clone(),
@@ -85,6 +89,7 @@ impl StateStores {
             keys: store.clone(),
             timeline: store.clone(),
             feed: store.clone(),
+            webhooks: store.clone(),
             offsets: store,
             membership,
         }
@@ -156,6 +161,7 @@ impl Backends {
             timeline_feed: fed.then_some(stores.feed),
             embedded,
             membership: stores.membership,
+            webhooks: stores.webhooks,
         })
     }
 

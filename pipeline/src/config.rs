@@ -68,6 +68,7 @@ pub struct Config {
     pub tracking: TrackingConfig,
     pub analytics: AnalyticsConfig,
     pub backends: BackendsConfig,
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// `[backends]`: where the topics and the state live, as URLs (`herald serve --topics … --state
@@ -718,6 +719,7 @@ impl Config {
         if self.ingest.client_id.is_empty() {
             return bad("ingest.client_id must not be empty");
         }
+        self.webhooks.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 //! - [`keys`]: API key creation and hashing.
 //! - [`telemetry`]: metric names and named events, logging set-up.
 //! - [`tracking`]: email open and click tracking, and the engagement events apps report.
+//! - [`webhooks`]: status webhooks: outcome events collected into a durable outbox, POSTed signed.
 
 pub mod alerts;
 pub mod analytics;
@@ -25,3 +26,4 @@ pub mod keys;
 pub mod runtime;
 pub mod telemetry;
 pub mod tracking;
+pub mod webhooks;

@@ -37,6 +37,15 @@ pub const BROADCAST_RECIPIENTS: &str = "herald_broadcast_recipients_total";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
 pub const RECORDS_UNDECODABLE: &str = "herald_records_undecodable_total";
+pub const WEBHOOK_BATCHES_ENQUEUED: &str = "herald_webhook_batches_enqueued_total";
+pub const WEBHOOK_EVENTS_ENQUEUED: &str = "herald_webhook_events_enqueued_total";
+pub const WEBHOOK_BATCHES_SENT: &str = "herald_webhook_batches_sent_total";
+pub const WEBHOOK_FAILURES: &str = "herald_webhook_failures_total";
+pub const WEBHOOK_BATCHES_DROPPED: &str = "herald_webhook_batches_dropped_total";
+pub const WEBHOOK_PENDING: &str = "herald_webhook_pending_batches";
+pub const WEBHOOK_CLIENTS_FAILING: &str = "herald_webhook_clients_failing";
+pub const WEBHOOK_REQUEST_SECONDS: &str = "herald_webhook_request_seconds";
+pub const WEBHOOK_DELAY_SECONDS: &str = "herald_webhook_delivery_delay_seconds";
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -244,6 +253,113 @@ pub fn retention_deleted(records: u64) {
     if records > 0 {
         tracing::debug!(records, "retention deleted consumed records");
     }
+}
+
+/// The webhook collector wrote batches of outcome events to the outbox.
+pub struct WebhookBatchesEnqueued {
+    pub partition: u32,
+    pub batches: usize,
+    pub events: usize,
+}
+
+impl WebhookBatchesEnqueued {
+    pub fn emit(&self) {
+        counter!(WEBHOOK_BATCHES_ENQUEUED).increment(self.batches as u64);
+        counter!(WEBHOOK_EVENTS_ENQUEUED).increment(self.events as u64);
+        tracing::debug!(
+            partition = self.partition,
+            batches = self.batches,
+            events = self.events,
+            "webhook batches enqueued"
+        );
+    }
+}
+
+/// A receiver accepted a batch (2xx).
+pub struct WebhookBatchSent<'a> {
+    pub client_id: &'a str,
+    pub batch_id: &'a str,
+    pub events: u32,
+    pub status: u16,
+    /// The POST's duration.
+    pub elapsed: Duration,
+    /// From the batch's making to its acceptance (waits for the receiver included).
+    pub age: Duration,
+}
+
+impl WebhookBatchSent<'_> {
+    pub fn emit(&self) {
+        counter!(WEBHOOK_BATCHES_SENT).increment(1);
+        histogram!(WEBHOOK_REQUEST_SECONDS).record(self.elapsed.as_secs_f64());
+        histogram!(WEBHOOK_DELAY_SECONDS).record(self.age.as_secs_f64());
+        tracing::debug!(
+            client_id = self.client_id,
+            batch_id = self.batch_id,
+            events = self.events,
+            status = self.status,
+            ms = self.elapsed.as_millis() as u64,
+            "webhook batch delivered"
+        );
+    }
+}
+
+/// A POST of a batch failed; it is sent again after `retry_in`.
+pub struct WebhookAttemptFailed<'a> {
+    pub client_id: &'a str,
+    pub batch_id: &'a str,
+    pub error: &'a herald_connectors::webhooks::WebhookError,
+    /// The client's failures in a row, this one included.
+    pub failures: u32,
+    pub retry_in: Duration,
+}
+
+impl WebhookAttemptFailed<'_> {
+    pub fn emit(&self) {
+        counter!(WEBHOOK_FAILURES, "class" => self.error.class()).increment(1);
+        let retry_in_ms = self.retry_in.as_millis() as u64;
+        // The first failure of a run is worth a warning; the retries that follow, a debug line.
+        if self.failures == 1 {
+            tracing::warn!(client_id = self.client_id, batch_id = self.batch_id, error = %self.error, retry_in_ms, "webhook delivery failed; retrying");
+        } else {
+            tracing::debug!(client_id = self.client_id, batch_id = self.batch_id, error = %self.error, failures = self.failures, retry_in_ms, "webhook delivery failed again");
+        }
+    }
+}
+
+/// A batch was given up: too old (`max_age`), or unreadable.
+pub struct WebhookBatchDropped<'a> {
+    pub client_id: &'a str,
+    pub batch_id: &'a str,
+    pub events: u32,
+    pub age: Duration,
+    /// The last failure's class (a bounded label).
+    pub class: &'static str,
+    pub last_error: &'a str,
+}
+
+impl WebhookBatchDropped<'_> {
+    pub fn emit(&self) {
+        counter!(WEBHOOK_BATCHES_DROPPED, "class" => self.class).increment(1);
+        tracing::error!(
+            client_id = self.client_id,
+            batch_id = self.batch_id,
+            events = self.events,
+            age_s = self.age.as_secs(),
+            last_error = self.last_error,
+            "webhook batch dropped: not accepted within webhooks.max_age"
+        );
+    }
+}
+
+/// Batches waiting in this worker's webhook outbox (approximate between recounts).
+pub fn webhook_pending(batches: i64) {
+    gauge!(WEBHOOK_PENDING).set(batches.max(0) as f64);
+}
+
+/// A client's receiver started (true) or stopped (false) failing.
+pub fn webhook_client_failing(failing: bool) {
+    let gauge = gauge!(WEBHOOK_CLIENTS_FAILING);
+    if failing { gauge.increment(1.0) } else { gauge.decrement(1.0) }
 }
 
 /// Cumulative time and records per stage in this process (for `herald bench`).

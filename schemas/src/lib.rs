@@ -18,6 +18,7 @@
 //! - [`stage`]: the stage interface and the clock stages use.
 //! - [`codec`]: the versioned encoding of records on internal topics.
 //! - [`ids`]: notification, delivery and event identifiers.
+//! - [`webhook`]: status webhooks: registrations, batches of outcome events, their signature.
 
 pub mod analytics;
 pub mod channel;
@@ -31,6 +32,7 @@ pub mod stage;
 pub mod store;
 pub mod template;
 pub mod topic;
+pub mod webhook;
 pub mod work;
 
 pub use channel::{Channel, SendOutcome};

@@ -415,3 +415,67 @@ pub trait SubscriptionStore: Send + Sync + 'static {
 
 /// The cursor a broadcast's fan-out records once every page is appended.
 pub const BROADCAST_DONE: &str = "\u{0}done";
+/// Status webhooks: each client's registration, its delivery status, and the webhook outbox, the
+/// durable queue of batches waiting to be POSTed ([`crate::webhook`]).
+///
+/// # The outbox's promises
+/// - Batches are keyed `(client, partition, first_offset)` and a page lists one (client,
+///   partition)'s batches in `first_offset` order.
+/// - [`enqueue_webhook_batches`](Self::enqueue_webhook_batches) is durable when it returns and
+///   records, with the batches, the partition's *position*: the offset of `herald-events` after
+///   the last event it covered. The consumer skips events below the position (they were enqueued
+///   already, and may have been sent and acknowledged since), so a replay never enqueues an event
+///   twice. A backend that cannot write both atomically writes the batches first; batches at or
+///   past a partition's position were then written by a call that did not finish, and the
+///   consumer removes them ([`drop_webhook_batches`](Self::drop_webhook_batches)) before it
+///   resumes, so they are never sent.
+/// - Senders read only batches below the position their consumer published, never a batch a
+///   crash could take back.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Stores (replaces) the client's registration; returns whether it was new. Durable.
+    async fn put_webhook(&self, registration: &crate::webhook::WebhookRegistration) -> Result<bool, StoreError>;
+    async fn get_webhook(&self, client_id: &str) -> Result<Option<crate::webhook::WebhookRegistration>, StoreError>;
+    /// Every registration (a few per client at most: the senders' and the consumer's cache).
+    async fn list_webhooks(&self) -> Result<Vec<crate::webhook::WebhookRegistration>, StoreError>;
+    /// Removes the registration and its status; returns whether there was one. Durable. The
+    /// outbox is cleared separately ([`drop_webhook_batches`](Self::drop_webhook_batches)).
+    async fn delete_webhook(&self, client_id: &str) -> Result<bool, StoreError>;
+    async fn webhook_status(&self, client_id: &str) -> Result<Option<crate::webhook::WebhookStatus>, StoreError>;
+    /// Ordered durability (see the module doc): a status lost in a crash is rewritten at the next
+    /// attempt.
+    async fn record_webhook_status(
+        &self,
+        client_id: &str,
+        status: &crate::webhook::WebhookStatus,
+    ) -> Result<(), StoreError>;
+
+    /// Adds `batches` (all of `partition`) and sets the partition's position to `position`.
+    /// Durable when it returns; writing a batch again replaces it.
+    async fn enqueue_webhook_batches(
+        &self,
+        partition: u32,
+        batches: &[crate::webhook::WebhookBatch],
+        position: u64,
+    ) -> Result<(), StoreError>;
+    /// The partition's position (`None`: nothing was ever enqueued from it).
+    async fn webhook_position(&self, partition: u32) -> Result<Option<u64>, StoreError>;
+    /// Up to `limit` batches of the client from `partition` with `first_offset` in `from..below`,
+    /// in order.
+    async fn pending_webhook_batches(
+        &self,
+        client_id: &str,
+        partition: u32,
+        from: u64,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::webhook::WebhookBatch>, StoreError>;
+    /// Removes one batch (sent, or given up). Ordered durability: a removal lost in a crash sends
+    /// the batch again, under its id.
+    async fn ack_webhook_batch(&self, client_id: &str, partition: u32, first_offset: u64) -> Result<(), StoreError>;
+    /// Removes the client's batches of `partition` whose `first_offset` is at least `from` (0:
+    /// all of them). Durable.
+    async fn drop_webhook_batches(&self, client_id: &str, partition: u32, from: u64) -> Result<(), StoreError>;
+    /// How many batches of the client wait in `partition`, counting up to `limit`.
+    async fn count_webhook_batches(&self, client_id: &str, partition: u32, limit: usize) -> Result<usize, StoreError>;
+}

@@ -90,6 +90,10 @@ pub(crate) struct Keyspaces {
     pub(crate) user_topics: Keyspace,
     pub(crate) topic_members: Keyspace,
     pub(crate) broadcast_cursors: Keyspace,
+    /// Status webhooks: registrations, delivery status and the outbox, see `webhooks.rs`.
+    pub(crate) webhooks: Keyspace,
+    pub(crate) webhook_status: Keyspace,
+    pub(crate) webhook_outbox: Keyspace,
 }
 
 impl Keyspaces {
@@ -122,6 +126,9 @@ impl Keyspaces {
             user_topics: ks("user_topics")?,
             topic_members: ks("topic_members")?,
             broadcast_cursors: ks("broadcast_cursors")?,
+            webhooks: ks("webhooks")?,
+            webhook_status: ks("webhook_status")?,
+            webhook_outbox: ks("webhook_outbox")?,
         })
     }
 }
@@ -142,6 +149,8 @@ pub(crate) struct StoreLocks {
     pub(crate) schedule: Mutex<()>,
     /// Serializes `set_topics`' read of the old list and rewrite of the index.
     pub(crate) subscriptions: Mutex<()>,
+    /// Serializes webhook registration writes ("was it new?").
+    pub(crate) webhooks: Mutex<()>,
 }
 
 /// Takes a lock; a panic elsewhere while holding it does not make the data behind it wrong here

@@ -34,6 +34,8 @@
 //! - `schedule.rs`: the schedule index and digests ([`herald_schemas::store::ScheduleStore`]).
 //! - `subscriptions.rs`: topic subscriptions and broadcast progress
 //!   ([`herald_schemas::store::SubscriptionStore`]).
+//! - `webhooks.rs`: status webhook registrations and the webhook outbox
+//!   ([`herald_schemas::store::WebhookStore`]).
 
 mod commit;
 mod db;
@@ -44,6 +46,7 @@ mod remote;
 mod schedule;
 mod stores;
 mod subscriptions;
+mod webhooks;
 
 pub use commit::CommitStats;
 pub use db::{EmbeddedDb, EmbeddedOptions};

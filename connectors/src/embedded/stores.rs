@@ -46,15 +46,19 @@ use std::collections::{HashMap, HashSet};
 /// Expired dedup claims dropped per write batch (and per hold of the dedup lock).
 const PURGE_CHUNK: usize = 10_000;
 
-fn to_json<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, EmbeddedError> {
+pub(crate) fn to_json<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, EmbeddedError> {
     serde_json::to_vec(value).map_err(|e| EmbeddedError::corrupt(what, format!("cannot encode: {e}")))
 }
 
-fn from_json<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, EmbeddedError> {
+pub(crate) fn from_json<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, EmbeddedError> {
     serde_json::from_slice(bytes).map_err(|e| EmbeddedError::corrupt(what, e.to_string()))
 }
 
-fn get_json<T: DeserializeOwned>(ks: &Keyspace, what: &'static str, key: &[u8]) -> Result<Option<T>, EmbeddedError> {
+pub(crate) fn get_json<T: DeserializeOwned>(
+    ks: &Keyspace,
+    what: &'static str,
+    key: &[u8],
+) -> Result<Option<T>, EmbeddedError> {
     match ks.get(key)? {
         Some(bytes) => Ok(Some(from_json(what, &bytes)?)),
         None => Ok(None),

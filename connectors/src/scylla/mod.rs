@@ -87,6 +87,9 @@
 //!   with `LIMIT`, a few bounded queries per page; `broadcast_cursors (broadcast_id PK, cursor)`
 //!   with a TTL of 30 days. All plain writes: `set_topics` widens the stored set before it touches
 //!   the index and narrows it after, so a crash never leaves an index row it would not remove.
+//! - `webhooks (scope, client_id, data)`, `webhook_status (client_id PK, data)` and `webhook_outbox
+//!   ((client_id, partition_id), first_offset, …)`: status webhooks, see `webhooks.rs`; the
+//!   outbox's positions are rows of `sink_positions`.
 //!
 //! # Layout
 //! - `options.rs`: [`ScyllaOptions`] and the `scylla://` URL.
@@ -99,6 +102,9 @@
 //!   `subscriptions.rs`;
 //!   each keeps its decisions in pure functions, tested without a cluster. Tests against a live
 //!   cluster are in `connectors/tests/scylla.rs` (they run when `HERALD_SCYLLA_NODES` is set).
+//!   `keys.rs`, `timeline.rs`, `offsets.rs`, `membership.rs`, `webhooks.rs`; each keeps its
+//!   decisions in pure functions, tested without a cluster. Tests against a live cluster are in
+//!   `connectors/tests/scylla.rs` (they run when `HERALD_SCYLLA_NODES` is set).
 //!
 //! [`ScheduleStore`]: herald_schemas::store::ScheduleStore
 //! [`SubscriptionStore`]: herald_schemas::store::SubscriptionStore
@@ -122,6 +128,7 @@ mod templates;
 mod throttle;
 mod timeline;
 mod values;
+mod webhooks;
 
 pub use options::{
     DEFAULT_CLUSTER, DEFAULT_KEYSPACE, DEFAULT_PAGE_SIZE, DEFAULT_PORT, Keyspace, ReplicationSpec, ScyllaOptions,

@@ -84,6 +84,17 @@ pub fn schema_statements(options: &ScyllaOptions) -> Vec<String> {
              PRIMARY KEY ((topic, bucket), user_id))"
         ),
         format!("CREATE TABLE IF NOT EXISTS {ks}.broadcast_cursors (broadcast_id text PRIMARY KEY, cursor text)"),
+        // One partition holds every registration (a few per client): the senders list them all.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.webhooks (scope text, client_id text, data blob, \
+             PRIMARY KEY (scope, client_id))"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.webhook_status (client_id text PRIMARY KEY, data blob)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.webhook_outbox (client_id text, partition_id int, \
+             first_offset bigint, created_at_ms bigint, events int, body blob, \
+             PRIMARY KEY ((client_id, partition_id), first_offset))"
+        ),
     ]
 }
 
@@ -141,7 +152,7 @@ mod tests {
             assert!(statements.iter().any(|s| s.starts_with(&create)), "{stmt:?}: no {create}");
         }
         // And no table nobody uses.
-        assert_eq!(statements.len(), 1 + 21);
+        assert_eq!(statements.len(), 1 + 24);
     }
 
     #[test]
@@ -169,6 +180,8 @@ mod tests {
         assert!(table("user_topics").contains("user_id text PRIMARY KEY, topics set<text>"));
         assert!(table("topic_subscribers").contains("PRIMARY KEY ((topic, bucket), user_id)"));
         assert!(table("broadcast_cursors").contains("broadcast_id text PRIMARY KEY"));
+        assert!(table("webhooks").contains("PRIMARY KEY (scope, client_id)"));
+        assert!(table("webhook_outbox").contains("PRIMARY KEY ((client_id, partition_id), first_offset)"));
     }
 
     #[test]

@@ -78,11 +78,23 @@ pub enum Stmt {
     SubscribersAfter,
     CursorSelect,
     CursorUpsert,
+    WebhookSelect,
+    WebhookList,
+    WebhookUpsert,
+    WebhookDelete,
+    WebhookStatusSelect,
+    WebhookStatusUpsert,
+    WebhookStatusDelete,
+    OutboxInsert,
+    OutboxPage,
+    OutboxDelete,
+    OutboxDeleteFrom,
+    OutboxKeys,
 }
 
 impl Stmt {
     /// Every statement, in declaration order (so `Stmt::ALL[s as usize] == s`).
-    pub const ALL: [Stmt; 61] = [
+    pub const ALL: [Stmt; 73] = [
         Stmt::UserSelect,
         Stmt::UserInsert,
         Stmt::UserUpdate,
@@ -144,6 +156,18 @@ impl Stmt {
         Stmt::SubscribersAfter,
         Stmt::CursorSelect,
         Stmt::CursorUpsert,
+        Stmt::WebhookSelect,
+        Stmt::WebhookList,
+        Stmt::WebhookUpsert,
+        Stmt::WebhookDelete,
+        Stmt::WebhookStatusSelect,
+        Stmt::WebhookStatusUpsert,
+        Stmt::WebhookStatusDelete,
+        Stmt::OutboxInsert,
+        Stmt::OutboxPage,
+        Stmt::OutboxDelete,
+        Stmt::OutboxDeleteFrom,
+        Stmt::OutboxKeys,
     ];
 
     /// The table the statement reads or writes (for errors and logs).
@@ -171,6 +195,9 @@ impl Stmt {
             TopicsSelect | TopicsAdd | TopicsSet => "user_topics",
             SubscriberInsert | SubscriberDelete | SubscribersFirst | SubscribersAfter => "topic_subscribers",
             CursorSelect | CursorUpsert => "broadcast_cursors",
+            WebhookSelect | WebhookList | WebhookUpsert | WebhookDelete => "webhooks",
+            WebhookStatusSelect | WebhookStatusUpsert | WebhookStatusDelete => "webhook_status",
+            OutboxInsert | OutboxPage | OutboxDelete | OutboxDeleteFrom | OutboxKeys => "webhook_outbox",
         }
     }
 
@@ -325,6 +352,30 @@ impl Stmt {
             CursorSelect => format!("SELECT cursor FROM {ks}.broadcast_cursors WHERE broadcast_id = ?"),
             CursorUpsert => {
                 format!("INSERT INTO {ks}.broadcast_cursors (broadcast_id, cursor) VALUES (?, ?) USING TTL ?")
+            }
+            WebhookSelect => format!("SELECT data FROM {ks}.webhooks WHERE scope = ? AND client_id = ?"),
+            WebhookList => format!("SELECT data FROM {ks}.webhooks WHERE scope = ?"),
+            WebhookUpsert => format!("INSERT INTO {ks}.webhooks (scope, client_id, data) VALUES (?, ?, ?)"),
+            WebhookDelete => format!("DELETE FROM {ks}.webhooks WHERE scope = ? AND client_id = ?"),
+            WebhookStatusSelect => format!("SELECT data FROM {ks}.webhook_status WHERE client_id = ?"),
+            WebhookStatusUpsert => format!("INSERT INTO {ks}.webhook_status (client_id, data) VALUES (?, ?)"),
+            WebhookStatusDelete => format!("DELETE FROM {ks}.webhook_status WHERE client_id = ?"),
+            OutboxInsert => format!(
+                "INSERT INTO {ks}.webhook_outbox (client_id, partition_id, first_offset, created_at_ms, events, body) \
+                 VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            OutboxPage => format!(
+                "SELECT first_offset, created_at_ms, events, body FROM {ks}.webhook_outbox \
+                 WHERE client_id = ? AND partition_id = ? AND first_offset >= ? AND first_offset < ? LIMIT ?"
+            ),
+            OutboxDelete => {
+                format!("DELETE FROM {ks}.webhook_outbox WHERE client_id = ? AND partition_id = ? AND first_offset = ?")
+            }
+            OutboxDeleteFrom => format!(
+                "DELETE FROM {ks}.webhook_outbox WHERE client_id = ? AND partition_id = ? AND first_offset >= ?"
+            ),
+            OutboxKeys => {
+                format!("SELECT first_offset FROM {ks}.webhook_outbox WHERE client_id = ? AND partition_id = ? LIMIT ?")
             }
         }
     }

@@ -19,18 +19,18 @@ use super::compact;
 use super::files::{self, FileRange};
 use crate::runtime::queue::{Batch, QueueRx};
 use crate::runtime::reader::{ReadSettings, spawn_readers};
+use crate::runtime::recent::Recent;
 use crate::runtime::supervise::{TaskFailed, TaskResult};
 use arrow::array::AsArray;
 use herald_schemas::DeliveryEvent;
 use herald_schemas::analytics::EventRows;
 use herald_schemas::codec::{self, CodecError};
-use herald_schemas::ids::fingerprint;
 use herald_schemas::topic::{self, Commit, StoredRecord, TopicLog};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,34 +73,6 @@ pub struct AnalyticsSink {
     pub compact_interval: Option<Duration>,
     /// The size merged files grow to.
     pub compact_target_bytes: u64,
-}
-
-/// The ids of a partition's latest events, as fingerprints, oldest first.
-struct Recent {
-    order: VecDeque<u128>,
-    seen: HashSet<u128>,
-    capacity: usize,
-}
-
-impl Recent {
-    fn new(capacity: usize) -> Self {
-        Self { order: VecDeque::with_capacity(capacity), seen: HashSet::with_capacity(capacity), capacity }
-    }
-
-    /// Remembers `event_id`; false when it is one of the remembered ones already.
-    fn first_time(&mut self, event_id: &str) -> bool {
-        let print = fingerprint(event_id);
-        if !self.seen.insert(print) {
-            return false;
-        }
-        self.order.push_back(print);
-        if self.order.len() > self.capacity
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.seen.remove(&oldest);
-        }
-        true
-    }
 }
 
 /// One partition's events since its last flush, all of one UTC day.
@@ -525,16 +497,6 @@ mod tests {
         let (ids, _) = read_back(&root);
         assert_eq!(ids.len(), 170);
         assert_once_each(&ids, "an event is in two files");
-    }
-
-    #[test]
-    fn the_window_forgets_the_oldest_id() {
-        let mut recent = Recent::new(2);
-        assert!(recent.first_time("a") && recent.first_time("b"));
-        assert!(!recent.first_time("a"));
-        assert!(recent.first_time("c"));
-        assert!(recent.first_time("a"), "a is past the window of two");
-        assert!(!recent.first_time("c"));
     }
 
     /// Every final file's rows (notification ids) as a reader outside Herald sees them: list

@@ -13,6 +13,7 @@
 mod callbacks;
 mod engagement;
 mod error;
+mod webhooks;
 
 pub use error::ApiError;
 
@@ -52,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/templates", post(post_template))
         .route("/v1/keys", post(post_key))
         .route("/v1/analytics/sql", post(post_sql))
+        .route("/v1/webhooks", put(webhooks::put_webhook).get(webhooks::get_webhook).delete(webhooks::delete_webhook))
         .route("/v1/events", post(engagement::post_events))
         .route("/v1/t/o/{token}", get(engagement::open))
         .route("/v1/t/c/{token}", get(engagement::click))

@@ -11,6 +11,8 @@
 //! - the timeline sink ([`timeline`]) over `herald-events`, when the timeline store needs a feed;
 //! - the `herald-ingest` consumer ([`ingest_topic`]);
 //! - the analytics sink ([`crate::analytics::sink`]): `herald-events` as Parquet files;
+//! - the status webhooks ([`crate::webhooks`]): outcome events into the webhook outbox, and its
+//!   senders;
 //! - the monitor ([`monitor`]): offsets, lag, retention.
 //!
 //! Each chain runs under [`supervise`](supervise::supervise): a failure
@@ -23,6 +25,7 @@ pub mod ingest_topic;
 pub mod monitor;
 pub mod queue;
 pub mod reader;
+pub mod recent;
 pub mod requests;
 pub mod retry;
 pub mod schedule;
@@ -225,6 +228,15 @@ impl Runtime {
                 partitions: owned.clone(),
             });
             tasks.push(tokio::spawn(supervise("analytics", shutdown.clone(), move |t, set| sink.start(t, set))));
+        }
+
+        if app.config.webhooks.enabled {
+            watches.push(Watch {
+                group: crate::webhooks::collect::GROUP.into(),
+                topic: topic::EVENTS.into(),
+                partitions: owned.clone(),
+            });
+            tasks.extend(crate::webhooks::start(app, owned.clone(), &read, &shutdown));
         }
 
         if app.config.ingest.enabled {
