@@ -21,7 +21,7 @@ const OTHERS: usize = 1_000;
 const RSS_BOUND_MB: u64 = 1024;
 
 fn opted_out_of_category(i: usize) -> bool {
-    i % 10 == 0
+    i.is_multiple_of(10)
 }
 
 fn opted_out_of_sms(i: usize) -> bool {
