@@ -144,3 +144,117 @@ impl BroadcastExpander {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::supervise::supervise;
+    use async_trait::async_trait;
+    use herald_connectors::embedded::{EmbeddedDb, EmbeddedOptions};
+    use herald_schemas::stage::SystemClock;
+    use herald_schemas::store::StoreError;
+    use herald_schemas::topic::{Append, Record};
+    use herald_schemas::{ChannelKind, NotificationRequest};
+    use std::sync::atomic::AtomicUsize;
+
+    /// The embedded store, remembering the largest page asked for.
+    struct Counting {
+        db: Arc<EmbeddedDb>,
+        largest_page: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl SubscriptionStore for Counting {
+        async fn set_topics(&self, user: &str, topics: &[String]) -> Result<Vec<String>, StoreError> {
+            self.db.set_topics(user, topics).await
+        }
+        async fn topics_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+            self.db.topics_of(user).await
+        }
+        async fn subscribers(
+            &self,
+            topic: &str,
+            cursor: Option<&str>,
+            limit: usize,
+        ) -> Result<(Vec<String>, Option<String>), StoreError> {
+            self.largest_page.fetch_max(limit, Ordering::SeqCst);
+            self.db.subscribers(topic, cursor, limit).await
+        }
+        async fn broadcast_cursor(&self, id: &NotificationId) -> Result<Option<String>, StoreError> {
+            self.db.broadcast_cursor(id).await
+        }
+        async fn set_broadcast_cursor(&self, id: &NotificationId, cursor: &str) -> Result<(), StoreError> {
+            self.db.set_broadcast_cursor(id, cursor).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_is_fanned_out_a_page_at_a_time_once_per_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(EmbeddedDb::open(&dir.path().join("db"), EmbeddedOptions::default()).unwrap());
+        for name in [topic::BROADCASTS, topic::REQUESTS, topic::REQUESTS_PRIORITY, topic::EVENTS] {
+            db.ensure_topic(name, 1).await.unwrap();
+        }
+        for u in 0..2_500 {
+            db.set_topics(&format!("u{u:04}"), &["news".to_string()]).await.unwrap();
+        }
+        let store = Arc::new(Counting { db: db.clone(), largest_page: AtomicUsize::new(0) });
+        let request = NotificationRequest {
+            user_id: String::new(),
+            topic: Some("news".into()),
+            template: "t".into(),
+            data: serde_json::json!({}),
+            channels: vec![ChannelKind::Sms],
+            fallback: Vec::new(),
+            category: "news".into(),
+            idempotency_key: Some("k".into()),
+            locale: None,
+            send_at: None,
+            expires_at: None,
+            ttl: None,
+            digest: None,
+        };
+        let broadcast = RequestEnvelope::new(NotificationId("b1".into()), "c".into(), 1, request);
+        let record = Record { key: b"b1".to_vec(), value: codec::encode(&broadcast) };
+        db.append(vec![Append { topic: topic::BROADCASTS.into(), partition: 0, records: vec![record] }]).await.unwrap();
+
+        let expander = BroadcastExpander {
+            log: db.clone(),
+            store: store.clone(),
+            owned: Arc::from([0]),
+            partitions: 1,
+            read: ReadSettings {
+                batch_size: 10,
+                read_wait: Duration::from_millis(20),
+                queue_records: 10,
+                linger: Duration::ZERO,
+            },
+            clock: Arc::new(SystemClock),
+            page: 1_000,
+            request_lag: Arc::new(AtomicU64::new(0)),
+            lag_high_water: 1_000,
+        };
+        let run = |e: BroadcastExpander| async move {
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(supervise("broadcast", shutdown.clone(), move |t, set| e.start(t, set)));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            shutdown.cancel();
+            task.await.unwrap();
+        };
+        run(expander.clone()).await;
+        let requests = db.read(topic::REQUESTS, 0, 0, 10_000, Duration::ZERO).await.unwrap();
+        assert_eq!(requests.len(), 2_500, "one request per follower");
+        assert_eq!(store.largest_page.load(Ordering::SeqCst), 1_000, "never more than a page");
+        let first: RequestEnvelope = codec::decode(&requests[0].value).unwrap();
+        assert_eq!(first.id, NotificationId::for_subscriber(&broadcast.id, "u0000"));
+        assert_eq!((first.request.user_id.as_str(), first.request.topic.as_deref()), ("u0000", None));
+        assert_eq!(first.request.idempotency_key.as_deref(), Some("k/u0000"));
+        assert_eq!(db.broadcast_cursor(&broadcast.id).await.unwrap().as_deref(), Some(BROADCAST_DONE));
+        assert_eq!(db.committed(GROUP, topic::BROADCASTS, 0).await.unwrap(), 1);
+
+        // Replayed (the offset not committed, the cursor done): nothing is appended again.
+        db.commit(GROUP, topic::BROADCASTS, 0, 0).await.unwrap();
+        run(expander).await;
+        assert_eq!(db.read(topic::REQUESTS, 0, 0, 10_000, Duration::ZERO).await.unwrap().len(), 2_500);
+    }
+}
