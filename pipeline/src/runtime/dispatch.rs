@@ -2,9 +2,11 @@
 //!
 //! A dispatcher consumes every partition of its routes' topics and sends
 //! through one [`Channel`]. Each route has a priority topic (transactional
-//! jobs) beside its normal one; batches of the priority topics are taken
-//! first, so a transactional job waits at most for the one batch already in
-//! hand, never for a marketing backlog. For each batch, in order:
+//! jobs) beside its normal one. With providers, the priority topics have a
+//! dispatcher of their own ([`Lane`]), with its own connections and pacing,
+//! so a transactional job never waits for a marketing batch (one paced at a
+//! provider's rate can take seconds); with a file outbox (one writer), one
+//! dispatcher takes the priority topics' batches first. For each batch, in order:
 //! 1. deliveries the ledger has as finished are not sent again (a replay),
 //!    and a delivery id met twice in the batch is taken once; a finished
 //!    delivery's event is emitted again, with the same event id, since it may
@@ -72,6 +74,8 @@ pub struct Dispatcher {
     /// Names the consumer group (`herald-dispatch-<name>`) and the sink position.
     pub name: &'static str,
     pub routes: Vec<Route>,
+    /// Which of the routes' topics it reads.
+    pub lane: Lane,
     pub log: Arc<dyn TopicLog>,
     pub ledger: Arc<dyn LedgerStore>,
     /// Where a dead address is recorded, and the enrich stage's cache of it to drop.
@@ -93,8 +97,29 @@ pub struct Dispatcher {
     pub tracking: Option<Arc<crate::tracking::Tracking>>,
 }
 
+/// Which delivery topics a dispatcher reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Both, the priority topics first, through one channel (a file outbox has one writer).
+    Both,
+    /// The normal topics only; a dispatcher of its own, with its own channel, takes the priority
+    /// topics, so a transactional job never waits behind a paced marketing batch.
+    Normal,
+    Priority,
+}
+
 fn decode_job(record: &StoredRecord) -> Result<DeliveryJob, CodecError> {
     codec::decode(&record.value)
+}
+
+/// The queue name (for metrics) of a dispatcher's priority topics.
+fn priority_queue_name(name: &'static str) -> &'static str {
+    match name {
+        "push" => "push-priority",
+        "sms" => "sms-priority",
+        "email" => "email-priority",
+        _ => "priority",
+    }
 }
 
 impl Dispatcher {
@@ -102,42 +127,48 @@ impl Dispatcher {
         format!("herald-dispatch-{}", self.name)
     }
 
-    /// Readers of the routes' priority topics and of their other topics, into two queues: the
-    /// dispatcher takes the priority queue's batches first.
+    /// Readers of the routes' topics of its lane, into one queue, or two (priority first) for
+    /// [`Lane::Both`].
     pub fn start(&self, token: CancellationToken, tasks: &mut JoinSet<TaskResult>) {
         let sources = |topic: fn(Route) -> &'static str| -> Vec<(String, u32)> {
             self.routes.iter().flat_map(|r| self.owned.iter().map(move |&p| (topic(*r).to_string(), p))).collect()
         };
         let group = self.group();
-        let (read, name) = (&self.read, self.name);
-        let priority_name = match name {
-            "push" => "push-priority",
-            "sms" => "sms-priority",
-            "email" => "email-priority",
-            _ => "priority",
+        let (read, name, priority_name) = (&self.read, self.name, priority_queue_name(self.name));
+        let mut readers = |name: &'static str, topic: fn(Route) -> &'static str| {
+            spawn_readers(name, &self.log, sources(topic), &group, read, decode_job, &token, tasks)
         };
-        let priority = spawn_readers(
-            priority_name,
-            &self.log,
-            sources(Route::priority_topic),
-            &group,
-            read,
-            decode_job,
-            &token,
-            tasks,
-        );
-        let normal = spawn_readers(name, &self.log, sources(Route::topic), &group, read, decode_job, &token, tasks);
-        tasks.spawn(self.clone().run(priority, normal));
+        let (first, second) = match self.lane {
+            Lane::Both => (Some(readers(priority_name, Route::priority_topic)), readers(name, Route::topic)),
+            Lane::Normal => (None, readers(name, Route::topic)),
+            Lane::Priority => (None, readers(priority_name, Route::priority_topic)),
+        };
+        tasks.spawn(self.clone().run(first, second));
     }
 
-    async fn run(self, mut priority: QueueRx<DeliveryJob>, mut normal: QueueRx<DeliveryJob>) -> TaskResult {
+    /// The topics it reads, for the monitor.
+    pub fn topics(&self) -> Vec<&'static str> {
+        let lanes: &[fn(Route) -> &'static str] = match self.lane {
+            Lane::Both => &[Route::topic, Route::priority_topic],
+            Lane::Normal => &[Route::topic],
+            Lane::Priority => &[Route::priority_topic],
+        };
+        self.routes.iter().flat_map(|r| lanes.iter().map(|topic| topic(*r))).collect()
+    }
+
+    async fn run(self, mut first: Option<QueueRx<DeliveryJob>>, mut second: QueueRx<DeliveryJob>) -> TaskResult {
         let name = self.name;
         let mut channel = (self.channel)().map_err(|e| TaskFailed::new(name, e))?;
         let committed = self.ledger.sink_position(name).await.map_err(|e| TaskFailed::new(name, e))?;
         channel.recover(committed).await.map_err(|e| TaskFailed::new(name, e))?;
         let group = self.group();
         let (size, linger) = (self.read.batch_size, self.read.linger);
-        while let Some(batch) = QueueRx::recv_either(&mut priority, &mut normal, size, linger).await {
+        loop {
+            let next = match first.as_mut() {
+                Some(first) => QueueRx::recv_either(first, &mut second, size, linger).await,
+                None => second.recv_merged(size, linger).await,
+            };
+            let Some(batch) = next else { break };
             let started = Instant::now();
             let commits = batch.commits(&group);
             let ids: Vec<_> = batch.items.iter().map(|j| j.delivery_id.clone()).collect();
@@ -379,6 +410,7 @@ pub(crate) mod tests {
         Dispatcher {
             name: "push",
             routes: vec![Route::Apns],
+            lane: Lane::Both,
             log: db.clone(),
             ledger: db.clone(),
             contacts: db.clone(),

@@ -36,7 +36,7 @@ pub mod workers;
 use crate::alerts::Alerts;
 use crate::app::App;
 use crate::config::{Config, ProviderKind};
-use dispatch::{ChannelFactory, Dispatcher};
+use dispatch::{ChannelFactory, Dispatcher, Lane};
 use herald_connectors::channels::apns::Apns;
 use herald_connectors::channels::breaker::{BreakerConfig, BreakerState, Guarded};
 use herald_connectors::channels::failover::Failover;
@@ -136,27 +136,34 @@ impl Runtime {
             .to_vec();
         for (name, channel) in [("push", ChannelKind::Push), ("sms", ChannelKind::Sms), ("email", ChannelKind::Email)] {
             let factory = channel_factory(app, name, channel);
-            let dispatcher = Dispatcher {
-                name,
-                routes: Route::routes_of(channel).to_vec(),
-                log: log.clone(),
-                ledger: app.backends.ledger.clone(),
-                contacts: app.backends.contacts.clone(),
-                contact_cache: app.contact_cache.clone(),
-                alerts: app.alerts.clone(),
-                channel: factory,
-                route_partitions: partitions,
-                event_partitions: partitions,
-                owned: owned.clone(),
-                read: read.clone(),
-                retry: app.config.retry.policy(channel).clone(),
-                recipients: app.recipients.clone(),
-                tracking: app.tracking.clone(),
-            };
-            for topic in dispatcher.routes.iter().flat_map(|r| [r.topic(), r.priority_topic()]) {
-                watches.push(Watch { group: dispatcher.group(), topic: topic.into(), partitions: owned.clone() });
+            let routes = Route::routes_of(channel);
+            // A file outbox has one writer: then one dispatcher takes both lanes, priority first.
+            let outbox = routes.iter().any(|r| app.config.channels.for_route(*r).0.contains(&ProviderKind::Outbox));
+            let lanes: &[Lane] = if outbox { &[Lane::Both] } else { &[Lane::Normal, Lane::Priority] };
+            for &lane in lanes {
+                let dispatcher = Dispatcher {
+                    name,
+                    routes: routes.to_vec(),
+                    lane,
+                    log: log.clone(),
+                    ledger: app.backends.ledger.clone(),
+                    contacts: app.backends.contacts.clone(),
+                    contact_cache: app.contact_cache.clone(),
+                    alerts: app.alerts.clone(),
+                    channel: factory.clone(),
+                    route_partitions: partitions,
+                    event_partitions: partitions,
+                    owned: owned.clone(),
+                    read: read.clone(),
+                    retry: app.config.retry.policy(channel).clone(),
+                    recipients: app.recipients.clone(),
+                    tracking: app.tracking.clone(),
+                };
+                for topic in dispatcher.topics() {
+                    watches.push(Watch { group: dispatcher.group(), topic: topic.into(), partitions: owned.clone() });
+                }
+                tasks.push(tokio::spawn(supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set))));
             }
-            tasks.push(tokio::spawn(supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set))));
         }
 
         let scheduler = retry::RetryScheduler {
