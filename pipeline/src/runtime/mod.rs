@@ -137,9 +137,13 @@ impl Runtime {
         for (name, channel) in [("push", ChannelKind::Push), ("sms", ChannelKind::Sms), ("email", ChannelKind::Email)] {
             let factory = channel_factory(app, name, channel);
             let routes = Route::routes_of(channel);
-            // A file outbox has one writer: then one dispatcher takes both lanes, priority first.
-            let outbox = routes.iter().any(|r| app.config.channels.for_route(*r).0.contains(&ProviderKind::Outbox));
-            let lanes: &[Lane] = if outbox { &[Lane::Both] } else { &[Lane::Normal, Lane::Priority] };
+            // One dispatcher takes both lanes, priority first, where two channels would clash: a
+            // file outbox has one writer, and APNs refuses a second provider token for a key
+            // within 20 minutes (TooManyProviderTokenUpdates), which two APNs connectors with a
+            // cache each would present. (A process-wide token cache would lift the second.)
+            let kinds = |r: &Route| app.config.channels.for_route(*r).0.clone();
+            let shared = routes.iter().flat_map(kinds).any(|k| matches!(k, ProviderKind::Outbox | ProviderKind::Apns));
+            let lanes: &[Lane] = if shared { &[Lane::Both] } else { &[Lane::Normal, Lane::Priority] };
             for &lane in lanes {
                 let dispatcher = Dispatcher {
                     name,
