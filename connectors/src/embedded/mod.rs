@@ -115,3 +115,11 @@ impl From<EmbeddedError> for StoreError {
         }
     }
 }
+
+/// A database in a fresh temporary directory, for tests (the directory goes with the guard).
+#[cfg(test)]
+pub(crate) fn open_temp() -> (tempfile::TempDir, EmbeddedDb) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = EmbeddedDb::open(dir.path(), EmbeddedOptions::default()).expect("the database opens");
+    (dir, db)
+}

@@ -149,11 +149,7 @@ mod tests {
     use herald_schemas::event::EventKind;
     use herald_schemas::store::TimelineStore;
 
-    fn open() -> (tempfile::TempDir, EmbeddedDb) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = EmbeddedDb::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        (dir, db)
-    }
+    use crate::embedded::open_temp as open;
 
     #[tokio::test]
     async fn positions_are_per_group_topic_and_partition_and_survive_reopen() {

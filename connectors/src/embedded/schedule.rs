@@ -440,14 +440,9 @@ mod contract;
 mod tests {
     use super::contract;
     use super::*;
-    use crate::embedded::EmbeddedOptions;
     use contract::{hold, join, nid};
 
-    fn open() -> (tempfile::TempDir, EmbeddedDb) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = EmbeddedDb::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        (dir, db)
-    }
+    use crate::embedded::open_temp as open;
 
     #[tokio::test]
     async fn due_holds_come_soonest_first_per_partition_and_a_replayed_hold_is_recognised() {

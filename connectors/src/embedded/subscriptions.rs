@@ -137,14 +137,7 @@ mod contract;
 #[cfg(test)]
 mod tests {
     use super::contract;
-    use super::*;
-    use crate::embedded::EmbeddedOptions;
-
-    fn open() -> (tempfile::TempDir, EmbeddedDb) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = EmbeddedDb::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        (dir, db)
-    }
+    use crate::embedded::open_temp as open;
 
     #[tokio::test]
     async fn subscribers_come_in_stable_pages_and_follow_changes() {

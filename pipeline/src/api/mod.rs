@@ -338,9 +338,9 @@ async fn put_topics(
     if users.into_iter().next().flatten().is_none() {
         return Err(ApiError::not_found(format!("no user {user_id}")));
     }
-    let subscriptions = &s.app.backends.subscriptions;
-    subscriptions.set_topics(&user_id, &topics).await.map_err(|e| ApiError::internal(&e))?;
-    let now = subscriptions.topics_of(&user_id).await.map_err(|e| ApiError::internal(&e))?;
+    s.app.backends.subscriptions.set_topics(&user_id, &topics).await.map_err(|e| ApiError::internal(&e))?;
+    // What every store keeps: the names sorted, each once (no second read to learn it).
+    let now: std::collections::BTreeSet<&String> = topics.iter().collect();
     Ok(axum::Json(json!({ "user_id": user_id, "topics": now })).into_response())
 }
 
