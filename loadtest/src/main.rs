@@ -73,9 +73,11 @@ enum Command {
     /// --flood-category at --flood-rate (set it above what `find-max` reports, so a backlog builds).
     /// Passes when the probe's end-to-end p99 under the flood is within --max-ratio times its
     /// unloaded p99 and every probe notification arrived. Herald must not cap the flood's category
-    /// (`[throttle] caps = []`), or the flood stops in the throttle stage:
+    /// (`[throttle] caps = []`), or the flood stops in the throttle stage. On a small machine, pin
+    /// Herald and this process to different cores, or the sandbox taking the flood's deliveries
+    /// competes with Herald for CPU (`taskset -c 1 herald serve …` and):
     ///
-    ///   herald-loadtest priority --key $KEY --probe-rate 50 --flood-rate 20000 --phase 20s --json
+    ///   taskset -c 0 herald-loadtest priority --key $KEY --probe-rate 50 --flood-rate 15000 --phase 20s --json
     Priority {
         #[command(flatten)]
         load: LoadArgs,

@@ -317,6 +317,10 @@ pub struct PipelineConfig {
     /// backend reads them from `herald-events`, so it keeps that topic this long.
     #[serde(with = "humantime_serde")]
     pub timeline_retention: Duration,
+    /// The OS priority (Linux nice value, 0 to 19) of the threads that run everything but the
+    /// priority lane, the HTTP API and the monitor: under a saturated CPU the kernel runs
+    /// transactional work first. 0 runs it all on the same threads.
+    pub bulk_nice: u8,
 }
 
 impl Default for PipelineConfig {
@@ -332,6 +336,7 @@ impl Default for PipelineConfig {
             retention_interval: Duration::from_secs(30),
             retention: Duration::from_secs(3600),
             timeline_retention: Duration::from_secs(72 * 3600),
+            bulk_nice: 10,
         }
     }
 }
@@ -676,6 +681,9 @@ impl Config {
     /// Checks limits that serde types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.pipeline.bulk_nice > 19 {
+            return bad("pipeline.bulk_nice must be between 0 and 19");
+        }
         if self.api.max_items == 0 || self.api.max_items > 100_000 {
             return bad("api.max_items must be between 1 and 100000");
         }

@@ -10,7 +10,7 @@ use herald_connectors::secret::SecretSource;
 use herald_loadtest::sandbox::apns::{TEST_KEY_ID, TEST_PRIVATE_KEY, TEST_TEAM_ID, config_toml};
 use herald_loadtest::sandbox::{Faults, Sandbox};
 use herald_schemas::channel::{Channel, SendOutcome};
-use herald_schemas::{Clock, DeliveryJob, Platform, RenderedContent, Target};
+use herald_schemas::{Clock, DeliveryJob, Platform, RenderedContent, SystemClock, Target};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -143,8 +143,12 @@ async fn apns_refuses_tokens_renewed_too_often_and_foreign_keys() {
     let sandbox = sandbox(Faults::default()).await;
     let mut first = Apns::new(&config(sandbox.base_url(), TEST_PRIVATE_KEY)).unwrap();
     assert!(matches!(first.send(&[push(1, TOKEN, "a")]).await.unwrap()[0], SendOutcome::Delivered { .. }));
+    // Another connector of this process presents the same token.
+    let mut same_process = Apns::new(&config(sandbox.base_url(), TEST_PRIVATE_KEY)).unwrap();
+    assert!(matches!(same_process.send(&[push(4, TOKEN, "d")]).await.unwrap()[0], SendOutcome::Delivered { .. }));
+    assert_eq!(same_process.tokens_signed(), 1, "one signing for the key in the process");
     // A second process with the same key signs its own token minutes later: too many updates.
-    let mut second = Apns::new(&config(sandbox.base_url(), TEST_PRIVATE_KEY)).unwrap();
+    let mut second = Apns::with_clock(&config(sandbox.base_url(), TEST_PRIVATE_KEY), Arc::new(SystemClock)).unwrap();
     let outcome = second.send(&[push(2, TOKEN, "b")]).await.unwrap().remove(0);
     assert!(
         matches!(&outcome, SendOutcome::Retryable { reason, .. } if reason == "http 429 apns TooManyProviderTokenUpdates"),

@@ -1,4 +1,4 @@
-//! The runtime provider exchanges run on, apart from the pipeline's.
+//! The runtimes provider exchanges run on, apart from the pipeline's.
 //!
 //! A provider request's timeout is a timer, and a timer is only as good as the runtime that polls
 //! it. The pipeline's runtime also runs the embedded store's calls in place (see
@@ -7,40 +7,83 @@
 //! finds its answer and its expired timer at the same poll, and reqwest checks the timer first:
 //! the provider accepted the message, Herald records a timeout and sends it again, a duplicate
 //! the user sees. So every exchange with a provider (the HTTP connectors' [`super::exchange`],
-//! the SMTP connector's send) runs here, on two threads that never touch the store, and the
-//! pipeline awaits only the outcome.
+//! the SMTP connector's send) runs here, on threads that never touch the store, and the pipeline
+//! awaits only the outcome.
 //!
-//! The runtime starts with the first exchange and lives as long as the process. Connections
-//! opened here (reqwest's and lettre's pools) keep their tasks here.
+//! There are two, so that a transactional exchange never queues behind a marketing flood's: the
+//! pipeline's bulk threads (its normal lanes, at a lower OS priority) mark themselves with
+//! [`enter_bulk`] and their exchanges run on `herald-io-bulk`, whose threads get the same lower
+//! priority; every other thread's run on `herald-io`, at the priority of the thread that
+//! [`start`]ed it. Each starts with its first exchange (or [`start`]) and lives as long as the
+//! process. Connections opened on one (reqwest's and lettre's pools) keep their tasks there.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::io;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::runtime::{Builder, Handle, Runtime};
 
-/// Worker threads of the provider runtime: exchanges are waits on sockets, two threads carry
+/// Worker threads of each provider runtime: exchanges are waits on sockets, two threads carry
 /// thousands of them.
 const THREADS: usize = 2;
 
-static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
+static PRIORITY: OnceLock<Option<Runtime>> = OnceLock::new();
+static BULK: OnceLock<Option<Runtime>> = OnceLock::new();
+/// The nice value of the bulk threads, given to `herald-io-bulk`'s.
+static BULK_NICE: AtomicU8 = AtomicU8::new(0);
 
-/// The provider runtime's handle; `None` when its threads could not be started, so exchanges
-/// run on the caller's runtime as before.
+thread_local! {
+    /// Whether this thread is one of the pipeline's bulk threads ([`enter_bulk`]).
+    static ON_BULK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Starts the priority provider runtime now, so that its threads take the calling thread's
+/// priority (call it from a thread at the process's own).
+pub fn start() {
+    let _ = handle();
+}
+
+/// Marks the calling thread as a bulk thread: its nice value is raised to `nice`, and the
+/// exchanges it starts run on the bulk provider runtime, whose threads run at `nice` too.
+/// Fails (leaving the priority as it was, and the mark set) where per-thread priority is not
+/// supported.
+pub fn enter_bulk(nice: u8) -> io::Result<()> {
+    ON_BULK.set(true);
+    BULK_NICE.store(nice, Ordering::Relaxed);
+    set_thread_nice(nice)
+}
+
+/// The calling thread's provider runtime; `None` when its threads could not be started, so
+/// exchanges run on the caller's runtime as before.
 fn handle() -> Option<Handle> {
-    RUNTIME
-        .get_or_init(|| match Builder::new_multi_thread().worker_threads(THREADS).thread_name("herald-io").enable_all().build() {
-            Ok(runtime) => Some(runtime),
-            Err(error) => {
-                tracing::error!(%error, "provider runtime not started; provider exchanges share the pipeline's runtime");
-                None
+    let bulk = ON_BULK.get();
+    let (runtime, name) = if bulk { (&BULK, "herald-io-bulk") } else { (&PRIORITY, "herald-io") };
+    runtime
+        .get_or_init(|| {
+            let mut builder = Builder::new_multi_thread();
+            builder.worker_threads(THREADS).thread_name(name).enable_all();
+            if bulk {
+                let nice = BULK_NICE.load(Ordering::Relaxed);
+                builder.on_thread_start(move || {
+                    let _ = set_thread_nice(nice);
+                });
+            }
+            match builder.build() {
+                Ok(runtime) => Some(runtime),
+                Err(error) => {
+                    tracing::error!(%error, name, "provider runtime not started; its exchanges share the pipeline's runtime");
+                    None
+                }
             }
         })
         .as_ref()
         .map(|runtime| runtime.handle().clone())
 }
 
-/// Runs `exchange` to completion on the provider runtime and returns its output. Dropping the
-/// returned future does not cancel the exchange: it finishes (and its answer is dropped), as a
-/// request already on the wire would anyway. A panic in `exchange` is resumed here.
+/// Runs `exchange` to completion on the calling thread's provider runtime and returns its output.
+/// Dropping the returned future does not cancel the exchange: it finishes (and its answer is
+/// dropped), as a request already on the wire would anyway. A panic in `exchange` is resumed here.
 pub async fn run<F>(exchange: F) -> F::Output
 where
     F: Future + Send + 'static,
@@ -56,6 +99,25 @@ where
         // aborted: a join error other than a panic cannot happen.
         Err(error) => unreachable!("provider exchange cancelled: {error}"),
     }
+}
+
+/// Sets the calling thread's nice value (0 to 19). On Linux the nice value is a thread's own:
+/// `setpriority` with a thread id sets that thread's. Raising it needs no privilege; lowering it
+/// again does.
+#[cfg(target_os = "linux")]
+pub fn set_thread_nice(nice: u8) -> io::Result<()> {
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), i32::from(nice)).map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_thread_nice(_nice: u8) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "per-thread priority is set on Linux only"))
+}
+
+/// The calling thread's nice value.
+#[cfg(target_os = "linux")]
+pub fn thread_nice() -> io::Result<i32> {
+    rustix::process::getpriority_process(Some(rustix::thread::gettid())).map_err(io::Error::from)
 }
 
 #[cfg(test)]
@@ -83,6 +145,30 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// A bulk thread's exchanges run on the bulk provider runtime at its priority; any other
+    /// thread's on the priority one.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn bulk_threads_exchange_on_the_bulk_runtime_at_their_priority() {
+        let where_run = || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(super::run(async {
+                (std::thread::current().name().map(str::to_string), super::thread_nice().unwrap())
+            }))
+        };
+        let own = super::thread_nice().unwrap();
+        let (name, nice) = std::thread::spawn(where_run).join().unwrap();
+        assert_eq!((name.as_deref(), nice), (Some("herald-io"), own));
+        let (name, nice) = std::thread::spawn(move || {
+            super::enter_bulk(12).unwrap();
+            assert_eq!(super::thread_nice().unwrap(), 12.max(own));
+            where_run()
+        })
+        .join()
+        .unwrap();
+        assert_eq!((name.as_deref(), nice), (Some("herald-io-bulk"), 12.max(own)));
     }
 
     /// The pipeline's runtime stalls (its only thread blocked, as by a slow `fsync`) for longer

@@ -8,7 +8,9 @@
 //!
 //! The verdict compares the probe's end-to-end p99 in the two phases: the priority lane holds
 //! when the loaded p99 is within `max_ratio` (2) times the unloaded one. The generator runs on the
-//! same machine as Herald, so the flood also takes CPU from Herald; the ratio includes that.
+//! same machine as Herald, so the flood (and the sandbox accepting its deliveries, which stands
+//! in for remote providers) also takes CPU from Herald; the ratio includes that unless the two
+//! processes are pinned to different cores (`taskset`, see the README).
 
 use super::report::Report;
 use super::{RunError, RunOptions, run, run_together};

@@ -5,9 +5,10 @@
 //! jobs) beside its normal one. With providers, the priority topics have a
 //! dispatcher of their own ([`Lane`]), with its own connections and pacing,
 //! so a transactional job never waits for a marketing batch (one paced at a
-//! provider's rate can take seconds); with a file outbox (one writer) or
-//! APNs (one provider token per key), one dispatcher takes the priority
-//! topics' batches first. For each batch, in order:
+//! provider's rate can take seconds), and runs on the worker's main runtime
+//! while the normal lane's runs on the bulk one (see `runtime::pools`); with
+//! a file outbox (one writer), one dispatcher takes the priority topics'
+//! batches first. For each batch, in order:
 //! 1. deliveries the ledger has as finished are not sent again (a replay),
 //!    and a delivery id met twice in the batch is taken once; a finished
 //!    delivery's event is emitted again, with the same event id, since it may

@@ -15,6 +15,9 @@
 //!   senders;
 //! - the monitor ([`monitor`]): offsets, lag, retention.
 //!
+//! The priority lane's chain and dispatchers and the monitor run on the caller's runtime; the rest
+//! on the bulk runtime ([`pools`]), at a lower OS priority.
+//!
 //! Each chain runs under [`supervise`](supervise::supervise): a failure
 //! replays from the last commit. [`Runtime::stop`] stops the readers and
 //! lets every chain drain and commit what it holds before returning.
@@ -23,6 +26,7 @@ pub mod broadcast;
 pub mod dispatch;
 pub mod ingest_topic;
 pub mod monitor;
+pub mod pools;
 pub mod queue;
 pub mod reader;
 pub mod recent;
@@ -62,6 +66,7 @@ use herald_stages::render::RenderStage;
 use herald_stages::throttle::ThrottleStage;
 use herald_stages::validate::ValidateStage;
 use monitor::{Monitor, Watch};
+use pools::BulkPool;
 use reader::ReadSettings;
 use requests::{RequestChain, StageFactory};
 use std::sync::Arc;
@@ -73,6 +78,9 @@ use tokio_util::sync::CancellationToken;
 pub struct Runtime {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// Where everything but the priority lane and the monitor runs ([`pools`]); dropped after
+    /// the tasks ended.
+    bulk: Option<BulkPool>,
     /// Requests appended but not yet through the chain (for the API's 503).
     pub request_lag: Arc<AtomicU64>,
 }
@@ -98,6 +106,13 @@ impl Runtime {
         };
         let log = app.backends.log.clone();
         let mut tasks = Vec::new();
+        // The priority lane's provider runtime takes this thread's priority, not the bulk's.
+        herald_connectors::channels::io::start();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let bulk = BulkPool::start(cfg.bulk_nice, threads).unwrap_or_else(|error| {
+            tracing::error!(%error, "no runtime of its own for the bulk work: it shares the priority lane's");
+            BulkPool::start(0, threads).expect("sharing the current runtime cannot fail")
+        });
 
         // Lanes: independent request chains, each over its share of the partitions. A user's
         // partition belongs to one lane, so per-user order and state stay in one chain.
@@ -116,7 +131,7 @@ impl Runtime {
                 event_partitions: partitions,
                 read: read.clone(),
             };
-            tasks.push(tokio::spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
+            tasks.push(bulk.spawn(supervise("requests", shutdown.clone(), move |t, set| chain.start(t, set))));
         }
         // The priority lane: transactional requests in a chain of their own, over every owned
         // partition of their topic, so a marketing backlog in the others never delays them.
@@ -138,11 +153,9 @@ impl Runtime {
             let factory = channel_factory(app, name, channel);
             let routes = Route::routes_of(channel);
             // One dispatcher takes both lanes, priority first, where two channels would clash: a
-            // file outbox has one writer, and APNs refuses a second provider token for a key
-            // within 20 minutes (TooManyProviderTokenUpdates), which two APNs connectors with a
-            // cache each would present. (A process-wide token cache would lift the second.)
+            // file outbox has one writer. (APNs connectors of one key share its provider token.)
             let kinds = |r: &Route| app.config.channels.for_route(*r).0.clone();
-            let shared = routes.iter().flat_map(kinds).any(|k| matches!(k, ProviderKind::Outbox | ProviderKind::Apns));
+            let shared = routes.iter().flat_map(kinds).any(|k| k == ProviderKind::Outbox);
             let lanes: &[Lane] = if shared { &[Lane::Both] } else { &[Lane::Normal, Lane::Priority] };
             for &lane in lanes {
                 let dispatcher = Dispatcher {
@@ -166,7 +179,8 @@ impl Runtime {
                 for topic in dispatcher.topics() {
                     watches.push(Watch { group: dispatcher.group(), topic: topic.into(), partitions: owned.clone() });
                 }
-                tasks.push(tokio::spawn(supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set))));
+                let task = supervise(name, shutdown.clone(), move |t, set| dispatcher.start(t, set));
+                tasks.push(if lane == Lane::Normal { bulk.spawn(task) } else { tokio::spawn(task) });
             }
         }
 
@@ -177,7 +191,7 @@ impl Runtime {
             read: read.clone(),
             max_waiting: app.config.retry.max_waiting,
         };
-        tasks.push(tokio::spawn(supervise("retry", shutdown.clone(), move |t, set| scheduler.start(t, set))));
+        tasks.push(bulk.spawn(supervise("retry", shutdown.clone(), move |t, set| scheduler.start(t, set))));
 
         let scheduler = schedule::Scheduler {
             log: log.clone(),
@@ -190,7 +204,7 @@ impl Runtime {
             digest_items: app.config.schedule.digest_items.get() as usize,
             max_data_bytes: app.validator.limits().max_data_bytes,
         };
-        tasks.push(tokio::spawn(supervise("schedule", shutdown.clone(), move |t, set| scheduler.start(t, set))));
+        tasks.push(bulk.spawn(supervise("schedule", shutdown.clone(), move |t, set| scheduler.start(t, set))));
 
         let expander = broadcast::BroadcastExpander {
             log: log.clone(),
@@ -208,7 +222,7 @@ impl Runtime {
             topic: topic::BROADCASTS.into(),
             partitions: owned.clone(),
         });
-        tasks.push(tokio::spawn(supervise("broadcast", shutdown.clone(), move |t, set| expander.start(t, set))));
+        tasks.push(bulk.spawn(supervise("broadcast", shutdown.clone(), move |t, set| expander.start(t, set))));
 
         if let Some(store) = app.backends.timeline_feed.clone() {
             let sink =
@@ -218,7 +232,7 @@ impl Runtime {
                 topic: topic::EVENTS.into(),
                 partitions: owned.clone(),
             });
-            tasks.push(tokio::spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
+            tasks.push(bulk.spawn(supervise("timeline", shutdown.clone(), move |t, set| sink.start(t, set))));
         }
 
         if app.config.analytics.enabled {
@@ -238,7 +252,7 @@ impl Runtime {
                 topic: topic::EVENTS.into(),
                 partitions: owned.clone(),
             });
-            tasks.push(tokio::spawn(supervise("analytics", shutdown.clone(), move |t, set| sink.start(t, set))));
+            tasks.push(bulk.spawn(supervise("analytics", shutdown.clone(), move |t, set| sink.start(t, set))));
         }
 
         if app.config.webhooks.enabled {
@@ -247,7 +261,7 @@ impl Runtime {
                 topic: topic::EVENTS.into(),
                 partitions: owned.clone(),
             });
-            tasks.extend(crate::webhooks::start(app, owned.clone(), &read, &shutdown));
+            tasks.extend(crate::webhooks::start(app, owned.clone(), &read, &shutdown, bulk.handle()));
         }
 
         if app.config.ingest.enabled {
@@ -263,7 +277,7 @@ impl Runtime {
                 topic: topic::INGEST.into(),
                 partitions: owned.clone(),
             });
-            tasks.push(tokio::spawn(supervise("ingest", shutdown.clone(), move |t, set| consumer.start(t, set))));
+            tasks.push(bulk.spawn(supervise("ingest", shutdown.clone(), move |t, set| consumer.start(t, set))));
         }
 
         let monitor = Monitor {
@@ -274,18 +288,19 @@ impl Runtime {
             retention: app.backends.embedded.clone().map(|db| (db, cfg.retention_interval)),
         };
         tasks.push(tokio::spawn(monitor.run(shutdown.clone())));
-        tracing::info!(partitions, owned = ?owned, "runtime started");
-        Runtime { shutdown, tasks, request_lag }
+        tracing::info!(partitions, owned = ?owned, bulk_nice = cfg.bulk_nice, separate = bulk.is_separate(), "runtime started");
+        Runtime { shutdown, tasks, bulk: Some(bulk), request_lag }
     }
 
     /// Stops reading, drains every chain, commits, and returns when all tasks ended.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             if let Err(error) = task.await {
                 tracing::error!(%error, "runtime task ended abnormally");
             }
         }
+        drop(self.bulk.take());
         tracing::info!("runtime stopped");
     }
 }

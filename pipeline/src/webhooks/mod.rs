@@ -168,13 +168,19 @@ async fn first_snapshot(
 
 /// Starts the webhook tasks of a runtime over the partitions `owned`: the registrations' refresh,
 /// the collectors (a chain under supervision) and the senders (another).
-pub fn start(app: &App, owned: Arc<[u32]>, read: &ReadSettings, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+pub fn start(
+    app: &App,
+    owned: Arc<[u32]>,
+    read: &ReadSettings,
+    shutdown: &CancellationToken,
+    runtime: &tokio::runtime::Handle,
+) -> Vec<JoinHandle<()>> {
     let config = app.config.webhooks.clone();
     let store = app.backends.webhooks.clone();
     let shared = Arc::new(Shared::new(app.partitions()));
     let (tx, registrations) = watch::channel(None);
     let mut tasks =
-        vec![tokio::spawn(refresh_registrations(store.clone(), config.refresh_interval, tx, shutdown.clone()))];
+        vec![runtime.spawn(refresh_registrations(store.clone(), config.refresh_interval, tx, shutdown.clone()))];
 
     let collector = collect::Collector {
         log: app.backends.log.clone(),
@@ -188,7 +194,7 @@ pub fn start(app: &App, owned: Arc<[u32]>, read: &ReadSettings, shutdown: &Cance
         dedup_window: config.dedup_window.get() as usize,
         clock: app.clock.clone(),
     };
-    tasks.push(tokio::spawn(supervise("webhooks", shutdown.clone(), move |t, set| collector.start(t, set))));
+    tasks.push(runtime.spawn(supervise("webhooks", shutdown.clone(), move |t, set| collector.start(t, set))));
 
     let client = match WebhookClient::new(config.request_timeout) {
         Ok(client) => client,
@@ -207,6 +213,6 @@ pub fn start(app: &App, owned: Arc<[u32]>, read: &ReadSettings, shutdown: &Cance
         alerts: app.alerts.clone(),
         clock: app.clock.clone(),
     };
-    tasks.push(tokio::spawn(supervise("webhook-senders", shutdown.clone(), move |t, set| senders.start(t, set))));
+    tasks.push(runtime.spawn(supervise("webhook-senders", shutdown.clone(), move |t, set| senders.start(t, set))));
     tasks
 }

@@ -146,7 +146,8 @@ struct Lane {
 
 /// How requests prove they may push: a provider token, or the connection's client certificate.
 enum Auth {
-    Token(Box<TokenCache>),
+    /// Shared by every connector of the key in this process.
+    Token(Arc<TokenCache>),
     Certificate,
 }
 
@@ -167,19 +168,31 @@ impl Apns {
     /// Checks the configuration, reads the key or certificate, and builds the clients
     /// (connections open on the first request).
     pub fn new(config: &ApnsConfig) -> Result<Apns, ApnsConfigError> {
-        Apns::with_clock(config, Arc::new(SystemClock))
+        Apns::build(config, Arc::new(SystemClock), true)
     }
 
-    /// [`Apns::new`] with the clock that dates provider tokens and expirations.
+    /// [`Apns::new`] with the clock that dates provider tokens and expirations, and a token cache
+    /// of its own, as another process would have: tokens dated by another clock are not shared
+    /// (tests age tokens, and play a second process, with it).
     pub fn with_clock(config: &ApnsConfig, clock: Arc<dyn Clock>) -> Result<Apns, ApnsConfigError> {
+        Apns::build(config, clock, false)
+    }
+
+    /// `shared`: the process's token cache for the key, or one of its own.
+    fn build(config: &ApnsConfig, clock: Arc<dyn Clock>, shared: bool) -> Result<Apns, ApnsConfigError> {
         config.validate()?;
         let resolve = |field, source: &crate::secret::SecretSource| {
             source.resolve().map_err(|source| ApnsConfigError::Secret { field, source })
         };
         let (auth, identity) = match &config.auth {
             ApnsAuth::Token { key, key_id, team_id, token_refresh } => {
-                let signer = Signer::new(resolve("key", key)?.expose(), key_id, team_id)?;
-                (Auth::Token(Box::new(TokenCache::new(signer, *token_refresh))), None)
+                let pem = resolve("key", key)?;
+                let cache = if shared {
+                    TokenCache::shared(pem.expose(), key_id, team_id, *token_refresh)?
+                } else {
+                    Arc::new(TokenCache::new(Signer::new(pem.expose(), key_id, team_id)?, *token_refresh))
+                };
+                (Auth::Token(cache), None)
             }
             ApnsAuth::Certificate { certificate, key } => {
                 let pem =

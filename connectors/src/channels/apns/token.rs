@@ -4,13 +4,18 @@
 //! often than every 20 minutes (`429 TooManyProviderTokenUpdates`), so [`TokenCache`] signs a
 //! token when the last one is `refresh` old, and after APNs rejects it only once it is 20 minutes
 //! old. Time is passed in (Unix seconds), so tests need not wait.
+//!
+//! Apple counts tokens per key, not per connection, so every connector of one key in a process
+//! shares one cache ([`TokenCache::shared`]): the priority lane's connector, the normal lane's,
+//! and those built again after a dispatcher restarts present the same token.
 
 use super::config::TOKEN_REFRESH_RANGE;
 use super::{ApnsConfigError, TokenError};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Signs provider tokens with the team's key.
@@ -73,6 +78,28 @@ impl TokenCache {
         }
     }
 
+    /// The process's cache for this key (team, key id and the key itself), made on first use.
+    /// A later call with the same key gets the same cache, whatever its `refresh`.
+    pub fn shared(
+        pem: &str,
+        key_id: &str,
+        team_id: &str,
+        refresh: Duration,
+    ) -> Result<Arc<TokenCache>, ApnsConfigError> {
+        /// (team id, key id, key).
+        type KeyOf = (String, String, String);
+        /// One cache per key for the life of the process (a handful of keys at most).
+        static CACHES: LazyLock<Mutex<HashMap<KeyOf, Arc<TokenCache>>>> = LazyLock::new(Mutex::default);
+        let id = (team_id.to_string(), key_id.to_string(), pem.to_string());
+        let mut caches = CACHES.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cache) = caches.get(&id) {
+            return Ok(Arc::clone(cache));
+        }
+        let cache = Arc::new(TokenCache::new(Signer::new(pem, key_id, team_id)?, refresh));
+        caches.insert(id, Arc::clone(&cache));
+        Ok(cache)
+    }
+
     /// The token to send at `now` (Unix seconds): the cached one unless it is due for renewal.
     pub fn token(&self, now: u64) -> Result<Arc<str>, TokenError> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
@@ -128,6 +155,21 @@ pub(crate) mod tests {
     fn cache() -> TokenCache {
         let signer = Signer::new(&p8_pem(), "KEY1234567", "TEAM123456").unwrap();
         TokenCache::new(signer, Duration::from_secs(50 * 60))
+    }
+
+    #[test]
+    fn one_key_has_one_cache_in_the_process() {
+        let (pem, other) = (p8_pem(), p8_pem());
+        let refresh = Duration::from_secs(50 * 60);
+        let a = TokenCache::shared(&pem, "KEY1234567", "TEAM123456", refresh).unwrap();
+        let b = TokenCache::shared(&pem, "KEY1234567", "TEAM123456", refresh).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.token(1_700_000_000).unwrap(), b.token(1_700_000_100).unwrap());
+        assert_eq!(b.signings(), 1);
+        let c = TokenCache::shared(&other, "KEY1234567", "TEAM123456", refresh).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        let d = TokenCache::shared(&pem, "KEY7654321", "TEAM123456", refresh).unwrap();
+        assert!(!Arc::ptr_eq(&a, &d));
     }
 
     #[test]
