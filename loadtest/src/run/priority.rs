@@ -12,7 +12,7 @@
 //! in for remote providers) also takes CPU from Herald; the ratio includes that unless the two
 //! processes are pinned to different cores (`taskset`, see the README).
 
-use super::report::Report;
+use super::report::{Percentiles, Report};
 use super::{RunError, RunOptions, run, run_together};
 use crate::sandbox::Sandbox;
 use serde::Serialize;
@@ -40,7 +40,19 @@ pub struct PriorityReport {
     /// Loaded over unloaded probe end-to-end p99.
     pub p99_ratio: f64,
     pub max_ratio: f64,
+    /// Whether the unloaded phase is a baseline to compare with: its p99 within
+    /// [`STEADY_SPREAD`] times its p50. A stall in it (a 400 ms one was seen once) would inflate
+    /// the denominator and let any loaded p99 pass.
+    pub baseline_steady: bool,
     pub passed: bool,
+}
+
+/// The unloaded p99 may be at most this many times the unloaded p50 (measured: 1.3–1.8).
+pub const STEADY_SPREAD: f64 = 4.0;
+
+/// Whether the unloaded phase's end-to-end latency is steady enough to be a baseline.
+fn steady(e2e: &Percentiles) -> bool {
+    e2e.p99 <= STEADY_SPREAD * e2e.p50.max(f64::EPSILON)
 }
 
 pub async fn priority(options: &PriorityOptions, sandbox: &Sandbox) -> Result<PriorityReport, RunError> {
@@ -68,8 +80,9 @@ pub async fn priority(options: &PriorityOptions, sandbox: &Sandbox) -> Result<Pr
     let base = unloaded.e2e_latency_ms.p99.max(f64::EPSILON);
     let p99_ratio = loaded.e2e_latency_ms.p99 / base;
     let complete = |r: &Report| r.received == r.sent && r.sent > 0;
-    let passed = p99_ratio <= options.max_ratio && complete(&unloaded) && complete(&loaded);
-    Ok(PriorityReport { unloaded, loaded, flood, p99_ratio, max_ratio: options.max_ratio, passed })
+    let baseline_steady = steady(&unloaded.e2e_latency_ms);
+    let passed = p99_ratio <= options.max_ratio && baseline_steady && complete(&unloaded) && complete(&loaded);
+    Ok(PriorityReport { unloaded, loaded, flood, p99_ratio, max_ratio: options.max_ratio, baseline_steady, passed })
 }
 
 impl PriorityReport {
@@ -93,6 +106,31 @@ impl PriorityReport {
             self.max_ratio,
             if self.passed { "PASS" } else { "FAIL" }
         );
+        if !self.baseline_steady {
+            let _ = writeln!(
+                out,
+                "the unloaded phase was not steady (p99 above {STEADY_SPREAD}x its p50): not a baseline; run again"
+            );
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e2e(p50: f64, p99: f64) -> Percentiles {
+        Percentiles { p50, p99, max: p99, ..Percentiles::default() }
+    }
+
+    #[test]
+    fn a_stall_in_the_unloaded_phase_is_no_baseline() {
+        // Measured baselines: p50 about 10 ms, p99 13-18 ms.
+        assert!(steady(&e2e(9.5, 14.4)));
+        assert!(steady(&e2e(10.0, 40.0)));
+        // One run's unloaded phase met a 414 ms stall: any loaded p99 would have "passed".
+        assert!(!steady(&e2e(11.0, 414.0)));
+        assert!(!steady(&e2e(0.0, 1.0)));
     }
 }
