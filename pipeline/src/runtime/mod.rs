@@ -80,7 +80,7 @@ pub struct Runtime {
     tasks: Vec<JoinHandle<()>>,
     /// Where everything but the priority lane and the monitor runs ([`pools`]); dropped after
     /// the tasks ended.
-    bulk: Option<BulkPool>,
+    bulk: BulkPool,
     /// Requests appended but not yet through the chain (for the API's 503).
     pub request_lag: Arc<AtomicU64>,
 }
@@ -289,18 +289,19 @@ impl Runtime {
         };
         tasks.push(tokio::spawn(monitor.run(shutdown.clone())));
         tracing::info!(partitions, owned = ?owned, bulk_nice = cfg.bulk_nice, separate = bulk.is_separate(), "runtime started");
-        Runtime { shutdown, tasks, bulk: Some(bulk), request_lag }
+        Runtime { shutdown, tasks, bulk, request_lag }
     }
 
     /// Stops reading, drains every chain, commits, and returns when all tasks ended.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        for task in std::mem::take(&mut self.tasks) {
+    pub async fn stop(self) {
+        let Runtime { shutdown, tasks, bulk, .. } = self;
+        shutdown.cancel();
+        for task in tasks {
             if let Err(error) = task.await {
                 tracing::error!(%error, "runtime task ended abnormally");
             }
         }
-        drop(self.bulk.take());
+        drop(bulk);
         tracing::info!("runtime stopped");
     }
 }
