@@ -21,8 +21,26 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 async fn post(client: &reqwest::Client, url: &str, key: &str, n: usize) -> reqwest::Response {
-    let items: Vec<_> = (0..n)
-        .map(|i| json!({"user_id": format!("u{i}"), "template": "t", "channels": ["push"], "data": {}}))
+    post_categories(client, url, key, &vec![None; n]).await
+}
+
+/// One notification per entry, of that category (`None`: the default).
+async fn post_categories(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    categories: &[Option<&str>],
+) -> reqwest::Response {
+    let items: Vec<_> = categories
+        .iter()
+        .enumerate()
+        .map(|(i, category)| {
+            let mut item = json!({"user_id": format!("u{i}"), "template": "t", "channels": ["push"], "data": {}});
+            if let Some(category) = category {
+                item["category"] = json!(category);
+            }
+            item
+        })
         .collect();
     client
         .post(format!("{url}/v1/notifications"))
@@ -33,13 +51,9 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, n: usize) -> reqwe
         .expect("request")
 }
 
-#[tokio::test]
-async fn lag_over_the_high_water_mark_answers_503_until_drained() {
+/// An app with template `t` and a key with the send scope.
+async fn set_up(config: Config) -> (tempfile::TempDir, Arc<App>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.api.lag_high_water = 10;
-    config.api.retry_after = Duration::from_secs(3);
-    config.pipeline.monitor_interval = Duration::from_millis(20);
     let app = Arc::new(App::open(config, dir.path().to_path_buf()).await.unwrap());
     let template = Template {
         id: "t".into(),
@@ -51,6 +65,16 @@ async fn lag_over_the_high_water_mark_answers_503_until_drained() {
     };
     app.backends.templates.put_template(&template).await.unwrap();
     let key = herald::keys::create(app.backends.keys.as_ref(), "c", &[Scope::Send]).await.unwrap();
+    (dir, app, key)
+}
+
+#[tokio::test]
+async fn lag_over_the_high_water_mark_answers_503_until_drained() {
+    let mut config = Config::default();
+    config.api.lag_high_water = 10;
+    config.api.retry_after = Duration::from_secs(3);
+    config.pipeline.monitor_interval = Duration::from_millis(20);
+    let (_dir, app, key) = set_up(config).await;
 
     // Only the monitor runs at first: nothing consumes herald-requests.
     let lag = Arc::new(AtomicU64::new(0));
@@ -69,7 +93,7 @@ async fn lag_over_the_high_water_mark_answers_503_until_drained() {
     let monitor_task = tokio::spawn(monitor.run(stop_monitor.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = ApiState { app: app.clone(), request_lag: lag.clone() };
+    let state = ApiState { app: app.clone(), request_lag: lag.clone(), bulk: tokio::runtime::Handle::current() };
     let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
     let client = reqwest::Client::new();
 
@@ -108,7 +132,7 @@ async fn lag_over_the_high_water_mark_answers_503_until_drained() {
     // The monitor publishes the new lag within an interval.
     tokio::time::sleep(app.config.pipeline.monitor_interval * 5).await;
     assert_eq!(runtime.request_lag.load(Ordering::Relaxed), 0);
-    let api = ApiState { app: app.clone(), request_lag: runtime.request_lag.clone() };
+    let api = ApiState { app: app.clone(), request_lag: runtime.request_lag.clone(), bulk: runtime.bulk_handle() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url2 = format!("http://{}", listener.local_addr().unwrap());
     let server2 = tokio::spawn(async move { axum::serve(listener, router(api)).await });
@@ -116,4 +140,30 @@ async fn lag_over_the_high_water_mark_answers_503_until_drained() {
     runtime.stop().await;
     server.abort();
     server2.abort();
+}
+
+/// A batch of only transactional items is stored on the runtime serving HTTP, any other batch on
+/// the bulk runtime: with the bulk runtime gone, the first is still taken and the others refused.
+#[tokio::test]
+async fn only_transactional_batches_are_stored_off_the_bulk_runtime() {
+    let (_dir, app, key) = set_up(Config::default()).await;
+    let bulk = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let gone = bulk.handle().clone();
+    bulk.shutdown_background();
+    let state = ApiState { app, request_lag: Arc::new(AtomicU64::new(0)), bulk: gone };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let client = reqwest::Client::new();
+
+    let otp = post_categories(&client, &url, &key, &[Some("transactional"), Some("transactional")]).await;
+    assert_eq!(otp.status(), 202);
+    for batch in [vec![None], vec![Some("transactional"), Some("marketing")]] {
+        let refused = post_categories(&client, &url, &key, &batch).await;
+        assert_eq!(refused.status(), 503, "{batch:?}");
+        assert!(refused.headers().contains_key("retry-after"));
+        let body = refused.text().await.unwrap();
+        assert!(body.contains("shutting down"), "{body}");
+    }
+    server.abort();
 }

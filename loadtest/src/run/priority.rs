@@ -21,10 +21,12 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct PriorityOptions {
-    /// The probe's shape (target, key, mix, users, batch, drain); its rate and category are set
-    /// here.
+    /// The load's shape (target, key, mix, users, drain, and the flood's batch); the probe's rate,
+    /// batch and category are set here.
     pub load: RunOptions,
     pub probe_rate: f64,
+    /// Notifications per request of the probe: 1 by default, as one-time passwords are sent.
+    pub probe_batch: usize,
     pub flood_rate: f64,
     pub flood_category: String,
     pub phase: Duration,
@@ -59,9 +61,13 @@ pub async fn priority(options: &PriorityOptions, sandbox: &Sandbox) -> Result<Pr
     if options.flood_category == herald_schemas::TRANSACTIONAL {
         return Err(RunError::Options("the flood must not be transactional: it is what the probe overtakes".into()));
     }
+    if options.probe_batch == 0 {
+        return Err(RunError::Options("the probe's batch must hold at least one notification".into()));
+    }
     let probe = RunOptions {
         rate: options.probe_rate,
         duration: options.phase,
+        batch: options.probe_batch,
         category: herald_schemas::TRANSACTIONAL.into(),
         ..options.load.clone()
     };
@@ -69,6 +75,7 @@ pub async fn priority(options: &PriorityOptions, sandbox: &Sandbox) -> Result<Pr
     let probe = RunOptions { set_up: false, ..probe };
     let flood = RunOptions {
         rate: options.flood_rate,
+        batch: options.load.batch,
         category: options.flood_category.clone(),
         progress: false,
         ..probe.clone()

@@ -42,6 +42,10 @@ pub struct ApiState {
     pub app: Arc<App>,
     /// Published by the runtime's monitor.
     pub request_lag: Arc<AtomicU64>,
+    /// Where a batch with non-transactional items is validated and stored: the pipeline's bulk
+    /// runtime, so that a marketing flood's requests do not queue ahead of a one-time password's
+    /// on the runtime serving HTTP.
+    pub bulk: tokio::runtime::Handle,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -154,6 +158,11 @@ async fn authorize(s: &ApiState, headers: &HeaderMap, scope: Scope) -> Result<Ap
 
 /// Reads the body up to the configured limit and parses it as JSON.
 async fn read_json<T: DeserializeOwned>(s: &ApiState, req: Request) -> Result<T, ApiError> {
+    parse_json(&read_body(s, req).await?)
+}
+
+/// Reads the body up to the configured limit.
+async fn read_body(s: &ApiState, req: Request) -> Result<axum::body::Bytes, ApiError> {
     let limit = s.app.config.api.max_body_bytes;
     let too_large = || {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body exceeds {limit} bytes"))
@@ -164,29 +173,67 @@ async fn read_json<T: DeserializeOwned>(s: &ApiState, req: Request) -> Result<T,
         return Err(too_large());
     }
     let body: Body = req.into_body();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
-    let text = std::str::from_utf8(&bytes)
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes)
         .map_err(|e| ApiError::bad_request("invalid_utf8", format!("body is not valid UTF-8: {e}")))?;
     serde_json::from_str(text)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))
 }
 
+/// `POST /v1/notifications`. A batch of only transactional items is parsed and stored on the
+/// runtime serving HTTP, which the priority lane shares; any other batch on the bulk runtime
+/// ([`ApiState::bulk`]), at its lower OS priority, so that a marketing flood's requests (parsing
+/// their JSON is most of their cost) do not queue ahead of a one-time password's.
 async fn post_notifications(State(s): State<ApiState>, req: Request) -> Result<Response, ApiError> {
     let key = authorize(&s, req.headers(), Scope::Send).await?;
-    let body: Value = read_json(&s, req).await?;
-    let Some(items) = body.get("notifications").and_then(Value::as_array) else {
-        return Err(ApiError::bad_request("invalid_body", "expected {\"notifications\": [ … ]}"));
-    };
-    // The lag is that of the normal lane: a batch of only transactional items goes to the
-    // priority lane, which a marketing backlog does not slow, and is taken.
+    let body = read_body(&s, req).await?;
+    // Only a body that names the category can hold only transactional items. (One that spells it
+    // with escapes goes the bulk way, and is accepted all the same.)
+    if memchr::memmem::find(&body, TRANSACTIONAL.as_bytes()).is_some() {
+        return accept_notifications(&s, key, &body, On::Serving).await;
+    }
+    shed_if_behind(&s)?;
+    let bulk = s.bulk.clone();
+    let retry_after = s.app.config.api.retry_after;
+    // Runs to completion even if the client goes away: a batch is stored whole or not at all.
+    bulk.spawn(async move { accept_notifications(&s, key, &body, On::Bulk).await })
+        .await
+        .map_err(|_| ApiError::unavailable("Herald is shutting down; retry later", retry_after))?
+}
+
+/// Where a request is being handled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum On {
+    Serving,
+    Bulk,
+}
+
+/// 503 while the normal lane is behind by more than `api.lag_high_water` requests.
+fn shed_if_behind(s: &ApiState) -> Result<(), ApiError> {
     let lag = s.request_lag.load(Ordering::Relaxed);
-    let priority_only = items.iter().all(|i| i.get("category").and_then(Value::as_str) == Some(TRANSACTIONAL));
-    if lag > s.app.config.api.lag_high_water && !priority_only {
+    if lag > s.app.config.api.lag_high_water {
         telemetry::api_overloaded(lag);
         return Err(ApiError::unavailable(
             format!("Herald is behind ({lag} requests queued); retry later (transactional requests are still taken)"),
             s.app.config.api.retry_after,
         ));
+    }
+    Ok(())
+}
+
+async fn accept_notifications(s: &ApiState, key: ApiKeyRecord, body: &[u8], on: On) -> Result<Response, ApiError> {
+    let mut body: Value = parse_json(body)?;
+    let Some(Value::Array(items)) = body.get_mut("notifications").map(Value::take) else {
+        return Err(ApiError::bad_request("invalid_body", "expected {\"notifications\": [ … ]}"));
+    };
+    // The lag is that of the normal lane: a batch of only transactional items goes to the
+    // priority lane, which a marketing backlog does not slow, and is taken.
+    let priority_only = items.iter().all(|i| i.get("category").and_then(Value::as_str) == Some(TRANSACTIONAL));
+    if !priority_only {
+        shed_if_behind(s)?;
     }
     let max = s.app.config.api.max_items;
     if items.is_empty() || items.len() > max {
@@ -195,8 +242,19 @@ async fn post_notifications(State(s): State<ApiState>, req: Request) -> Result<R
             format!("send between 1 and {max} notifications per request, not {}", items.len()),
         ));
     }
-    let submissions = items.iter().cloned().map(Submission::json).collect();
-    let outcomes = s.app.ingestor.submit(&key.client_id, submissions).await.map_err(|e| {
+    let submissions: Vec<Submission> = items.into_iter().map(Submission::json).collect();
+    let app = s.app.clone();
+    let submit = async move { app.ingestor.submit(&key.client_id, submissions).await };
+    let stored = if priority_only || on == On::Bulk {
+        submit.await
+    } else {
+        // A batch mixing categories was parsed here; it is stored on the bulk runtime.
+        s.bulk
+            .spawn(submit)
+            .await
+            .map_err(|_| ApiError::unavailable("Herald is shutting down; retry later", s.app.config.api.retry_after))?
+    };
+    let outcomes = stored.map_err(|e| {
         if e.is_retryable() {
             ApiError::unavailable(format!("could not store the request: {e}"), s.app.config.api.retry_after)
         } else {

@@ -17,6 +17,7 @@ use crate::api::{ApiState, ops_router, router};
 use crate::app::App;
 use crate::config::{StateBackend, TopicsBackend};
 use crate::runtime::Runtime;
+use crate::runtime::pools::BulkPool;
 use crate::runtime::workers::{Coordinator, worker_id};
 use axum::serve::ListenerExt;
 use std::io::Write;
@@ -63,6 +64,15 @@ impl Pipeline {
                 let task = tokio::spawn(coordinator.run(app.clone(), stop.clone(), request_lag.clone()));
                 Pipeline::Coordinated { stop, task }
             }
+        }
+    }
+
+    /// The runtime the pipeline runs its bulk work on, when it has one for the life of the
+    /// process (a coordinated worker's runtimes come and go with its leases).
+    fn bulk_handle(&self) -> Option<tokio::runtime::Handle> {
+        match self {
+            Pipeline::Alone(runtime) => Some(runtime.bulk_handle()),
+            Pipeline::Coordinated { .. } => None,
         }
     }
 
@@ -113,7 +123,16 @@ pub async fn run(app: App, listen: SocketAddr, role: Role) -> anyhow::Result<()>
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let state = ApiState { app: app.clone(), request_lag };
+    // Non-transactional batches are stored on a bulk runtime: the pipeline's, or one of the API's
+    // (kept until the server stopped).
+    let (bulk, _api_bulk) = match pipeline.as_ref().and_then(Pipeline::bulk_handle) {
+        Some(handle) => (handle, None),
+        None => {
+            let pool = BulkPool::start(app.config.pipeline.bulk_nice, 1).context("cannot start the bulk runtime")?;
+            (pool.handle().clone(), Some(pool))
+        }
+    };
+    let state = ApiState { app: app.clone(), request_lag, bulk };
     // No Nagle: a response must not wait for the client's delayed ACK of the one before it.
     let listener = listener.tap_io(|tcp| {
         if let Err(error) = tcp.set_nodelay(true) {

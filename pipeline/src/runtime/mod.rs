@@ -292,6 +292,12 @@ impl Runtime {
         Runtime { shutdown, tasks, bulk, request_lag }
     }
 
+    /// The bulk runtime's handle, for other bulk work of the process (the API's non-transactional
+    /// batches). Its tasks are dropped when the runtime stops.
+    pub fn bulk_handle(&self) -> tokio::runtime::Handle {
+        self.bulk.handle().clone()
+    }
+
     /// Stops reading, drains every chain, commits, and returns when all tasks ended.
     pub async fn stop(self) {
         let Runtime { shutdown, tasks, bulk, .. } = self;
