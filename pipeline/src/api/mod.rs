@@ -193,22 +193,29 @@ async fn post_notifications(State(s): State<ApiState>, req: Request) -> Result<R
     // Only a body that names the category can hold only transactional items. (One that spells it
     // with escapes goes the bulk way, and is accepted all the same.)
     if memchr::memmem::find(&body, TRANSACTIONAL.as_bytes()).is_some() {
-        return accept_notifications(&s, key, &body, On::Serving).await;
+        let items = notifications(&body)?;
+        // The lag is that of the normal lane: a batch of only transactional items goes to the
+        // priority lane, which a marketing backlog does not slow, and is taken.
+        if items.iter().all(|i| i.get("category").and_then(Value::as_str) == Some(TRANSACTIONAL)) {
+            return store_notifications(&s, key, items).await;
+        }
+        shed_if_behind(&s)?;
+        let state = s.clone();
+        return on_bulk(&s, async move { store_notifications(&state, key, items).await }).await;
     }
     shed_if_behind(&s)?;
-    let bulk = s.bulk.clone();
-    let retry_after = s.app.config.api.retry_after;
-    // Runs to completion even if the client goes away: a batch is stored whole or not at all.
-    bulk.spawn(async move { accept_notifications(&s, key, &body, On::Bulk).await })
-        .await
-        .map_err(|_| ApiError::unavailable("Herald is shutting down; retry later", retry_after))?
+    let state = s.clone();
+    on_bulk(&s, async move { store_notifications(&state, key, notifications(&body)?).await }).await
 }
 
-/// Where a request is being handled.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum On {
-    Serving,
-    Bulk,
+/// Runs `work` on the bulk runtime, to completion even if the client goes away (a batch is
+/// stored whole or not at all).
+async fn on_bulk(
+    s: &ApiState,
+    work: impl Future<Output = Result<Response, ApiError>> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let retry_after = s.app.config.api.retry_after;
+    s.bulk.spawn(work).await.map_err(|_| ApiError::unavailable("Herald is shutting down; retry later", retry_after))?
 }
 
 /// 503 while the normal lane is behind by more than `api.lag_high_water` requests.
@@ -224,17 +231,17 @@ fn shed_if_behind(s: &ApiState) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn accept_notifications(s: &ApiState, key: ApiKeyRecord, body: &[u8], on: On) -> Result<Response, ApiError> {
+/// The items of a `{"notifications": [ … ]}` body, moved out of it.
+fn notifications(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     let mut body: Value = parse_json(body)?;
-    let Some(Value::Array(items)) = body.get_mut("notifications").map(Value::take) else {
-        return Err(ApiError::bad_request("invalid_body", "expected {\"notifications\": [ … ]}"));
-    };
-    // The lag is that of the normal lane: a batch of only transactional items goes to the
-    // priority lane, which a marketing backlog does not slow, and is taken.
-    let priority_only = items.iter().all(|i| i.get("category").and_then(Value::as_str) == Some(TRANSACTIONAL));
-    if !priority_only {
-        shed_if_behind(s)?;
+    match body.get_mut("notifications").map(Value::take) {
+        Some(Value::Array(items)) => Ok(items),
+        _ => Err(ApiError::bad_request("invalid_body", "expected {\"notifications\": [ … ]}")),
     }
+}
+
+/// Validates and stores a batch where it is called, and answers with each item's outcome.
+async fn store_notifications(s: &ApiState, key: ApiKeyRecord, items: Vec<Value>) -> Result<Response, ApiError> {
     let max = s.app.config.api.max_items;
     if items.is_empty() || items.len() > max {
         return Err(ApiError::bad_request(
@@ -242,19 +249,8 @@ async fn accept_notifications(s: &ApiState, key: ApiKeyRecord, body: &[u8], on: 
             format!("send between 1 and {max} notifications per request, not {}", items.len()),
         ));
     }
-    let submissions: Vec<Submission> = items.into_iter().map(Submission::json).collect();
-    let app = s.app.clone();
-    let submit = async move { app.ingestor.submit(&key.client_id, submissions).await };
-    let stored = if priority_only || on == On::Bulk {
-        submit.await
-    } else {
-        // A batch mixing categories was parsed here; it is stored on the bulk runtime.
-        s.bulk
-            .spawn(submit)
-            .await
-            .map_err(|_| ApiError::unavailable("Herald is shutting down; retry later", s.app.config.api.retry_after))?
-    };
-    let outcomes = stored.map_err(|e| {
+    let submissions = items.into_iter().map(Submission::json).collect();
+    let outcomes = s.app.ingestor.submit(&key.client_id, submissions).await.map_err(|e| {
         if e.is_retryable() {
             ApiError::unavailable(format!("could not store the request: {e}"), s.app.config.api.retry_after)
         } else {
