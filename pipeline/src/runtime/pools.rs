@@ -3,10 +3,10 @@
 //! Tokio runs the tasks of one runtime fairly: under a marketing flood, a one-time password's
 //! batch would wait its turn behind every marketing batch ready at that moment, however the
 //! topics are split. So the worker runs on two runtimes:
-//! - the process's own (the HTTP API, the priority lane's request chain and dispatchers, the
-//!   monitor), at the process's priority;
-//! - the **bulk** runtime (the normal lanes, retries, the scheduler, broadcasts, analytics,
-//!   webhooks), whose threads run at a lower OS priority: `[pipeline] bulk_nice`, a Linux nice
+//! - the process's own (the HTTP API's connections and its batches of only transactional items,
+//!   the priority lane's request chain and dispatchers, the monitor), at the process's priority;
+//! - the **bulk** runtime (the API's other batches, the normal lanes, retries, the scheduler,
+//!   broadcasts, analytics, webhooks), whose threads run at a lower OS priority: `[pipeline] bulk_nice`, a Linux nice
 //!   value (raising one's own nice value needs no privilege).
 //!
 //! When both have work, the kernel runs the main runtime's threads first (at nice 10 a thread
