@@ -47,7 +47,14 @@ pub const WEBHOOK_CLIENTS_FAILING: &str = "herald_webhook_clients_failing";
 pub const WEBHOOK_REQUEST_SECONDS: &str = "herald_webhook_request_seconds";
 pub const WEBHOOK_DELAY_SECONDS: &str = "herald_webhook_delivery_delay_seconds";
 
+/// How often histogram samples are folded into their summaries when nobody scrapes `/metrics`.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the Prometheus recorder once per process and returns its handle.
+///
+/// A recorder built this way keeps every histogram sample until it is drained, which a scrape
+/// does; a thread of its own drains them every [`METRICS_UPKEEP`] (`run_upkeep`), so a process
+/// nobody scrapes does not grow by a few bytes per sample forever.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
@@ -55,6 +62,16 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Fails only if another recorder was installed first (tests); our handle still renders.
         let _ = metrics::set_global_recorder(recorder);
+        let upkeep = handle.clone();
+        let started = std::thread::Builder::new().name("herald-metrics".into()).spawn(move || {
+            loop {
+                std::thread::sleep(METRICS_UPKEEP);
+                upkeep.run_upkeep();
+            }
+        });
+        if let Err(error) = started {
+            tracing::warn!(%error, "no metrics upkeep thread: histogram samples are drained only when /metrics is scraped");
+        }
         handle
     })
 }
