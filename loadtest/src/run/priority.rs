@@ -61,9 +61,6 @@ pub async fn priority(options: &PriorityOptions, sandbox: &Sandbox) -> Result<Pr
     if options.flood_category == herald_schemas::TRANSACTIONAL {
         return Err(RunError::Options("the flood must not be transactional: it is what the probe overtakes".into()));
     }
-    if options.probe_batch == 0 {
-        return Err(RunError::Options("the probe's batch must hold at least one notification".into()));
-    }
     let probe = RunOptions {
         rate: options.probe_rate,
         duration: options.phase,

@@ -192,20 +192,28 @@ async fn post_notifications(State(s): State<ApiState>, req: Request) -> Result<R
     let body = read_body(&s, req).await?;
     // Only a body that names the category can hold only transactional items. (One that spells it
     // with escapes goes the bulk way, and is accepted all the same.)
-    if memchr::memmem::find(&body, TRANSACTIONAL.as_bytes()).is_some() {
-        let items = notifications(&body)?;
-        // The lag is that of the normal lane: a batch of only transactional items goes to the
-        // priority lane, which a marketing backlog does not slow, and is taken.
-        if items.iter().all(|i| i.get("category").and_then(Value::as_str) == Some(TRANSACTIONAL)) {
+    let parsed = match memchr::memmem::find(&body, TRANSACTIONAL.as_bytes()) {
+        Some(_) => Some(notifications(&body)?),
+        None => None,
+    };
+    // The lag is that of the normal lane: a batch of only transactional items goes to the
+    // priority lane, which a marketing backlog does not slow, and is taken.
+    let parsed = match parsed {
+        Some(items) if items.iter().all(|i| i.get("category").and_then(Value::as_str) == Some(TRANSACTIONAL)) => {
             return store_notifications(&s, key, items).await;
         }
-        shed_if_behind(&s)?;
-        let state = s.clone();
-        return on_bulk(&s, async move { store_notifications(&state, key, items).await }).await;
-    }
+        parsed => parsed,
+    };
     shed_if_behind(&s)?;
     let state = s.clone();
-    on_bulk(&s, async move { store_notifications(&state, key, notifications(&body)?).await }).await
+    on_bulk(&s, async move {
+        let items = match parsed {
+            Some(items) => items,
+            None => notifications(&body)?,
+        };
+        store_notifications(&state, key, items).await
+    })
+    .await
 }
 
 /// Runs `work` on the bulk runtime, to completion even if the client goes away (a batch is
