@@ -54,6 +54,11 @@ pub fn enter_bulk(nice: u8) -> io::Result<()> {
     set_thread_nice(nice)
 }
 
+/// Whether the calling thread is one of the pipeline's bulk threads ([`enter_bulk`]).
+pub fn on_bulk() -> bool {
+    ON_BULK.get()
+}
+
 /// The calling thread's provider runtime; `None` when its threads could not be started, so
 /// exchanges run on the caller's runtime as before.
 fn handle() -> Option<Handle> {

@@ -162,8 +162,12 @@ pub(crate) fn hold<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Inner {
     pub(crate) options: EmbeddedOptions,
     pub(crate) dir: PathBuf,
-    /// First to drop: serves queued writers, then joins the committer (which holds a `Database`).
+    /// First to drop: the committers serve their queued writers, then join their threads (which
+    /// hold a `Database`). Two over the one journal (see `commit.rs`, "Two committers"): this one
+    /// for the writes of the process's own threads (the priority lane, the API, the monitor) ...
     pub(crate) commit: GroupCommit,
+    /// ... and this one for the bulk threads' (`herald_connectors::channels::io::on_bulk`).
+    pub(crate) bulk_commit: GroupCommit,
     pub(crate) ks: Keyspaces,
     pub(crate) topics: RwLock<HashMap<String, Arc<TopicState>>>,
     pub(crate) locks: StoreLocks,
@@ -184,7 +188,12 @@ impl Inner {
         if !batch.is_empty() {
             batch.commit()?;
         }
-        self.commit.enqueue(on_durable)
+        self.committer().enqueue(on_durable)
+    }
+
+    /// The calling thread's committer: the bulk threads' own, or the one of everyone else.
+    pub(crate) fn committer(&self) -> &GroupCommit {
+        if crate::channels::io::on_bulk() { &self.bulk_commit } else { &self.commit }
     }
 }
 
@@ -272,16 +281,21 @@ impl EmbeddedDb {
         let db = Database::builder(dir.join("db")).cache_size(options.cache_bytes).open()?;
         let ks = Keyspaces::open(&db)?;
         let topics = super::log::recover_topics(&ks, &options)?;
-        let committer_db = db.clone();
-        let mut journal = JournalSync::new(dir.join("db"));
-        let commit = GroupCommit::start(move || journal.persist(&committer_db))
-            .map_err(|source| EmbeddedError::Io { dir: dir.to_path_buf(), source })?;
+        let committer = |name: &str| {
+            let committer_db = db.clone();
+            let mut journal = JournalSync::new(dir.join("db"));
+            GroupCommit::start(name, move || journal.persist(&committer_db))
+                .map_err(|source| EmbeddedError::Io { dir: dir.to_path_buf(), source })
+        };
+        let commit = committer("herald-commit")?;
+        let bulk_commit = committer("herald-commit-bulk")?;
         tracing::info!(dir = %dir.display(), topics = topics.len(), "embedded database opened");
         Ok(EmbeddedDb {
             inner: Arc::new(Inner {
                 options,
                 dir: dir.to_path_buf(),
                 commit,
+                bulk_commit,
                 ks,
                 topics: RwLock::new(topics),
                 locks: StoreLocks::default(),
@@ -300,9 +314,10 @@ impl EmbeddedDb {
         &self.inner.options
     }
 
-    /// Group-commit counters since open (for `herald_embedded_*` metrics).
+    /// Group-commit counters since open, both committers together (for `herald bench`).
     pub fn commit_stats(&self) -> CommitStats {
-        self.inner.commit.stats()
+        let (own, bulk) = (self.inner.commit.stats(), self.inner.bulk_commit.stats());
+        CommitStats { syncs: own.syncs + bulk.syncs, waiters: own.waiters + bulk.waiters }
     }
 
     /// Deletes what is no longer needed; returns how many log records it deleted.
@@ -392,7 +407,7 @@ impl EmbeddedDb {
     {
         self.call(move |inner| {
             // Announced before the write so the committer lets this write share its persist.
-            let _writing = inner.commit.writing();
+            let _writing = inner.committer().writing();
             f(inner)
         })
         .await

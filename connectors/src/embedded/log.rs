@@ -551,7 +551,7 @@ impl Inner {
         }
         let publish: Vec<(Arc<PartitionState>, u64)> =
             order.iter().zip(&next).map(|((_, _, state), end)| (Arc::clone(state), *end)).collect();
-        let ticket = self.commit.enqueue(Some(Box::new(move || {
+        let ticket = self.committer().enqueue(Some(Box::new(move || {
             for (state, end) in publish {
                 state.publish(end);
             }
@@ -780,7 +780,7 @@ impl TopicLog for EmbeddedDb {
                 self.write_durable(move |inner| {
                     let _serial = hold(&inner.locks.topics);
                     if let Some(existing) = inner.topic(&name) {
-                        return Ok((existing, inner.commit.enqueue(None)?));
+                        return Ok((existing, inner.committer().enqueue(None)?));
                     }
                     let id = inner
                         .topics
@@ -1500,6 +1500,35 @@ mod tests {
         assert!(db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap().is_empty());
         assert_eq!(db.append(vec![part("t", 0, numbered(12..13))]).await.unwrap(), vec![12]);
         assert_numbered(&db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap(), 12..13);
+    }
+
+    #[tokio::test]
+    async fn bulk_threads_and_the_rest_have_committers_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.ensure_topic("t", 1).await.unwrap();
+        let bulk_db = db.clone();
+        let bulk_offsets = std::thread::spawn(move || {
+            // This thread only: its nice value goes up, as a bulk runtime thread's does.
+            let _ = crate::channels::io::enter_bulk(1);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(bulk_db.append(vec![part("t", 0, numbered(0..2))])).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(bulk_offsets, vec![0]);
+        assert_eq!(db.inner.bulk_commit.stats().waiters, 1, "the bulk thread's append");
+        let own = db.inner.commit.stats().waiters;
+
+        // A bulk writer in the middle of a write, not queued yet, holds up only its own committer.
+        let stalled = db.inner.bulk_commit.writing();
+        assert_eq!(db.append(vec![part("t", 0, numbered(2..3))]).await.unwrap(), vec![2]);
+        assert_eq!(db.inner.commit.stats().waiters, own + 1);
+        assert_eq!(db.inner.bulk_commit.stats().waiters, 1);
+        drop(stalled);
+        // One journal: what either committer made durable, readers see in offset order.
+        assert_numbered(&db.read("t", 0, 0, 100, Duration::ZERO).await.unwrap(), 0..3);
+        assert_eq!(db.commit_stats().waiters, db.inner.commit.stats().waiters + 1);
     }
 
     #[tokio::test]

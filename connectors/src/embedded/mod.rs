@@ -8,7 +8,8 @@
 //! - **Durable before return.** Every call that writes (append, offset commit, every store write)
 //!   returns only once its data is on disk (`fdatasync` of fjall's journal). Concurrent writers share
 //!   one fsync: each writes its batch, then waits for the next sync that starts after its write
-//!   (group commit, performed by one dedicated thread).
+//!   (group commit, performed by a dedicated thread; the bulk threads have one of their own, so a
+//!   transactional write never waits for theirs).
 //! - **Atomic per call.** A call's writes go in one fjall write batch: after a crash either all of
 //!   them are there or none.
 //! - **Short calls in place, long waits off the runtime.** fjall calls (microseconds) run on the
@@ -23,7 +24,7 @@
 //! # Layout
 //! - `db.rs`: [`EmbeddedDb`], opening, keyspaces, the blocking-pool bridge, retention.
 //! - `lock.rs`: the data-directory lock.
-//! - `commit.rs`: group commit.
+//! - `commit.rs`: group commit (two committers: the bulk threads' and everyone else's).
 //! - `log.rs`: the topic log (keys, recovery of end offsets, reads that wait).
 //! - `index.rs`: the key-group index of `herald-events`, which the timeline reads.
 //! - `stores.rs`: contacts, templates, dedup, throttle, ledger, API keys, timeline (read from the
