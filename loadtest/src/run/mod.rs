@@ -50,12 +50,15 @@ impl Channel {
         }
     }
 
-    /// The most deliveries one notification makes.
-    const MOST_DELIVERIES: u32 = 2;
+    /// The most deliveries one notification makes (a push's).
+    const MOST_DELIVERIES: u32 = Channel::Push.deliveries();
 
     /// Deliveries per notification: every user has an iOS and an Android device.
-    fn deliveries(self) -> u32 {
-        if self == Channel::Push { 2 } else { 1 }
+    const fn deliveries(self) -> u32 {
+        match self {
+            Channel::Push => 2,
+            Channel::Sms | Channel::Email => 1,
+        }
     }
 }
 

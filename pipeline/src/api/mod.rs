@@ -192,10 +192,7 @@ async fn post_notifications(State(s): State<ApiState>, req: Request) -> Result<R
     let body = read_body(&s, req).await?;
     // Only a body that names the category can hold only transactional items. (One that spells it
     // with escapes goes the bulk way, and is accepted all the same.)
-    let parsed = match memchr::memmem::find(&body, TRANSACTIONAL.as_bytes()) {
-        Some(_) => Some(notifications(&body)?),
-        None => None,
-    };
+    let parsed = memchr::memmem::find(&body, TRANSACTIONAL.as_bytes()).map(|_| notifications(&body)).transpose()?;
     // The lag is that of the normal lane: a batch of only transactional items goes to the
     // priority lane, which a marketing backlog does not slow, and is taken.
     let parsed = match parsed {
