@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use herald::commands::{self, bench, contacts};
 use herald::config::Config;
 use herald::ingest::{ItemOutcome, Submission};
+use herald_connectors::channels::io;
 use herald_schemas::Template;
 use herald_schemas::store::Scope;
 use herald_stages::render::check_template;
@@ -355,8 +356,16 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
 
 fn main() -> ExitCode {
     tune_allocator();
+    // Before any thread starts, so that every thread inherits it; the bulk threads give it up
+    // with their nice value (`io::enter_bulk`).
+    let short_slice = io::set_thread_slice(Some(io::SHORT_SLICE));
     let cli = Cli::parse();
     herald::telemetry::init_logging();
+    if let Err(error) = short_slice
+        && error.kind() != std::io::ErrorKind::Unsupported
+    {
+        tracing::warn!(%error, "threads keep the kernel's default scheduler slice: the priority lane may wait behind bulk work");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

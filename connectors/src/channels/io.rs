@@ -44,14 +44,19 @@ pub fn start() {
     let _ = handle();
 }
 
-/// Marks the calling thread as a bulk thread: its nice value is raised to `nice`, and the
-/// exchanges it starts run on the bulk provider runtime, whose threads run at `nice` too.
-/// Fails (leaving the priority as it was, and the mark set) where per-thread priority is not
-/// supported.
+/// Marks the calling thread as a bulk thread: its nice value is raised to `nice`, its scheduler
+/// slice returned to the kernel's default (see [`SHORT_SLICE`]), and the exchanges it starts run
+/// on the bulk provider runtime, whose threads are lowered the same way. Fails (leaving the
+/// priority as it was, and the mark set) where per-thread priority is not supported.
 pub fn enter_bulk(nice: u8) -> io::Result<()> {
     ON_BULK.set(true);
     BULK_NICE.store(nice, Ordering::Relaxed);
-    set_thread_nice(nice)
+    lower_thread(nice)
+}
+
+fn lower_thread(nice: u8) -> io::Result<()> {
+    set_thread_nice(nice)?;
+    set_thread_slice(None)
 }
 
 /// Whether the calling thread is one of the pipeline's bulk threads ([`enter_bulk`]).
@@ -71,7 +76,7 @@ fn handle() -> Option<Handle> {
             if bulk {
                 let nice = BULK_NICE.load(Ordering::Relaxed);
                 builder.on_thread_start(move || {
-                    let _ = set_thread_nice(nice);
+                    let _ = lower_thread(nice);
                 });
             }
             match builder.build() {
@@ -125,6 +130,67 @@ pub fn thread_nice() -> io::Result<i32> {
     rustix::process::getpriority_process(Some(rustix::thread::gettid())).map_err(io::Error::from)
 }
 
+/// The scheduler time slice Herald asks for its threads, all but the bulk ones
+/// ([`set_thread_slice`]).
+///
+/// Linux's scheduler (EEVDF, since 6.6) lets a thread it has picked run its whole slice before a
+/// thread woken on the same core gets the CPU (`RUN_TO_PARITY`), whatever their nice values: the
+/// default slice is 0.7 ms × (1 + log2 of the cores), 1.4 ms on two. On a core the bulk threads
+/// keep busy, every wake-up on the priority lane's path (a request arriving, the group commit
+/// answering, a provider's answer) could wait that long, and a one-time password's path has
+/// several. A woken thread whose slice is shorter than the running one's takes the CPU at once
+/// (`PREEMPT_SHORT`, since 6.12), and a shorter slice costs only more frequent switches among
+/// threads of equal priority. Measured: README, "Audience: broadcasts and priority lanes".
+pub const SHORT_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Asks the kernel for a scheduler time slice of `slice` for the calling thread (it clamps it to
+/// 0.1–100 ms), or with `None` for its default slice; threads started afterwards inherit it. The
+/// thread keeps its scheduling policy and nice value. Kernels before 6.12 accept and ignore it.
+#[cfg(target_os = "linux")]
+pub fn set_thread_slice(slice: Option<std::time::Duration>) -> io::Result<()> {
+    let attr = libc::sched_attr {
+        size: std::mem::size_of::<libc::sched_attr>() as u32,
+        sched_policy: 0,
+        sched_flags: libc::SCHED_FLAG_KEEP_POLICY as u64,
+        // The nice value is set with the slice: this keeps it as it is.
+        sched_nice: thread_nice()?,
+        sched_priority: 0,
+        sched_runtime: slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX)),
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: `sched_setattr(2)` on the calling thread (pid 0) reads `size` bytes from `attr`, a
+    // live, initialized `sched_attr` of that size, and keeps no pointer to it.
+    let status = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0u32) };
+    if status == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_thread_slice(_slice: Option<std::time::Duration>) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "a thread's scheduler slice is set on Linux only"))
+}
+
+/// The calling thread's scheduler time slice: the one it asked for, or the kernel's default; zero
+/// before Linux 6.12, which reports none.
+#[cfg(target_os = "linux")]
+pub fn thread_slice() -> io::Result<std::time::Duration> {
+    let mut attr = libc::sched_attr {
+        size: 0,
+        sched_policy: 0,
+        sched_flags: 0,
+        sched_nice: 0,
+        sched_priority: 0,
+        sched_runtime: 0,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    let size = std::mem::size_of::<libc::sched_attr>() as u32;
+    // SAFETY: `sched_getattr(2)` on the calling thread writes at most `size` bytes into `attr`, a
+    // live `sched_attr` of that size, and keeps no pointer to it.
+    let status = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut attr, size, 0u32) };
+    if status == 0 { Ok(std::time::Duration::from_nanos(attr.sched_runtime)) } else { Err(io::Error::last_os_error()) }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::channels::exchange;
@@ -174,6 +240,62 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!((name.as_deref(), nice), (Some("herald-io-bulk"), 12.max(own)));
+    }
+
+    /// The kernel's default slice, as a new thread of the test has it; `None` (saying the test is
+    /// skipped) when the kernel keeps no slice of a thread's own (before 6.12).
+    #[cfg(target_os = "linux")]
+    fn default_slice() -> Option<Duration> {
+        let (default, supported) = std::thread::spawn(|| {
+            let default = super::thread_slice().unwrap();
+            super::set_thread_slice(Some(Duration::from_micros(300))).unwrap();
+            (default, super::thread_slice().unwrap() == Duration::from_micros(300))
+        })
+        .join()
+        .unwrap();
+        if !supported {
+            eprintln!("skipped: this kernel keeps no scheduler slice of a thread's own (Linux 6.12+ does)");
+        }
+        supported.then_some(default)
+    }
+
+    /// A thread's slice is its own, threads it starts inherit it, and `None` gives it back to
+    /// the kernel's default, nice value untouched.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_short_slice_is_inherited_and_given_back() {
+        let Some(default) = default_slice() else { return };
+        assert_ne!(default, super::SHORT_SLICE, "the test thread starts with the kernel's default");
+        std::thread::spawn(move || {
+            let nice = super::thread_nice().unwrap();
+            super::set_thread_slice(Some(super::SHORT_SLICE)).unwrap();
+            assert_eq!(super::thread_slice().unwrap(), super::SHORT_SLICE);
+            let child = std::thread::spawn(|| super::thread_slice().unwrap()).join().unwrap();
+            assert_eq!(child, super::SHORT_SLICE, "a thread started afterwards inherits it");
+            super::set_thread_slice(None).unwrap();
+            assert_eq!(super::thread_slice().unwrap(), default);
+            assert_eq!(super::thread_nice().unwrap(), nice);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A thread that had the short slice gives it up when it becomes a bulk thread. (The bulk
+    /// provider runtime's threads are lowered by the same function, but that runtime is started
+    /// once per process, maybe by another test, so it is not checked here.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn bulk_threads_give_up_the_short_slice() {
+        let Some(default) = default_slice() else { return };
+        let bulk = std::thread::spawn(|| {
+            super::set_thread_slice(Some(super::SHORT_SLICE)).unwrap();
+            // The nice value of the other bulk test, whose bulk runtime this process may share.
+            super::enter_bulk(12).unwrap();
+            super::thread_slice().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(bulk, default);
     }
 
     /// The pipeline's runtime stalls (its only thread blocked, as by a slow `fsync`) for longer

@@ -24,6 +24,7 @@ pub mod report;
 use crate::sandbox::{OnAccept, Sandbox};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use herald_connectors::channels::io;
 use indicatif::{ProgressBar, ProgressStyle};
 use report::{Percentiles, Report};
 use serde_json::{Value, json};
@@ -376,9 +377,16 @@ fn generate_on_own_thread(
         let _inside = runtime.enter();
         http_client()?
     };
+    // A transactional load is the one measured for its latency (the probe beside a flood): on a
+    // core the flood keeps busy its thread asks for a short scheduler slice, as Herald's own
+    // priority threads do, so that its timer fires on time (see `io::SHORT_SLICE`).
+    let short_slice = options.category == herald_schemas::TRANSACTIONAL;
     std::thread::Builder::new()
         .name(format!("loadtest-gen-{n}"))
         .spawn(move || {
+            if short_slice && let Err(error) = io::set_thread_slice(Some(io::SHORT_SLICE)) {
+                tracing::debug!(%error, "the probe keeps the default scheduler slice");
+            }
             let generated = runtime.block_on(generate(&client, &options, &shared, &arrivals));
             let _ = done.send(generated);
         })

@@ -109,6 +109,33 @@ mod tests {
         drop(pool);
     }
 
+    /// The process's threads ask for a short scheduler slice (`main`); the bulk threads, started
+    /// from such a thread, give it up.
+    #[test]
+    fn bulk_threads_give_up_the_short_slice() {
+        use herald_connectors::channels::io::{SHORT_SLICE, set_thread_slice, thread_slice};
+        let default = std::thread::spawn(|| thread_slice().unwrap()).join().unwrap();
+        std::thread::spawn(move || {
+            set_thread_slice(Some(SHORT_SLICE)).unwrap();
+            if thread_slice().unwrap() != SHORT_SLICE {
+                eprintln!("skipped: this kernel keeps no scheduler slice of a thread's own (Linux 6.12+ does)");
+                return;
+            }
+            let caller = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (bulk, blocking) = caller.block_on(async {
+                let pool = BulkPool::start(7, 1).unwrap();
+                let bulk = pool.spawn(async { thread_slice().unwrap() }).await.unwrap();
+                let blocking =
+                    pool.spawn(async { tokio::task::spawn_blocking(|| thread_slice().unwrap()).await.unwrap() });
+                (bulk, blocking.await.unwrap())
+            });
+            assert_eq!((bulk, blocking), (default, default));
+            assert_eq!(thread_slice().unwrap(), SHORT_SLICE, "the caller keeps its own");
+        })
+        .join()
+        .unwrap();
+    }
+
     #[tokio::test]
     async fn nice_zero_shares_the_callers_runtime() {
         let pool = BulkPool::start(0, 2).unwrap();
