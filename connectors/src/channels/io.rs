@@ -148,21 +148,29 @@ pub const SHORT_SLICE: std::time::Duration = std::time::Duration::from_micros(10
 /// thread keeps its scheduling policy and nice value. Kernels before 6.12 accept and ignore it.
 #[cfg(target_os = "linux")]
 pub fn set_thread_slice(slice: Option<std::time::Duration>) -> io::Result<()> {
-    let attr = libc::sched_attr {
-        size: std::mem::size_of::<libc::sched_attr>() as u32,
-        sched_policy: 0,
-        sched_flags: libc::SCHED_FLAG_KEEP_POLICY as u64,
-        // The nice value is set with the slice: this keeps it as it is.
-        sched_nice: thread_nice()?,
-        sched_priority: 0,
-        sched_runtime: slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX)),
-        sched_deadline: 0,
-        sched_period: 0,
-    };
+    let runtime = slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX));
+    // The nice value is set with the slice: this keeps it as it is.
+    let attr = sched_attr(libc::SCHED_FLAG_KEEP_POLICY as u64, thread_nice()?, runtime);
     // SAFETY: `sched_setattr(2)` on the calling thread (pid 0) reads `size` bytes from `attr`, a
     // live, initialized `sched_attr` of that size, and keeps no pointer to it.
     let status = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0u32) };
     if status == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// A `sched_attr` of its own size for a SCHED_OTHER thread: `flags`, nice value `nice`, slice
+/// `runtime` nanoseconds (0: the kernel's default).
+#[cfg(target_os = "linux")]
+fn sched_attr(flags: u64, nice: i32, runtime: u64) -> libc::sched_attr {
+    libc::sched_attr {
+        size: std::mem::size_of::<libc::sched_attr>() as u32,
+        sched_policy: 0,
+        sched_flags: flags,
+        sched_nice: nice,
+        sched_priority: 0,
+        sched_runtime: runtime,
+        sched_deadline: 0,
+        sched_period: 0,
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -174,17 +182,8 @@ pub fn set_thread_slice(_slice: Option<std::time::Duration>) -> io::Result<()> {
 /// before Linux 6.12, which reports none.
 #[cfg(target_os = "linux")]
 pub fn thread_slice() -> io::Result<std::time::Duration> {
-    let mut attr = libc::sched_attr {
-        size: 0,
-        sched_policy: 0,
-        sched_flags: 0,
-        sched_nice: 0,
-        sched_priority: 0,
-        sched_runtime: 0,
-        sched_deadline: 0,
-        sched_period: 0,
-    };
-    let size = std::mem::size_of::<libc::sched_attr>() as u32;
+    let mut attr = sched_attr(0, 0, 0);
+    let size = attr.size;
     // SAFETY: `sched_getattr(2)` on the calling thread writes at most `size` bytes into `attr`, a
     // live `sched_attr` of that size, and keeps no pointer to it.
     let status = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut attr, size, 0u32) };
