@@ -21,7 +21,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use tokio::runtime::{Builder, Handle, Runtime};
 
 /// Worker threads of each provider runtime: exchanges are waits on sockets, two threads carry
@@ -32,15 +32,26 @@ static PRIORITY: OnceLock<Option<Runtime>> = OnceLock::new();
 static BULK: OnceLock<Option<Runtime>> = OnceLock::new();
 /// The nice value of the bulk threads, given to `herald-io-bulk`'s.
 static BULK_NICE: AtomicU8 = AtomicU8::new(0);
+/// The nice value of the thread that called [`start`]: the process's own.
+static PROCESS_NICE: AtomicU8 = AtomicU8::new(0);
+/// Whether a bulk thread may still try to return to the process's priority ([`Raised`]);
+/// cleared at the first refusal.
+static MAY_RETURN: AtomicBool = AtomicBool::new(true);
 
 thread_local! {
     /// Whether this thread is one of the pipeline's bulk threads ([`enter_bulk`]).
     static ON_BULK: Cell<bool> = const { Cell::new(false) };
+    /// [`Raised`] guards alive on this thread.
+    static RAISED: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Starts the priority provider runtime now, so that its threads take the calling thread's
 /// priority (call it from a thread at the process's own).
 pub fn start() {
+    #[cfg(target_os = "linux")]
+    if let Ok(nice) = thread_nice() {
+        PROCESS_NICE.store(nice.clamp(0, 19) as u8, Ordering::Relaxed);
+    }
     let _ = handle();
 }
 
@@ -55,8 +66,62 @@ pub fn enter_bulk(nice: u8) -> io::Result<()> {
 }
 
 fn lower_thread(nice: u8) -> io::Result<()> {
-    set_thread_nice(nice)?;
-    set_thread_slice(None)
+    set_thread_attr(nice.into(), None)
+}
+
+/// A bulk thread's stay at the process's priority and scheduler slice: from [`Raised::enter`]
+/// until the last such guard of the thread is dropped, when the thread is lowered again (also
+/// when the work under it panicked). Nested guards are free.
+///
+/// For work under locks the priority lane takes too (the embedded store's locks and fjall's
+/// journal lock, see `embedded::db::hold`). A bulk thread holding one is otherwise kept off the
+/// CPU by the process's other threads and by the other bulk threads while a transactional writer
+/// waits for it: a priority inversion that, under a marketing flood on one core, stretched
+/// writes of a fraction of a millisecond of CPU to several milliseconds. Returning to a lower
+/// nice value needs a privilege: `CAP_SYS_NICE`, or an `RLIMIT_NICE` of at least `20 - nice`
+/// (systemd: `LimitNICE=0`). Without it the work runs at the bulk priority, and a warning says
+/// so once.
+#[must_use = "the thread is lowered again when the guard is dropped"]
+pub struct Raised(());
+
+impl Raised {
+    /// Raises the calling thread if it is a bulk thread; `None` (nothing to undo) otherwise, or
+    /// when it may not be raised.
+    pub fn enter() -> Option<Raised> {
+        if !ON_BULK.get() || !MAY_RETURN.load(Ordering::Relaxed) {
+            return None;
+        }
+        if RAISED.get() == 0
+            && let Err(error) = set_thread_attr(PROCESS_NICE.load(Ordering::Relaxed).into(), Some(SHORT_SLICE))
+        {
+            if MAY_RETURN.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    %error,
+                    "bulk threads cannot return to the process's priority while they hold the store's locks \
+                     (grant CAP_SYS_NICE or LimitNICE=0): transactional writes may wait longer behind bulk ones"
+                );
+            }
+            return None;
+        }
+        RAISED.set(RAISED.get() + 1);
+        Some(Raised(()))
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        let depth = RAISED.get() - 1;
+        RAISED.set(depth);
+        if depth == 0 {
+            let _ = lower_thread(BULK_NICE.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Runs `f`, within a [`Raised`] on a bulk thread.
+pub fn at_process_priority<T>(f: impl FnOnce() -> T) -> T {
+    let _raised = Raised::enter();
+    f()
 }
 
 /// Whether the calling thread is one of the pipeline's bulk threads ([`enter_bulk`]).
@@ -111,19 +176,6 @@ where
     }
 }
 
-/// Sets the calling thread's nice value (0 to 19). On Linux the nice value is a thread's own:
-/// `setpriority` with a thread id sets that thread's. Raising it needs no privilege; lowering it
-/// again does.
-#[cfg(target_os = "linux")]
-pub fn set_thread_nice(nice: u8) -> io::Result<()> {
-    rustix::process::setpriority_process(Some(rustix::thread::gettid()), i32::from(nice)).map_err(io::Error::from)
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn set_thread_nice(_nice: u8) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "per-thread priority is set on Linux only"))
-}
-
 /// The calling thread's nice value.
 #[cfg(target_os = "linux")]
 pub fn thread_nice() -> io::Result<i32> {
@@ -148,9 +200,17 @@ pub const SHORT_SLICE: std::time::Duration = std::time::Duration::from_micros(10
 /// thread keeps its scheduling policy and nice value. Kernels before 6.12 accept and ignore it.
 #[cfg(target_os = "linux")]
 pub fn set_thread_slice(slice: Option<std::time::Duration>) -> io::Result<()> {
-    let runtime = slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX));
     // The nice value is set with the slice: this keeps it as it is.
-    let attr = sched_attr(libc::SCHED_FLAG_KEEP_POLICY as u64, thread_nice()?, runtime);
+    set_thread_attr(thread_nice()?, slice)
+}
+
+/// Sets the calling thread's nice value and scheduler slice in one call (see
+/// [`set_thread_slice`]). On Linux both are a thread's own. Raising the nice value needs no
+/// privilege; lowering it again does.
+#[cfg(target_os = "linux")]
+fn set_thread_attr(nice: i32, slice: Option<std::time::Duration>) -> io::Result<()> {
+    let runtime = slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX));
+    let attr = sched_attr(libc::SCHED_FLAG_KEEP_POLICY as u64, nice, runtime);
     // SAFETY: `sched_setattr(2)` on the calling thread (pid 0) reads `size` bytes from `attr`, a
     // live, initialized `sched_attr` of that size, and keeps no pointer to it.
     let status = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0u32) };
@@ -176,6 +236,11 @@ fn sched_attr(flags: u64, nice: i32, runtime: u64) -> libc::sched_attr {
 #[cfg(not(target_os = "linux"))]
 pub fn set_thread_slice(_slice: Option<std::time::Duration>) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "a thread's scheduler slice is set on Linux only"))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_thread_attr(_nice: i32, _slice: Option<std::time::Duration>) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "a thread's scheduler attributes are set on Linux only"))
 }
 
 /// The calling thread's scheduler time slice: the one it asked for, or the kernel's default; zero
@@ -295,6 +360,44 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(bulk, default);
+    }
+
+    /// A bulk thread returns to the process's priority and the short slice for the length of a
+    /// call, and is lowered again after it, also when the call panics; other threads are left
+    /// as they are. Where returning is refused (no `CAP_SYS_NICE`), calls run lowered.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn bulk_threads_make_their_calls_at_the_process_priority() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let slices = default_slice().is_some();
+        let attrs = || (super::thread_nice().unwrap(), super::thread_slice().unwrap());
+        std::thread::spawn(move || {
+            let before = attrs();
+            assert_eq!(super::at_process_priority(attrs), before, "not a bulk thread: untouched");
+            super::enter_bulk(12).unwrap();
+            let lowered = attrs();
+            let inside = super::at_process_priority(attrs);
+            if !super::MAY_RETURN.load(Relaxed) {
+                eprintln!("skipped: this process may not lower a nice value (CAP_SYS_NICE)");
+                assert_eq!(inside, lowered);
+                return;
+            }
+            assert_eq!(inside.0, i32::from(super::PROCESS_NICE.load(Relaxed)));
+            if slices {
+                assert_eq!(inside.1, super::SHORT_SLICE);
+            }
+            assert_eq!(attrs(), lowered, "lowered again after the call");
+            let outer = super::Raised::enter();
+            let nested = super::at_process_priority(attrs);
+            assert_eq!(attrs(), inside, "still raised after a nested call ends");
+            drop(outer);
+            assert_eq!((nested, attrs()), (inside, lowered));
+            let panicked = std::panic::catch_unwind(|| super::at_process_priority::<()>(|| panic!("in the call")));
+            assert!(panicked.is_err());
+            assert_eq!(attrs(), lowered, "lowered again after a panic");
+        })
+        .join()
+        .unwrap();
     }
 
     /// The pipeline's runtime stalls (its only thread blocked, as by a slow `fsync`) for longer

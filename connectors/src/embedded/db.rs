@@ -8,6 +8,7 @@ use super::EmbeddedError;
 use super::commit::{CommitStats, GroupCommit, Ticket};
 use super::lock::DirLock;
 use super::log::TopicState;
+use crate::channels::io::Raised;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -155,8 +156,32 @@ pub(crate) struct StoreLocks {
 
 /// Takes a lock; a panic elsewhere while holding it does not make the data behind it wrong here
 /// (fjall holds the data, the lock only orders calls).
-pub(crate) fn hold<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
-    lock.lock().unwrap_or_else(PoisonError::into_inner)
+pub(crate) fn hold<T>(lock: &Mutex<T>) -> Held<'_, T> {
+    // Raised before the lock is taken, so the holder runs raised from its first instant.
+    let raised = Raised::enter();
+    Held { guard: lock.lock().unwrap_or_else(PoisonError::into_inner), _raised: raised }
+}
+
+/// A lock of the store, held. On a bulk thread the holder runs at the process's priority while it
+/// holds it ([`Raised`]): the priority lane takes the same locks, and a transactional writer
+/// waiting for one must not also wait for the holder's turn on the CPU behind bulk work.
+pub(crate) struct Held<'a, T> {
+    // Declared first, so dropped first: unlocked, then lowered.
+    guard: MutexGuard<'a, T>,
+    _raised: Option<Raised>,
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Held<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
 }
 
 pub(crate) struct Inner {
@@ -185,9 +210,7 @@ impl Inner {
         batch: OwnedWriteBatch,
         on_durable: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<Ticket, EmbeddedError> {
-        if !batch.is_empty() {
-            batch.commit()?;
-        }
+        commit(batch)?;
         self.committer().enqueue(on_durable)
     }
 
@@ -202,11 +225,18 @@ impl Inner {
     /// for every keyspace, so the next persist, which every log append and offset commit waits
     /// for, covers this write too, and a crash loses only a suffix of such writes.
     pub(crate) fn commit_ordered(&self, batch: OwnedWriteBatch) -> Result<(), EmbeddedError> {
-        if !batch.is_empty() {
-            batch.commit()?;
-        }
-        Ok(())
+        commit(batch)
     }
+}
+
+/// Commits a write batch (nothing when it is empty). fjall holds its journal lock, which every
+/// writer shares, for the whole commit: a bulk thread makes it raised ([`Raised`]).
+pub(crate) fn commit(batch: OwnedWriteBatch) -> Result<(), EmbeddedError> {
+    if !batch.is_empty() {
+        let _raised = Raised::enter();
+        batch.commit()?;
+    }
+    Ok(())
 }
 
 /// Makes the journal durable without holding fjall's journal lock during the fsync.
@@ -417,4 +447,37 @@ impl EmbeddedDb {
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::channels::io::{enter_bulk, thread_nice};
+
+    /// A bulk thread holding one of the store's locks runs at the process's priority until it
+    /// lets go; other threads are left as they are.
+    #[test]
+    fn bulk_threads_hold_the_stores_locks_raised() {
+        let lock = Mutex::new(0u64);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let own = thread_nice().unwrap();
+                *hold(&lock) += 1;
+                assert_eq!(thread_nice().unwrap(), own, "not a bulk thread: untouched");
+                enter_bulk(12).unwrap();
+                let lowered = thread_nice().unwrap();
+                let mut held = hold(&lock);
+                *held += 1;
+                let inside = thread_nice().unwrap();
+                drop(held);
+                assert_eq!(thread_nice().unwrap(), lowered, "lowered again once the lock is let go");
+                if inside == lowered {
+                    eprintln!("skipped: this process may not lower a nice value (CAP_SYS_NICE)");
+                    return;
+                }
+                assert!(inside < lowered, "raised while holding: {inside} against {lowered}");
+            });
+        });
+        assert_eq!(*hold(&lock), 2);
+    }
 }

@@ -543,9 +543,7 @@ impl Inner {
         for (key, next_offset) in commits {
             batch.insert(&self.ks.offsets, key, next_offset.to_be_bytes());
         }
-        if !batch.is_empty() {
-            batch.commit()?;
-        }
+        super::db::commit(batch)?;
         for (guard, end) in guards.iter_mut().zip(&next) {
             **guard = *end;
         }
@@ -689,7 +687,7 @@ impl Inner {
         let flush = |batch: fjall::OwnedWriteBatch, new_start: u64| -> Result<(), EmbeddedError> {
             let mut batch = batch;
             batch.insert(&self.ks.log_starts, prefix, new_start.to_be_bytes());
-            batch.commit()?;
+            super::db::commit(batch)?;
             state.start.store(new_start, Ordering::Release);
             Ok(())
         };

@@ -132,9 +132,7 @@ impl Inner {
                 }
                 batch.remove(&self.ks.timeline_expiry, index);
             }
-            if !batch.is_empty() {
-                batch.commit()?;
-            }
+            super::db::commit(batch)?;
             if seen < PURGE_CHUNK {
                 return Ok(purged);
             }

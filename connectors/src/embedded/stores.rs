@@ -164,9 +164,7 @@ impl Inner {
                 }
                 batch.remove(&self.ks.dedup_expiry, index);
             }
-            if !batch.is_empty() {
-                batch.commit()?;
-            }
+            super::db::commit(batch)?;
             if seen < PURGE_CHUNK {
                 return Ok(purged);
             }
