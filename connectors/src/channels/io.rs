@@ -118,12 +118,6 @@ impl Drop for Raised {
     }
 }
 
-/// Runs `f`, within a [`Raised`] on a bulk thread.
-pub fn at_process_priority<T>(f: impl FnOnce() -> T) -> T {
-    let _raised = Raised::enter();
-    f()
-}
-
 /// Whether the calling thread is one of the pipeline's bulk threads ([`enter_bulk`]).
 pub fn on_bulk() -> bool {
     ON_BULK.get()
@@ -362,21 +356,29 @@ mod tests {
         assert_eq!(bulk, default);
     }
 
-    /// A bulk thread returns to the process's priority and the short slice for the length of a
-    /// call, and is lowered again after it, also when the call panics; other threads are left
-    /// as they are. Where returning is refused (no `CAP_SYS_NICE`), calls run lowered.
+    /// Runs `f` within a [`Raised`](super::Raised).
+    #[cfg(target_os = "linux")]
+    fn raised<T>(f: impl FnOnce() -> T) -> T {
+        let _raised = super::Raised::enter();
+        f()
+    }
+
+    /// A bulk thread returns to the process's priority and the short slice while it holds a
+    /// [`Raised`](super::Raised), and is lowered again when its last one drops, also when the work
+    /// under it panicked; other threads are left as they are. Where returning is refused (no
+    /// `CAP_SYS_NICE`), the work runs lowered.
     #[cfg(target_os = "linux")]
     #[test]
-    fn bulk_threads_make_their_calls_at_the_process_priority() {
+    fn raised_bulk_threads_are_lowered_again_when_their_last_guard_drops() {
         use std::sync::atomic::Ordering::Relaxed;
         let slices = default_slice().is_some();
         let attrs = || (super::thread_nice().unwrap(), super::thread_slice().unwrap());
         std::thread::spawn(move || {
             let before = attrs();
-            assert_eq!(super::at_process_priority(attrs), before, "not a bulk thread: untouched");
+            assert_eq!(raised(attrs), before, "not a bulk thread: untouched");
             super::enter_bulk(12).unwrap();
             let lowered = attrs();
-            let inside = super::at_process_priority(attrs);
+            let inside = raised(attrs);
             if !super::MAY_RETURN.load(Relaxed) {
                 eprintln!("skipped: this process may not lower a nice value (CAP_SYS_NICE)");
                 assert_eq!(inside, lowered);
@@ -388,11 +390,11 @@ mod tests {
             }
             assert_eq!(attrs(), lowered, "lowered again after the call");
             let outer = super::Raised::enter();
-            let nested = super::at_process_priority(attrs);
+            let nested = raised(attrs);
             assert_eq!(attrs(), inside, "still raised after a nested call ends");
             drop(outer);
             assert_eq!((nested, attrs()), (inside, lowered));
-            let panicked = std::panic::catch_unwind(|| super::at_process_priority::<()>(|| panic!("in the call")));
+            let panicked = std::panic::catch_unwind(|| raised::<()>(|| panic!("in the call")));
             assert!(panicked.is_err());
             assert_eq!(attrs(), lowered, "lowered again after a panic");
         })
