@@ -176,8 +176,9 @@ async fn every_outcome_reaches_the_receiver_once_after_its_downtime() {
 
 async fn every_outcome_once_on(backend: &Backend) {
     let deadline = Duration::from_secs(30) * backend.slowdown();
+    // The receiver listens on loopback, which webhooks may reach only when allowed.
     let config = "[webhooks]\nlinger = \"100ms\"\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\n\
-                  refresh_interval = \"200ms\"\n";
+                  refresh_interval = \"200ms\"\nallow_private_addresses = true\n";
     let mut herald = Herald::start_on(backend, Some(config));
     let admin = herald.api();
     let receiver =
@@ -301,6 +302,24 @@ async fn every_outcome_once_on(backend: &Backend) {
     delete(&acme).await.expect(204, "DELETE /v1/webhooks");
     delete(&acme).await.expect_error(404, "DELETE /v1/webhooks again");
     acme.get("/v1/webhooks").await.expect_error(404, "GET /v1/webhooks after DELETE");
+    herald.stop();
+}
+
+/// By default a webhook may only aim at the public internet: clients choose the URL, and one
+/// aimed at the server's own network (loopback, a cloud's metadata service) would make Herald a
+/// way in. Refused when registered, before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_aimed_at_a_private_address_is_refused_by_default() {
+    let mut herald = Herald::start(None);
+    let admin = herald.api();
+    let key = admin.create_key("acme", &["send"]).await.expect(201, "POST /v1/keys").json["key"].clone();
+    let acme = admin.with_key(key.as_str());
+    for url in ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://[::1]/hook"] {
+        let put = acme.request(reqwest::Method::PUT, "/v1/webhooks").json(&json!({ "url": url }));
+        let refused = acme.send(put).await.expect_error(400, "PUT /v1/webhooks with a private address");
+        assert!(refused.json.to_string().contains("not a public address"), "{url}: {}", refused.json);
+    }
+    acme.get("/v1/webhooks").await.expect_error(404, "nothing was registered");
     herald.stop();
 }
 

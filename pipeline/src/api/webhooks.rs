@@ -14,6 +14,7 @@ use super::{ApiError, ApiState, authorize, read_json};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use herald_connectors::webhooks::Destinations;
 use herald_schemas::stage::now_ms;
 use herald_schemas::store::Scope;
 use herald_schemas::webhook::{SECRET_PREFIX, WebhookRegistration};
@@ -35,8 +36,9 @@ struct Registration {
     secret: Option<String>,
 }
 
-/// Why a URL cannot be a webhook's, or `None` when it can.
-pub fn url_problem(url: &str) -> Option<String> {
+/// Why a URL cannot be a webhook's, or `None` when it can; `destinations` decides whether an
+/// address literal outside the public internet may be (names are checked at each connection).
+pub fn url_problem(url: &str, destinations: Destinations) -> Option<String> {
     if url.len() > MAX_URL_BYTES {
         return Some(format!("url is longer than {MAX_URL_BYTES} bytes"));
     }
@@ -56,7 +58,7 @@ pub fn url_problem(url: &str) -> Option<String> {
     if parsed.fragment().is_some() {
         return Some("url must not have a #fragment".into());
     }
-    None
+    destinations.host_problem(&parsed)
 }
 
 /// Why a client's own secret cannot be used, or `None` when it can.
@@ -81,7 +83,7 @@ pub async fn put_webhook(State(s): State<ApiState>, req: Request) -> Result<Resp
     let body: Registration = read_json(&s, req)
         .await
         .map_err(|e| if e.code == "invalid_json" { ApiError::bad_request("invalid_webhook", e.message) } else { e })?;
-    if let Some(problem) = url_problem(&body.url) {
+    if let Some(problem) = url_problem(&body.url, s.app.config.webhooks.destinations()) {
         return Err(ApiError::bad_request("invalid_webhook", problem));
     }
     if let Some(problem) = body.secret.as_deref().and_then(secret_problem) {
@@ -173,8 +175,11 @@ mod tests {
 
     #[test]
     fn urls_must_be_absolute_http_with_a_host_and_no_credentials() {
-        assert_eq!(url_problem("https://hooks.example/herald?x=1"), None);
-        assert_eq!(url_problem("http://127.0.0.1:9000/hook"), None);
+        let public = Destinations::Public;
+        assert_eq!(url_problem("https://hooks.example/herald?x=1", public), None);
+        assert!(url_problem("http://127.0.0.1:9000/hook", public).unwrap().contains("not a public address"));
+        assert!(url_problem("http://169.254.169.254/latest/meta-data", public).is_some());
+        assert_eq!(url_problem("http://127.0.0.1:9000/hook", Destinations::Any), None);
         for (url, says) in [
             ("/relative", "absolute"),
             ("hooks.example/x", "absolute"),
@@ -183,11 +188,11 @@ mod tests {
             ("https://user:pw@hooks.example/", "credentials"),
             ("https://hooks.example/#part", "fragment"),
         ] {
-            let problem = url_problem(url).unwrap_or_default();
+            let problem = url_problem(url, public).unwrap_or_default();
             assert!(problem.contains(says), "{url}: {problem:?}");
         }
         let long = format!("https://hooks.example/{}", "a".repeat(MAX_URL_BYTES));
-        assert!(url_problem(&long).unwrap().contains("longer than"));
+        assert!(url_problem(&long, public).unwrap().contains("longer than"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `[webhooks]`: how outcome events are collected into batches and POSTed to clients' URLs.
 
+use herald_connectors::webhooks::Destinations;
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -41,6 +42,13 @@ pub struct WebhooksConfig {
     /// How many of each partition's latest event ids the collector remembers, to drop an event a
     /// replaying stage appended to `herald-events` twice (16 bytes and a set entry each).
     pub dedup_window: NonZeroU32,
+    /// Let webhooks go to addresses that are not public: loopback, private networks (10/8,
+    /// 172.16/12, 192.168/16), link-local (169.254/16, where clouds serve instance credentials),
+    /// unique-local IPv6 and the like. Off by default: clients choose the URLs, and a URL aimed at
+    /// the operator's own network would make Herald a way in (SSRF). Turn it on only when every
+    /// client with a `send` key is trusted, e.g. for receivers inside your network. Behind an
+    /// egress proxy (`HTTPS_PROXY`) the proxy resolves the receivers' names: filter there too.
+    pub allow_private_addresses: bool,
 }
 
 impl Default for WebhooksConfig {
@@ -55,11 +63,17 @@ impl Default for WebhooksConfig {
             max_age: Duration::from_secs(3 * 24 * 3600),
             refresh_interval: Duration::from_secs(1),
             dedup_window: NonZeroU32::new(32_768).expect("> 0"),
+            allow_private_addresses: false,
         }
     }
 }
 
 impl WebhooksConfig {
+    /// Where webhook requests may go.
+    pub fn destinations(&self) -> Destinations {
+        if self.allow_private_addresses { Destinations::Any } else { Destinations::Public }
+    }
+
     /// Limits serde cannot express. Pure.
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_events.get() > MAX_BATCH_EVENTS {

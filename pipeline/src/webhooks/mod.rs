@@ -196,7 +196,7 @@ pub fn start(
     };
     tasks.push(runtime.spawn(supervise("webhooks", shutdown.clone(), move |t, set| collector.start(t, set))));
 
-    let client = match WebhookClient::new(config.request_timeout) {
+    let client = match WebhookClient::new(config.request_timeout, config.destinations()) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "webhook senders not started");
