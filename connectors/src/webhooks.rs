@@ -121,8 +121,8 @@ impl Destinations {
 
 /// Whether `ip` is a public unicast address: not loopback, private (RFC 1918), link-local,
 /// shared (CGNAT, RFC 6598), unspecified, broadcast, multicast, documentation, benchmarking or
-/// reserved, and for IPv6 not unique-local, link-local or documentation; an IPv4-mapped IPv6
-/// address is judged as its IPv4 address.
+/// reserved, and for IPv6 not unique-local, link-local, site-local, documentation or NAT64; an
+/// IPv4-mapped IPv6 address is judged as its IPv4 address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -156,6 +156,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || ip.is_unique_local()
         || ip.is_unicast_link_local()
+        || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed inside some networks)
         || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
         || (segments[0] == 0x0064 && segments[1] == 0xff9b) // NAT64: reaches IPv4 addresses
         || segments[..6] == [0; 6]) // IPv4-compatible (deprecated)
@@ -381,6 +382,7 @@ mod tests {
             "::1",
             "::",
             "fe80::1",
+            "fec0::1",
             "fd00::1",
             "ff02::1",
             "2001:db8::1",
