@@ -298,6 +298,12 @@ async fn get_notification(
 /// Cancels a notification still waiting in the schedule index (its `send_at`, or the end of the
 /// user's quiet hours): 200 once it is cancelled (again 200 if it was already), 409 when the
 /// scheduler has released it for sending, 404 when nothing of this client's waits under that id.
+///
+/// The cancel (one durable store write) and its `cancelled` event (an append to `herald-events`)
+/// are two steps. Should the second fail, or the process stop between them, the client's repeat
+/// of the `DELETE` (what a client does after an error or a lost answer) appends the event if the
+/// notification's timeline lacks it: the event's id follows from its content, so an append that
+/// did happen after all is absorbed downstream like any replay.
 async fn delete_notification(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -313,13 +319,16 @@ async fn delete_notification(
         let user_id = herald_schemas::codec::decode::<RequestEnvelope>(&hold.envelope)
             .map(|e| e.request.user_id)
             .unwrap_or_default();
-        let event =
-            DeliveryEvent::new(&id, &hold.client_id, &user_id, EventKind::Cancelled, None, None, s.app.clock.now_ms());
-        let appends = crate::runtime::requests::event_appends(&[event], s.app.partitions());
-        s.app.backends.log.append(appends).await.map_err(|e| ApiError::internal(&e))?;
+        record_cancel(&s, &id, &hold.client_id, &user_id).await?;
         return Ok(cancelled(hold.reason.as_str()).into_response());
     }
     if let Some((hold, _)) = found.iter().find(|(_, state)| *state == HoldState::Cancelled) {
+        let timeline = s.app.backends.timeline.timeline(&id).await.map_err(|e| ApiError::internal(&e))?;
+        if !timeline.iter().any(|e| e.kind == EventKind::Cancelled) {
+            // The hold's envelope left the index with the cancel; its earlier events name the user.
+            let user_id = timeline.iter().map(|e| e.user_id.as_str()).find(|u| !u.is_empty()).unwrap_or_default();
+            record_cancel(&s, &id, &hold.client_id, user_id).await?;
+        }
         return Ok(cancelled(hold.reason.as_str()).into_response());
     }
     if !found.is_empty() {
@@ -330,6 +339,14 @@ async fn delete_notification(
         ));
     }
     Err(ApiError::not_found(format!("no notification {id} waits to be sent (unknown, or not scheduled)")))
+}
+
+/// Appends the `cancelled` event of a cancelled notification, durably.
+async fn record_cancel(s: &ApiState, id: &NotificationId, client_id: &str, user_id: &str) -> Result<(), ApiError> {
+    let event = DeliveryEvent::new(id, client_id, user_id, EventKind::Cancelled, None, None, s.app.clock.now_ms());
+    let appends = crate::runtime::requests::event_appends(&[event], s.app.partitions());
+    s.app.backends.log.append(appends).await.map_err(|e| ApiError::internal(&e))?;
+    Ok(())
 }
 
 async fn put_user(State(s): State<ApiState>, Path(user_id): Path<String>, req: Request) -> Result<Response, ApiError> {
@@ -473,4 +490,69 @@ async fn post_sql(State(s): State<ApiState>, req: Request) -> Result<Response, A
     let columns: Vec<&str> = answer.schema.fields().iter().map(|f| f.name().as_str()).collect();
     let reply = json!({ "columns": columns, "rows": rows, "row_count": answer.rows, "truncated": answer.truncated });
     Ok((StatusCode::OK, axum::Json(reply)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use herald_schemas::store::{Hold, HoldReason};
+    use herald_schemas::topic::EVENTS;
+
+    async fn events_appended(app: &App) -> u64 {
+        let mut total = 0;
+        for partition in 0..app.partitions() {
+            total += app.backends.log.end_offset(EVENTS, partition).await.unwrap();
+        }
+        total
+    }
+
+    /// The cancel's store write happened, its event's append did not (an error, or the process
+    /// stopped between the two): the client's repeated `DELETE` records the event, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repeated_delete_records_the_cancelled_event_the_first_one_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = Arc::new(App::open(Config::default(), dir.path().to_path_buf()).await.unwrap());
+        let secret = crate::keys::create(app.backends.keys.as_ref(), "acme", &[Scope::Send]).await.unwrap();
+        let state = ApiState { app: app.clone(), request_lag: Arc::default(), bulk: tokio::runtime::Handle::current() };
+        let id = NotificationId("0195f0c0-cancel-lost".into());
+        let now = app.clock.now_ms();
+        let scheduled = DeliveryEvent::new(&id, "acme", "u1", EventKind::Scheduled, None, None, now);
+        app.backends.log.append(crate::runtime::requests::event_appends(&[scheduled], app.partitions())).await.unwrap();
+        let hold = Hold {
+            id: id.clone(),
+            reason: HoldReason::SendAt,
+            partition: 0,
+            due_at_ms: now + 3_600_000,
+            client_id: "acme".into(),
+            envelope: Vec::new(),
+        };
+        app.backends.schedule.hold(&[hold]).await.unwrap();
+        // The first DELETE's store step, and nothing after it.
+        let found = app.backends.schedule.cancel(&id, Some("acme")).await.unwrap();
+        assert_eq!(found.iter().map(|(_, state)| *state).collect::<Vec<_>>(), vec![HoldState::Waiting]);
+        let cancelled = |events: &[DeliveryEvent]| events.iter().filter(|e| e.kind == EventKind::Cancelled).count();
+        assert_eq!(cancelled(&app.backends.timeline.timeline(&id).await.unwrap()), 0);
+
+        let delete = || {
+            let request = Request::builder()
+                .method("DELETE")
+                .uri(format!("/v1/notifications/{}", id.0))
+                .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+                .body(Body::empty())
+                .unwrap();
+            delete_notification(State(state.clone()), Path(id.0.clone()), request)
+        };
+        let answer = delete().await.map_err(|e| e.message).unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let timeline = app.backends.timeline.timeline(&id).await.unwrap();
+        assert_eq!(cancelled(&timeline), 1, "the repeat recorded the lost event");
+        let event = timeline.iter().find(|e| e.kind == EventKind::Cancelled).unwrap();
+        assert_eq!((event.client_id.as_str(), event.user_id.as_str()), ("acme", "u1"));
+
+        // Once recorded, a further repeat appends nothing.
+        let before = events_appended(&app).await;
+        assert_eq!(delete().await.map_err(|e| e.message).unwrap().status(), StatusCode::OK);
+        assert_eq!(events_appended(&app).await, before);
+    }
 }
