@@ -330,10 +330,12 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_redirects_timeouts_and_closed_ports_are_classified() {
+        // The server closes each connection after its answer, and says so: a connection kept in
+        // the client's pool could otherwise be reused before its close is seen (a flake).
         let (url, _) = server(vec![
-            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n",
-            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
-            "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         ])
         .await;
         let client = WebhookClient::new(Duration::from_secs(5), Destinations::Any).unwrap();
