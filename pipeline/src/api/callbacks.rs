@@ -19,7 +19,6 @@
 //!   yields the same event id.
 
 use super::{ApiError, ApiState, Timelines, authorize};
-use crate::runtime::requests::event_appends;
 use axum::body::Bytes;
 use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -78,8 +77,7 @@ pub async fn unsubscribe(State(s): State<ApiState>, Query(query): Query<TokenQue
             Some(format!("unsubscribed:{}", claim.category)),
             now_ms(),
         );
-        let appends = event_appends(&[event], s.app.partitions());
-        s.app.backends.log.append(appends).await.map_err(|e| ApiError::internal(&e))?;
+        s.append_events(&[event]).await?;
         tracing::info!(category = %claim.category, "one-click unsubscribe recorded");
     }
     let category = html_escape(&claim.category);
@@ -230,9 +228,6 @@ async fn record(s: &ApiState, receipts: Vec<Receipt>) -> Result<Response, ApiErr
         event.reason = reason;
         events.push(event);
     }
-    if !events.is_empty() {
-        let appends = event_appends(&events, s.app.partitions());
-        s.app.backends.log.append(appends).await.map_err(|e| ApiError::internal(&e))?;
-    }
+    s.append_events(&events).await?;
     Ok((StatusCode::OK, axum::Json(serde_json::json!({ "recorded": events.len() }))).into_response())
 }

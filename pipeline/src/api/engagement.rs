@@ -12,7 +12,6 @@
 //! The events are appended to `herald-events` before the answer; repeats share an event id.
 
 use super::{ApiError, ApiState, Timelines, authorize, read_json};
-use crate::runtime::requests::event_appends;
 use crate::tracking::{Claim, PIXEL_GIF, follow_up};
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -29,11 +28,7 @@ fn verified(s: &ApiState, token: &str) -> Result<Claim, ApiError> {
 }
 
 async fn append(s: &ApiState, events: &[DeliveryEvent]) -> Result<(), ApiError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let appends = event_appends(events, s.app.partitions());
-    s.app.backends.log.append(appends).await.map_err(|e| ApiError::internal(&e))?;
+    s.append_events(events).await?;
     metrics::counter!("herald_engagement_events_total").increment(events.len() as u64);
     Ok(())
 }

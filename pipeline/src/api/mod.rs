@@ -344,9 +344,20 @@ async fn delete_notification(
 /// Appends the `cancelled` event of a cancelled notification, durably.
 async fn record_cancel(s: &ApiState, id: &NotificationId, client_id: &str, user_id: &str) -> Result<(), ApiError> {
     let event = DeliveryEvent::new(id, client_id, user_id, EventKind::Cancelled, None, None, s.app.clock.now_ms());
-    let appends = crate::runtime::requests::event_appends(&[event], s.app.partitions());
-    s.app.backends.log.append(appends).await.map_err(|e| ApiError::internal(&e))?;
-    Ok(())
+    s.append_events(&[event]).await
+}
+
+impl ApiState {
+    /// Appends events the API records itself (a cancel, a receipt, an open) to `herald-events`,
+    /// durably; nothing for none.
+    pub(crate) async fn append_events(&self, events: &[DeliveryEvent]) -> Result<(), ApiError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let appends = crate::runtime::requests::event_appends(events, self.app.partitions());
+        self.app.backends.log.append(appends).await.map_err(|e| ApiError::internal(&e))?;
+        Ok(())
+    }
 }
 
 async fn put_user(State(s): State<ApiState>, Path(user_id): Path<String>, req: Request) -> Result<Response, ApiError> {
