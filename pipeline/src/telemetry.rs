@@ -33,6 +33,7 @@ pub const RETRY_RELEASED: &str = "herald_retry_released_total";
 pub const SCHEDULE_RELEASED: &str = "herald_schedule_released_total";
 pub const SCHEDULE_LATENESS: &str = "herald_schedule_lateness_seconds";
 pub const SCHEDULE_UNREADABLE: &str = "herald_schedule_unreadable_total";
+pub const SCHEDULE_CANCELS_FINISHED: &str = "herald_schedule_cancels_finished_total";
 pub const BROADCAST_RECIPIENTS: &str = "herald_broadcast_recipients_total";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
@@ -263,6 +264,14 @@ pub fn broadcast_recipients(n: usize) {
 /// A hold whose stored request could not be read back (dropped).
 pub fn schedule_unreadable(reason: &'static str) {
     counter!(SCHEDULE_UNREADABLE, "reason" => reason).increment(1);
+}
+
+/// Cancels the scheduler finished: interrupted between taking the hold and appending its event.
+pub fn schedule_cancels_finished(n: usize) {
+    counter!(SCHEDULE_CANCELS_FINISHED).increment(n as u64);
+    if n > 0 {
+        tracing::info!(holds = n, "finished cancels interrupted before their cancelled event");
+    }
 }
 
 pub fn retention_deleted(records: u64) {

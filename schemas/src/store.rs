@@ -300,6 +300,17 @@ pub struct Hold {
     pub envelope: Vec<u8>,
 }
 
+impl Hold {
+    /// The `cancelled` event of a hold taken for cancelling. The user comes from its envelope (a
+    /// digest's: its first member's); an envelope that cannot be read leaves it empty.
+    pub fn cancelled_event(&self, at_ms: u64) -> DeliveryEvent {
+        let user_id = crate::codec::decode::<crate::RequestEnvelope>(&self.envelope)
+            .map(|e| e.request.user_id)
+            .unwrap_or_default();
+        DeliveryEvent::new(&self.id, &self.client_id, &user_id, crate::EventKind::Cancelled, None, None, at_ms)
+    }
+}
+
 /// Where a hold stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -312,7 +323,13 @@ pub enum HoldState {
     Releasing,
     /// Appended to `herald-requests`; out of the index.
     Released,
-    /// Cancelled while waiting; out of the index, never released.
+    /// Taken by a cancel, which appends the `cancelled` event and then marks it cancelled. It can
+    /// no longer be released (a digest stops collecting here) and stays in the index until the
+    /// cancel is finished: found again after a crash, by a repeated cancel or by the scheduler
+    /// once it falls due, its event is appended again (the event id follows from its content, so
+    /// a repeat is absorbed) and the cancel finished.
+    Cancelling,
+    /// Cancelled while waiting, its `cancelled` event appended; out of the index, never released.
     Cancelled,
 }
 
@@ -363,24 +380,32 @@ impl DigestJoined {
 /// time. A hold is released in two steps so that a cancel never races a release:
 /// [`begin_release`](Self::begin_release) (waiting → releasing, durable), the append to
 /// `herald-requests`, then [`finish_release`](Self::finish_release). A crash between them
-/// releases it again, which the pipeline absorbs.
+/// releases it again, which the pipeline absorbs. A cancel has the same shape, so that its
+/// `cancelled` event is never lost: [`cancel`](Self::cancel) (waiting → cancelling, durable), the
+/// event's append to `herald-events`, then [`finish_cancel`](Self::finish_cancel).
 #[async_trait]
 pub trait ScheduleStore: Send + Sync + 'static {
     /// Puts each hold in the index unless its `(id, reason)` has a state already (a replay):
     /// returns the state each had (`None`: it was new and now waits). Ordered durability.
     async fn hold(&self, holds: &[Hold]) -> Result<Vec<Option<HoldState>>, StoreError>;
-    /// Up to `limit` holds of `partition` due at or before `now_ms` (waiting or releasing), soonest
-    /// first.
-    async fn due(&self, partition: u32, now_ms: u64, limit: usize) -> Result<Vec<Hold>, StoreError>;
+    /// Up to `limit` holds of `partition` due at or before `now_ms`, soonest first, each with its
+    /// state: waiting, releasing, or cancelling (a cancel that has yet to be finished).
+    async fn due(&self, partition: u32, now_ms: u64, limit: usize) -> Result<Vec<(Hold, HoldState)>, StoreError>;
     /// Takes each hold for release: waiting (or already releasing) → releasing, true; anything
-    /// else (cancelled meanwhile, unknown), false. A digest stops collecting here: a later
-    /// notification of its user and key opens a new one. Durable when it returns.
+    /// else (cancelling or cancelled meanwhile, unknown), false. A digest stops collecting here: a
+    /// later notification of its user and key opens a new one. Durable when it returns.
     async fn begin_release(&self, holds: &[HoldKey]) -> Result<Vec<bool>, StoreError>;
     /// Releasing → released, out of the index (with a digest's members). Ordered durability.
     async fn finish_release(&self, holds: &[HoldKey]) -> Result<(), StoreError>;
-    /// Cancels the waiting holds of notification `id` (of `client_id`'s only, unless `None`):
-    /// every hold of the notification found, with the state it had. Durable when it returns.
+    /// Takes the waiting holds of notification `id` (of `client_id`'s only, unless `None`) for
+    /// cancelling: waiting → cancelling, so that they are never released, and a digest stops
+    /// collecting. Returns every hold of the notification found, with the state it had; the
+    /// caller appends the `cancelled` event of those it found waiting or cancelling, then
+    /// [finishes](Self::finish_cancel) them. Durable when it returns.
     async fn cancel(&self, id: &NotificationId, client_id: Option<&str>) -> Result<Vec<(Hold, HoldState)>, StoreError>;
+    /// Cancelling → cancelled, out of the index (with a digest's members); any other state is
+    /// left as it is. Ordered durability.
+    async fn finish_cancel(&self, holds: &[HoldKey]) -> Result<(), StoreError>;
     /// Joins each notification to its user's digest of its key, in order (a later join sees an
     /// earlier one). Ordered durability.
     async fn join_digests(&self, joins: &[DigestJoin], now_ms: u64) -> Result<Vec<DigestJoined>, StoreError>;

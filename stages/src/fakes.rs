@@ -263,7 +263,7 @@ impl ScheduleStore for Schedule {
             .collect())
     }
 
-    async fn due(&self, _: u32, _: u64, _: usize) -> Result<Vec<Hold>, StoreError> {
+    async fn due(&self, _: u32, _: u64, _: usize) -> Result<Vec<(Hold, HoldState)>, StoreError> {
         Err(StoreError::Backend("not a stage's call".into()))
     }
 
@@ -276,6 +276,10 @@ impl ScheduleStore for Schedule {
     }
 
     async fn cancel(&self, _: &NotificationId, _: Option<&str>) -> Result<Vec<(Hold, HoldState)>, StoreError> {
+        Err(StoreError::Backend("not a stage's call".into()))
+    }
+
+    async fn finish_cancel(&self, _: &[HoldKey]) -> Result<(), StoreError> {
         Err(StoreError::Backend("not a stage's call".into()))
     }
 

@@ -265,6 +265,29 @@ impl Inner {
     }
 }
 
+impl EmbeddedDb {
+    /// Ends each hold found in state `from` as `to` (out of the index); others are left as they
+    /// are. Ordered durability.
+    async fn end_holds(&self, holds: &[HoldKey], from: HoldState, to: HoldState) -> Result<(), StoreError> {
+        let holds = holds.to_vec();
+        Ok(self
+            .call(move |inner| {
+                let _serial = lock(&inner.locks.schedule);
+                let now = super::db::now_ms();
+                let mut batch = inner.db.batch();
+                for (id, reason) in &holds {
+                    if let Some(record) = inner.hold_record(id, *reason)?
+                        && record.state == from
+                    {
+                        inner.end_hold(&mut batch, id, *reason, record, to, now)?;
+                    }
+                }
+                inner.commit_ordered(batch)
+            })
+            .await?)
+    }
+}
+
 #[async_trait]
 impl ScheduleStore for EmbeddedDb {
     async fn hold(&self, holds: &[Hold]) -> Result<Vec<Option<HoldState>>, StoreError> {
@@ -295,7 +318,7 @@ impl ScheduleStore for EmbeddedDb {
             .await?)
     }
 
-    async fn due(&self, partition: u32, now_ms: u64, limit: usize) -> Result<Vec<Hold>, StoreError> {
+    async fn due(&self, partition: u32, now_ms: u64, limit: usize) -> Result<Vec<(Hold, HoldState)>, StoreError> {
         Ok(self
             .call(move |inner| {
                 let mut start = partition.to_be_bytes().to_vec();
@@ -307,14 +330,15 @@ impl ScheduleStore for EmbeddedDb {
                     let (key, envelope) = guard.into_inner()?;
                     let (due_at_ms, id, reason) = parse_index_key(&key)?;
                     let Some(record) = inner.hold_record(&id, reason)? else { continue };
-                    out.push(Hold {
+                    let hold = Hold {
                         id,
                         reason,
                         partition,
                         due_at_ms,
                         client_id: record.client_id,
                         envelope: envelope.to_vec(),
-                    });
+                    };
+                    out.push((hold, record.state));
                 }
                 Ok(out)
             })
@@ -349,22 +373,7 @@ impl ScheduleStore for EmbeddedDb {
     }
 
     async fn finish_release(&self, holds: &[HoldKey]) -> Result<(), StoreError> {
-        let holds = holds.to_vec();
-        Ok(self
-            .call(move |inner| {
-                let _serial = lock(&inner.locks.schedule);
-                let now = super::db::now_ms();
-                let mut batch = inner.db.batch();
-                for (id, reason) in &holds {
-                    if let Some(record) = inner.hold_record(id, *reason)?
-                        && record.state == HoldState::Releasing
-                    {
-                        inner.end_hold(&mut batch, id, *reason, record, HoldState::Released, now)?;
-                    }
-                }
-                inner.commit_ordered(batch)
-            })
-            .await?)
+        self.end_holds(holds, HoldState::Releasing, HoldState::Released).await
     }
 
     async fn cancel(&self, id: &NotificationId, client_id: Option<&str>) -> Result<Vec<(Hold, HoldState)>, StoreError> {
@@ -372,7 +381,6 @@ impl ScheduleStore for EmbeddedDb {
         Ok(self
             .write_durable(move |inner| {
                 let _serial = lock(&inner.locks.schedule);
-                let now = super::db::now_ms();
                 let mut batch = inner.db.batch();
                 let mut found = Vec::new();
                 for reason in HoldReason::ALL {
@@ -392,13 +400,21 @@ impl ScheduleStore for EmbeddedDb {
                     };
                     let state = record.state;
                     if state == HoldState::Waiting {
-                        inner.end_hold(&mut batch, &id, reason, record, HoldState::Cancelled, now)?;
+                        let record = HoldRecord { state: HoldState::Cancelling, ..record };
+                        batch.insert(&inner.ks.holds, hold_key(&id, reason), json(&record)?);
+                        if reason == HoldReason::Digest {
+                            inner.close_digest(&mut batch, &id)?;
+                        }
                     }
                     found.push((hold, state));
                 }
                 Ok((found, inner.commit_batch(batch, None)?))
             })
             .await?)
+    }
+
+    async fn finish_cancel(&self, holds: &[HoldKey]) -> Result<(), StoreError> {
+        self.end_holds(holds, HoldState::Cancelling, HoldState::Cancelled).await
     }
 
     async fn join_digests(&self, joins: &[DigestJoin], now_ms: u64) -> Result<Vec<DigestJoined>, StoreError> {
@@ -472,6 +488,7 @@ mod tests {
         db.hold(&[hold("done", 0, 100), hold("waits", 0, 100)]).await.unwrap();
         db.join_digests(&[join("u1", "k", "m1")], 100).await.unwrap();
         db.cancel(&nid("done"), None).await.unwrap();
+        db.finish_cancel(&[(nid("done"), HoldReason::SendAt)]).await.unwrap();
         let later = super::super::db::now_ms() + millis(REMEMBER_DONE) + 700_000;
         assert_eq!(db.inner.purge_done_holds(later).unwrap(), 2, "the cancelled hold and the membership");
         assert_eq!(db.hold(&[hold("done", 0, 100)]).await.unwrap(), [None], "forgotten");

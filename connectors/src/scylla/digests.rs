@@ -220,7 +220,7 @@ impl ScyllaState {
             Held::New => due,
             Held::Existing(row) if matches!(row.state, HoldState::Waiting | HoldState::Releasing) => row.due_at_ms,
             Held::Existing(_) => {
-                // Released (or cancelled) before this replay: the member was in it. What the lines
+                // Released, cancelled or being cancelled before this replay: the member was in it. What the lines
                 // above wrote again goes.
                 self.end_digest(&digest).await?;
                 self.claim_membership(join, &digest, now_ms).await?;

@@ -5,11 +5,13 @@
 //! `holds (notification_id, reason)`: the state of every hold with its index position (partition,
 //! due time, bucket) and its sender. Every write is a lightweight transaction, because each
 //! decision rests on the state: a hold is created with `UPDATE … IF state = null` (a replayed hold
-//! finds the state it has), taken with `IF state = waiting` (so a cancel and a release never both
-//! win), ended with `IF state = releasing` (released) or `IF state = waiting` (cancelled). Ending
+//! finds the state it has), taken for release or for cancelling with `IF state = waiting` (so a
+//! cancel and a release never both win), ended with `IF state = releasing` (released) or
+//! `IF state = cancelling` (cancelled). Ending
 //! writes every column again `USING TTL` [`REMEMBER_DONE`], so the row is forgotten a week later;
 //! it is created with an UPDATE rather than an `INSERT … IF NOT EXISTS` because an INSERT's row
-//! marker would carry no TTL and keep an empty row forever. Waiting and releasing rows never expire.
+//! marker would carry no TTL and keep an empty row forever. Waiting, releasing and cancelling rows
+//! never expire.
 //! A notification's holds are one partition, so `cancel` reads them with one query.
 //!
 //! # The index
@@ -143,11 +145,16 @@ pub fn decode_hold_row(
 }
 
 /// Is an index row at `(partition, bucket, due_at_ms)` the index row of this hold? Only while the
-/// hold waits (or is being released) and at the position it was created with; any other row is
-/// stale (left by a crash, or by a replayed hold's repair that raced the hold's end).
+/// hold is in the index (waiting, or being released or cancelled) and at the position it was
+/// created with; any other row is stale (left by a crash, or by a replayed hold's repair that
+/// raced the hold's end).
 pub fn indexes(row: &HoldRow, partition: u32, bucket: u64, due_at_ms: u64) -> bool {
-    matches!(row.state, HoldState::Waiting | HoldState::Releasing)
-        && (row.partition, row.bucket, row.due_at_ms) == (partition, bucket, due_at_ms)
+    in_index(row.state) && (row.partition, row.bucket, row.due_at_ms) == (partition, bucket, due_at_ms)
+}
+
+/// Does a hold in this state keep its index row?
+fn in_index(state: HoldState) -> bool {
+    matches!(state, HoldState::Waiting | HoldState::Releasing | HoldState::Cancelling)
 }
 
 /// The hold state in an LWT's answer (`None`: no row).
@@ -166,11 +173,22 @@ pub(super) enum Held {
     Existing(HoldRow),
 }
 
-/// What [`ScyllaState::end_hold`] did.
-enum Ended {
+/// What a compare-and-set of a hold's state ([`ScyllaState::take_one`], [`ScyllaState::end_hold`])
+/// did.
+enum Moved {
     Applied,
     /// The state was not the one expected; the state it has (`None`: no row).
     Refused(Option<HoldState>),
+}
+
+impl Moved {
+    /// Is the hold in state `to` now, moved by this call or an earlier one?
+    fn reached(&self, to: HoldState) -> bool {
+        match self {
+            Moved::Applied => true,
+            Moved::Refused(now) => *now == Some(to),
+        }
+    }
 }
 
 /// The primary key of an index row, as [`Stmt::ScheduleSelectOne`] and [`Stmt::ScheduleDelete`]
@@ -238,8 +256,8 @@ impl ScyllaState {
         self.write(Stmt::ScheduleDelete, index_key(id, reason, partition, bucket, due_at_ms)?).await
     }
 
-    /// Creates the hold unless it has a state; a hold found waiting (or releasing) gets its index
-    /// row written again, at its stored position.
+    /// Creates the hold unless it has a state; a hold found in the index (waiting, releasing or
+    /// cancelling) gets its index row written again, at its stored position.
     pub(super) async fn hold_one(&self, hold: &Hold) -> Result<Held, ScyllaError> {
         let id = hold.id.0.as_str();
         let reason = hold.reason.as_str();
@@ -255,7 +273,7 @@ impl ScyllaState {
             }
             // None: its row expired between the two (a hold done a week ago): create it again.
             if let Some(row) = self.hold_row(&hold.id, hold.reason).await? {
-                if matches!(row.state, HoldState::Waiting | HoldState::Releasing) {
+                if in_index(row.state) {
                     self.write_index(&hold.id, hold.reason, row.partition, row.due_at_ms, &hold.envelope).await?;
                 }
                 return Ok(Held::Existing(row));
@@ -272,7 +290,7 @@ impl ScyllaState {
         row: &HoldRow,
         from: HoldState,
         to: HoldState,
-    ) -> Result<Ended, ScyllaError> {
+    ) -> Result<Moved, ScyllaError> {
         let values = (
             ttl_secs(REMEMBER_DONE),
             encode_hold_state(to),
@@ -286,14 +304,14 @@ impl ScyllaState {
         );
         let answer = self.lwt(Stmt::HoldEnd, values).await?;
         if !answer.applied {
-            return Ok(Ended::Refused(state_in(&answer)?));
+            return Ok(Moved::Refused(state_in(&answer)?));
         }
         if row.reason == HoldReason::Digest {
             self.end_digest(id).await?;
         }
         // Last: until it is gone, `due` finds the row and finishes what a crash interrupted.
         self.delete_index(id, row.reason, row.partition, row.bucket, row.due_at_ms).await?;
-        Ok(Ended::Applied)
+        Ok(Moved::Applied)
     }
 
     /// Cancels the hold if it waits (a no-op otherwise).
@@ -306,29 +324,39 @@ impl ScyllaState {
         Ok(())
     }
 
-    async fn begin_one(&self, id: &NotificationId, reason: HoldReason) -> Result<bool, ScyllaError> {
-        let values = (
-            encode_hold_state(HoldState::Releasing),
-            id.0.as_str(),
-            reason.as_str(),
-            encode_hold_state(HoldState::Waiting),
-        );
+    /// Takes a waiting hold for release or for cancelling (`to`). Once it is in state `to` (moved
+    /// by this call or an earlier one), a digest stops collecting (again for one taken earlier: a
+    /// crash may have come before its digest closed).
+    async fn take_one(&self, id: &NotificationId, reason: HoldReason, to: HoldState) -> Result<Moved, ScyllaError> {
+        let values = (encode_hold_state(to), id.0.as_str(), reason.as_str(), encode_hold_state(HoldState::Waiting));
         let answer = self.lwt(Stmt::HoldTake, values).await?;
-        let taken = answer.applied || state_in(&answer)? == Some(HoldState::Releasing);
-        if taken && reason == HoldReason::Digest {
-            // Again for one already releasing: a crash may have come before its digest closed.
+        let moved = if answer.applied { Moved::Applied } else { Moved::Refused(state_in(&answer)?) };
+        if moved.reached(to) && reason == HoldReason::Digest {
             self.close_digest(id).await?;
         }
-        Ok(taken)
+        Ok(moved)
     }
 
-    async fn finish_one(&self, id: &NotificationId, reason: HoldReason) -> Result<(), ScyllaError> {
+    /// Ends a hold taken for release or for cancelling (`from`) as `to`; a no-op in any other state.
+    async fn finish_one(
+        &self,
+        id: &NotificationId,
+        reason: HoldReason,
+        from: HoldState,
+        to: HoldState,
+    ) -> Result<(), ScyllaError> {
         if let Some(row) = self.hold_row(id, reason).await?
-            && row.state == HoldState::Releasing
+            && row.state == from
         {
             // Refused: finished meanwhile by another call.
-            self.end_hold(id, &row, HoldState::Releasing, HoldState::Released).await?;
+            self.end_hold(id, &row, from, to).await?;
         }
+        Ok(())
+    }
+
+    async fn finish_all(&self, holds: &[HoldKey], from: HoldState, to: HoldState) -> Result<(), ScyllaError> {
+        each_in_key_order(holds, |(id, _)| id.0.as_str(), |(id, reason)| self.finish_one(id, *reason, from, to))
+            .await?;
         Ok(())
     }
 
@@ -344,14 +372,15 @@ impl ScyllaState {
         partition: u32,
         bucket: u64,
         (due_at_ms, id, reason, envelope): IndexColumns,
-    ) -> Result<Option<Hold>, ScyllaError> {
+    ) -> Result<Option<(Hold, HoldState)>, ScyllaError> {
         let due_at_ms = unsigned("schedule", due_at_ms)?;
         let id = NotificationId(id);
         let reason = HoldReason::parse(&reason)
             .ok_or_else(|| ScyllaError::corrupt("schedule", format!("unknown hold reason {reason:?}")))?;
         let row = self.hold_row(&id, reason).await?;
         if let Some(row) = row.as_ref().filter(|row| indexes(row, partition, bucket, due_at_ms)) {
-            return Ok(Some(Hold { id, reason, partition, due_at_ms, client_id: row.client_id.clone(), envelope }));
+            let hold = Hold { id, reason, partition, due_at_ms, client_id: row.client_id.clone(), envelope };
+            return Ok(Some((hold, row.state)));
         }
         let ended = row.is_none_or(|row| matches!(row.state, HoldState::Released | HoldState::Cancelled));
         if reason == HoldReason::Digest && ended {
@@ -392,7 +421,7 @@ impl ScheduleStore for ScyllaState {
         Ok(states)
     }
 
-    async fn due(&self, partition: u32, now_ms: u64, limit: usize) -> Result<Vec<Hold>, StoreError> {
+    async fn due(&self, partition: u32, now_ms: u64, limit: usize) -> Result<Vec<(Hold, HoldState)>, StoreError> {
         let mut due = Vec::new();
         if limit == 0 {
             return Ok(due);
@@ -424,14 +453,25 @@ impl ScheduleStore for ScyllaState {
     }
 
     async fn begin_release(&self, holds: &[HoldKey]) -> Result<Vec<bool>, StoreError> {
-        let taken =
-            each_in_key_order(holds, |(id, _)| id.0.as_str(), |(id, reason)| self.begin_one(id, *reason)).await?;
+        let taken = each_in_key_order(
+            holds,
+            |(id, _)| id.0.as_str(),
+            |(id, reason)| async move {
+                Ok::<_, ScyllaError>(
+                    self.take_one(id, *reason, HoldState::Releasing).await?.reached(HoldState::Releasing),
+                )
+            },
+        )
+        .await?;
         Ok(taken)
     }
 
     async fn finish_release(&self, holds: &[HoldKey]) -> Result<(), StoreError> {
-        each_in_key_order(holds, |(id, _)| id.0.as_str(), |(id, reason)| self.finish_one(id, *reason)).await?;
-        Ok(())
+        Ok(self.finish_all(holds, HoldState::Releasing, HoldState::Released).await?)
+    }
+
+    async fn finish_cancel(&self, holds: &[HoldKey]) -> Result<(), StoreError> {
+        Ok(self.finish_all(holds, HoldState::Cancelling, HoldState::Cancelled).await?)
     }
 
     async fn cancel(&self, id: &NotificationId, client_id: Option<&str>) -> Result<Vec<(Hold, HoldState)>, StoreError> {
@@ -440,15 +480,14 @@ impl ScheduleStore for ScyllaState {
             if client_id.is_some_and(|c| c != row.client_id) {
                 continue;
             }
-            let envelope = match row.state {
-                HoldState::Waiting | HoldState::Releasing => self.index_envelope(id, &row).await?.unwrap_or_default(),
-                HoldState::Released | HoldState::Cancelled => Vec::new(),
-            };
+            let envelope =
+                if in_index(row.state) { self.index_envelope(id, &row).await?.unwrap_or_default() } else { Vec::new() };
             let state = match row.state {
-                HoldState::Waiting => match self.end_hold(id, &row, HoldState::Waiting, HoldState::Cancelled).await? {
-                    Ended::Applied => HoldState::Waiting,
-                    // Taken for release (or cancelled) meanwhile: what it is now.
-                    Ended::Refused(now) => now.unwrap_or(row.state),
+                HoldState::Waiting => match self.take_one(id, row.reason, HoldState::Cancelling).await? {
+                    Moved::Applied | Moved::Refused(Some(HoldState::Cancelling)) => HoldState::Waiting,
+                    // Taken for release meanwhile: what it is now.
+                    // (No row: a done hold forgotten since, never to be sent.)
+                    Moved::Refused(now) => now.unwrap_or(HoldState::Cancelled),
                 },
                 other => other,
             };

@@ -57,6 +57,7 @@ pub fn encode_hold_state(state: HoldState) -> i8 {
         HoldState::Releasing => 2,
         HoldState::Released => 3,
         HoldState::Cancelled => 4,
+        HoldState::Cancelling => 5,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn decode_hold_state(value: i8) -> Result<HoldState, ScyllaError> {
         2 => Ok(HoldState::Releasing),
         3 => Ok(HoldState::Released),
         4 => Ok(HoldState::Cancelled),
+        5 => Ok(HoldState::Cancelling),
         other => Err(ScyllaError::corrupt("holds", format!("unknown hold state {other}"))),
     }
 }
@@ -181,11 +183,17 @@ mod tests {
 
     #[test]
     fn hold_states_round_trip_and_unknown_bytes_are_corrupt() {
-        let all = [HoldState::Waiting, HoldState::Releasing, HoldState::Released, HoldState::Cancelled];
+        let all = [
+            HoldState::Waiting,
+            HoldState::Releasing,
+            HoldState::Released,
+            HoldState::Cancelled,
+            HoldState::Cancelling,
+        ];
         for state in all {
             assert_eq!(decode_hold_state(encode_hold_state(state)).unwrap(), state);
         }
-        assert_eq!(all.map(encode_hold_state), [1, 2, 3, 4]);
+        assert_eq!(all.map(encode_hold_state), [1, 2, 3, 4, 5]);
         assert!(matches!(decode_hold_state(0), Err(ScyllaError::Corrupt { table: "holds", .. })));
     }
 

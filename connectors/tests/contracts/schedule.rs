@@ -22,8 +22,8 @@ pub fn hold(id: &str, partition: u32, due: u64) -> Hold {
     }
 }
 
-pub fn ids(holds: &[Hold]) -> Vec<&str> {
-    holds.iter().map(|h| h.id.0.as_str()).collect()
+pub fn ids(holds: &[(Hold, HoldState)]) -> Vec<&str> {
+    holds.iter().map(|(h, _)| h.id.0.as_str()).collect()
 }
 
 pub async fn due_holds_come_soonest_first_per_partition_and_a_replayed_hold_is_recognised<S: ScheduleStore>(db: &S) {
@@ -34,7 +34,9 @@ pub async fn due_holds_come_soonest_first_per_partition_and_a_replayed_hold_is_r
     assert_eq!(ids(&db.due(0, 1_000, 10).await.unwrap()), ["soon", "late"]);
     assert_eq!(ids(&db.due(0, 1_000, 1).await.unwrap()), ["soon"]);
     let due = db.due(1, 1_000, 10).await.unwrap();
-    assert_eq!((due[0].client_id.as_str(), due[0].envelope.as_slice()), ("c1", b"envelope of other".as_slice()));
+    let (other, state) = &due[0];
+    assert_eq!((other.client_id.as_str(), other.envelope.as_slice()), ("c1", b"envelope of other".as_slice()));
+    assert_eq!(*state, HoldState::Waiting);
     assert!(db.due(0, 1_000, 0).await.unwrap().is_empty());
 
     // Across buckets (an hour each), still soonest first; a bucket not due yet is not read.
@@ -67,15 +69,32 @@ pub async fn release_is_two_steps_and_a_cancel_cannot_take_what_is_being_release
     assert_eq!(ids(&db.due(0, 1_000, 10).await.unwrap()), ["b"]);
     assert_eq!(db.hold(&[hold("a", 0, 100)]).await.unwrap(), [Some(HoldState::Released)]);
 
-    // Another client's cancel finds nothing; the sender's cancels, once.
+    // Another client's cancel finds nothing; the sender's takes it, in two steps like a release.
     assert!(db.cancel(&nid("b"), Some("c2")).await.unwrap().is_empty());
     let cancelled = db.cancel(&nid("b"), Some("c1")).await.unwrap();
     assert_eq!(cancelled[0].1, HoldState::Waiting);
     assert_eq!(cancelled[0].0.envelope, b"envelope of b");
+    // Taken but not finished (a crash before its event was appended): never released, still due
+    // (the scheduler finishes it), found again by a repeated cancel with its envelope.
+    assert_eq!(db.begin_release(&[key("b")]).await.unwrap(), [false]);
+    let due = db.due(0, 1_000, 10).await.unwrap();
+    assert_eq!((ids(&due), due[0].1), (vec!["b"], HoldState::Cancelling));
+    let again = db.cancel(&nid("b"), None).await.unwrap();
+    assert_eq!((again[0].1, again[0].0.envelope.as_slice()), (HoldState::Cancelling, b"envelope of b".as_slice()));
+    assert_eq!(db.hold(&[hold("b", 0, 100)]).await.unwrap(), [Some(HoldState::Cancelling)]);
+    // A finish of a hold in another state changes nothing.
+    db.finish_cancel(&[key("a"), key("never held")]).await.unwrap();
+    assert_eq!(db.hold(&[hold("a", 0, 100)]).await.unwrap(), [Some(HoldState::Released)]);
+    db.finish_cancel(&[key("b")]).await.unwrap();
+    db.finish_cancel(&[key("b")]).await.unwrap();
     assert_eq!(db.cancel(&nid("b"), None).await.unwrap()[0].1, HoldState::Cancelled);
     assert_eq!(db.begin_release(&[key("b")]).await.unwrap(), [false]);
     assert!(db.due(0, 1_000, 10).await.unwrap().is_empty());
     assert_eq!(db.hold(&[hold("b", 0, 100)]).await.unwrap(), [Some(HoldState::Cancelled)]);
+    // A finish never ends a hold that waits.
+    db.hold(&[hold("c", 0, 100)]).await.unwrap();
+    db.finish_cancel(&[key("c")]).await.unwrap();
+    assert_eq!(db.hold(&[hold("c", 0, 100)]).await.unwrap(), [Some(HoldState::Waiting)]);
     assert_eq!(db.begin_release(&[key("never held")]).await.unwrap(), [false]);
     assert!(db.cancel(&nid("never held"), None).await.unwrap().is_empty());
 }
@@ -108,7 +127,7 @@ pub async fn digests_collect_per_user_and_key_until_released_then_a_new_one_open
 
     let due = db.due(3, 601_000, 10).await.unwrap();
     assert_eq!(due.len(), 2, "both digests are due");
-    let due = due.iter().find(|h| h.id == first).expect("the first digest is due");
+    let (due, _) = due.iter().find(|(h, _)| h.id == first).expect("the first digest is due");
     assert_eq!((due.reason, due.envelope.as_slice()), (HoldReason::Digest, b"m1".as_slice()));
     let key = (first.clone(), HoldReason::Digest);
     assert_eq!(db.begin_release(std::slice::from_ref(&key)).await.unwrap(), [true]);
@@ -130,8 +149,13 @@ pub async fn a_cancelled_digest_stops_collecting<S: ScheduleStore>(db: &S) {
     let cancelled = db.cancel(&first, Some("c1")).await.unwrap();
     assert_eq!(cancelled.len(), 1);
     assert_eq!((cancelled[0].0.reason, cancelled[0].1), (HoldReason::Digest, HoldState::Waiting));
-    assert_eq!(db.digest_members(&first, 10).await.unwrap(), (vec![], 0));
-    assert!(db.due(3, 601_000, 10).await.unwrap().is_empty());
+    // Closed at the cancel's first step: the next notification of the user and key opens another.
     let next = db.join_digests(&[join("u1", "k", "m3")], 2_000).await.unwrap();
     assert!(matches!(next[0], DigestJoined::Opened { .. }), "{next:?}");
+    assert_ne!(next[0].digest(), &first);
+    let key = (first.clone(), HoldReason::Digest);
+    assert_eq!(db.begin_release(std::slice::from_ref(&key)).await.unwrap(), [false]);
+    db.finish_cancel(&[key]).await.unwrap();
+    assert_eq!(db.digest_members(&first, 10).await.unwrap(), (vec![], 0));
+    assert_eq!(ids(&db.due(3, 601_000, 10).await.unwrap()), Vec::<&str>::new());
 }

@@ -27,8 +27,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use herald_schemas::store::{ApiKeyRecord, HoldState, Scope};
-use herald_schemas::{DeliveryEvent, EventKind, NotificationId, RequestEnvelope, TRANSACTIONAL, Template, User};
+use herald_schemas::store::{ApiKeyRecord, Hold, HoldKey, HoldState, Scope};
+use herald_schemas::{DeliveryEvent, NotificationId, TRANSACTIONAL, Template, User};
 use herald_stages::render::check_template;
 use herald_stages::validate::validate_user;
 use serde::Deserialize;
@@ -295,15 +295,16 @@ async fn get_notification(
     Ok(axum::Json(json!({ "id": id, "events": events })).into_response())
 }
 
-/// Cancels a notification still waiting in the schedule index (its `send_at`, or the end of the
-/// user's quiet hours): 200 once it is cancelled (again 200 if it was already), 409 when the
-/// scheduler has released it for sending, 404 when nothing of this client's waits under that id.
+/// Cancels a notification still waiting in the schedule index (its `send_at`, the end of the
+/// user's quiet hours, or a digest's window): 200 once it is cancelled (again 200 if it was
+/// already), 409 when the scheduler has released it for sending, 404 when nothing of this
+/// client's waits under that id.
 ///
-/// The cancel (one durable store write) and its `cancelled` event (an append to `herald-events`)
-/// are two steps. Should the second fail, or the process stop between them, the client's repeat
-/// of the `DELETE` (what a client does after an error or a lost answer) appends the event if the
-/// notification's timeline lacks it: the event's id follows from its content, so an append that
-/// did happen after all is absorbed downstream like any replay.
+/// Three steps, each durable before the next: the holds are taken for cancelling (from then on
+/// never released), the `cancelled` event is appended to `herald-events`, the cancel is finished.
+/// Should the process stop between them, the client's repeat of the `DELETE` finds the holds
+/// cancelling and does the rest, and if it never repeats, the scheduler does when they fall due.
+/// The event's id follows from its content, so an append made twice is absorbed downstream.
 async fn delete_notification(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -315,20 +316,18 @@ async fn delete_notification(
     let client = (!key.allows(Scope::Admin)).then_some(key.client_id.as_str());
     let found = s.app.backends.schedule.cancel(&id, client).await.map_err(|e| ApiError::internal(&e))?;
     let cancelled = |reason: &str| axum::Json(json!({ "id": id, "status": "cancelled", "reason": reason }));
-    if let Some((hold, _)) = found.iter().find(|(_, state)| *state == HoldState::Waiting) {
-        let user_id = herald_schemas::codec::decode::<RequestEnvelope>(&hold.envelope)
-            .map(|e| e.request.user_id)
-            .unwrap_or_default();
-        record_cancel(&s, &id, &hold.client_id, &user_id).await?;
+    let taken: Vec<&Hold> = found
+        .iter()
+        .filter(|(_, state)| matches!(state, HoldState::Waiting | HoldState::Cancelling))
+        .map(|(hold, _)| hold)
+        .collect();
+    if let Some(hold) = taken.first() {
+        s.append_events(&[hold.cancelled_event(s.app.clock.now_ms())]).await?;
+        let keys: Vec<HoldKey> = taken.iter().map(|h| (h.id.clone(), h.reason)).collect();
+        s.app.backends.schedule.finish_cancel(&keys).await.map_err(|e| ApiError::internal(&e))?;
         return Ok(cancelled(hold.reason.as_str()).into_response());
     }
     if let Some((hold, _)) = found.iter().find(|(_, state)| *state == HoldState::Cancelled) {
-        let timeline = s.app.backends.timeline.timeline(&id).await.map_err(|e| ApiError::internal(&e))?;
-        if !timeline.iter().any(|e| e.kind == EventKind::Cancelled) {
-            // The hold's envelope left the index with the cancel; its earlier events name the user.
-            let user_id = timeline.iter().map(|e| e.user_id.as_str()).find(|u| !u.is_empty()).unwrap_or_default();
-            record_cancel(&s, &id, &hold.client_id, user_id).await?;
-        }
         return Ok(cancelled(hold.reason.as_str()).into_response());
     }
     if !found.is_empty() {
@@ -339,12 +338,6 @@ async fn delete_notification(
         ));
     }
     Err(ApiError::not_found(format!("no notification {id} waits to be sent (unknown, or not scheduled)")))
-}
-
-/// Appends the `cancelled` event of a cancelled notification, durably.
-async fn record_cancel(s: &ApiState, id: &NotificationId, client_id: &str, user_id: &str) -> Result<(), ApiError> {
-    let event = DeliveryEvent::new(id, client_id, user_id, EventKind::Cancelled, None, None, s.app.clock.now_ms());
-    s.append_events(&[event]).await
 }
 
 impl ApiState {
@@ -507,7 +500,8 @@ async fn post_sql(State(s): State<ApiState>, req: Request) -> Result<Response, A
 mod tests {
     use super::*;
     use crate::config::Config;
-    use herald_schemas::store::{Hold, HoldReason};
+    use herald_schemas::EventKind;
+    use herald_schemas::store::HoldReason;
     use herald_schemas::topic::EVENTS;
 
     async fn events_appended(app: &App) -> u64 {
@@ -518,8 +512,9 @@ mod tests {
         total
     }
 
-    /// The cancel's store write happened, its event's append did not (an error, or the process
-    /// stopped between the two): the client's repeated `DELETE` records the event, once.
+    /// The cancel's first step (the hold taken) happened, its event's append did not (an error,
+    /// or the process stopped between the two): the client's repeated `DELETE` records the event,
+    /// once, and finishes the cancel.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_repeated_delete_records_the_cancelled_event_the_first_one_lost() {
         let dir = tempfile::tempdir().unwrap();
@@ -527,19 +522,19 @@ mod tests {
         let secret = crate::keys::create(app.backends.keys.as_ref(), "acme", &[Scope::Send]).await.unwrap();
         let state = ApiState { app: app.clone(), request_lag: Arc::default(), bulk: tokio::runtime::Handle::current() };
         let id = NotificationId("0195f0c0-cancel-lost".into());
-        let now = app.clock.now_ms();
-        let scheduled = DeliveryEvent::new(&id, "acme", "u1", EventKind::Scheduled, None, None, now);
-        app.backends.log.append(crate::runtime::requests::event_appends(&[scheduled], app.partitions())).await.unwrap();
+        let request =
+            serde_json::from_value(json!({ "user_id": "u1", "template": "welcome", "channels": ["email"] })).unwrap();
+        let envelope = herald_schemas::RequestEnvelope::new(id.clone(), "acme".into(), 0, request);
         let hold = Hold {
             id: id.clone(),
             reason: HoldReason::SendAt,
             partition: 0,
-            due_at_ms: now + 3_600_000,
+            due_at_ms: app.clock.now_ms() + 3_600_000,
             client_id: "acme".into(),
-            envelope: Vec::new(),
+            envelope: herald_schemas::codec::encode(&envelope),
         };
         app.backends.schedule.hold(&[hold]).await.unwrap();
-        // The first DELETE's store step, and nothing after it.
+        // The first DELETE's first step, and nothing after it.
         let found = app.backends.schedule.cancel(&id, Some("acme")).await.unwrap();
         assert_eq!(found.iter().map(|(_, state)| *state).collect::<Vec<_>>(), vec![HoldState::Waiting]);
         let cancelled = |events: &[DeliveryEvent]| events.iter().filter(|e| e.kind == EventKind::Cancelled).count();
@@ -561,9 +556,11 @@ mod tests {
         let event = timeline.iter().find(|e| e.kind == EventKind::Cancelled).unwrap();
         assert_eq!((event.client_id.as_str(), event.user_id.as_str()), ("acme", "u1"));
 
-        // Once recorded, a further repeat appends nothing.
+        // Once recorded, the cancel is finished: a further repeat appends nothing.
         let before = events_appended(&app).await;
         assert_eq!(delete().await.map_err(|e| e.message).unwrap().status(), StatusCode::OK);
         assert_eq!(events_appended(&app).await, before);
+        let found = app.backends.schedule.cancel(&id, None).await.unwrap();
+        assert_eq!(found.iter().map(|(_, state)| *state).collect::<Vec<_>>(), vec![HoldState::Cancelled]);
     }
 }
