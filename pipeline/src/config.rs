@@ -321,6 +321,11 @@ pub struct PipelineConfig {
     /// priority lane, the HTTP API and the monitor: under a saturated CPU the kernel runs
     /// transactional work first. 0 runs it all on the same threads.
     pub bulk_nice: u8,
+    /// 0 (the default) or a Linux real-time priority, 1 to 99: the threads of the priority lane,
+    /// the HTTP API and the monitor run in the `SCHED_FIFO` class at that priority, so that on a
+    /// saturated CPU they take it from the bulk threads the moment they wake. Needs
+    /// `CAP_SYS_NICE` or `LimitRTPRIO=`; without it Herald warns and runs as with 0.
+    pub realtime_priority: u8,
 }
 
 impl Default for PipelineConfig {
@@ -337,6 +342,7 @@ impl Default for PipelineConfig {
             retention: Duration::from_secs(3600),
             timeline_retention: Duration::from_secs(72 * 3600),
             bulk_nice: 10,
+            realtime_priority: 0,
         }
     }
 }
@@ -684,6 +690,9 @@ impl Config {
         if self.pipeline.bulk_nice > 19 {
             return bad("pipeline.bulk_nice must be between 0 and 19");
         }
+        if self.pipeline.realtime_priority > 99 {
+            return bad("pipeline.realtime_priority must be 0 (off) or a real-time priority between 1 and 99");
+        }
         if self.api.max_items == 0 || self.api.max_items > 100_000 {
             return bad("api.max_items must be between 1 and 100000");
         }
@@ -762,6 +771,9 @@ mod tests {
         assert!(c.validate().is_err());
         let c: Config = toml::from_str("[dedup]\nwindow = \"10m\"").unwrap();
         assert_eq!(c.dedup.window, Duration::from_secs(600));
+        let priority = |p: u8| toml::from_str::<Config>(&format!("[pipeline]\nrealtime_priority = {p}")).unwrap();
+        assert!(priority(99).validate().is_ok());
+        assert!(priority(100).validate().unwrap_err().to_string().contains("realtime_priority"));
     }
 
     #[test]

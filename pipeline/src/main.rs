@@ -366,7 +366,8 @@ fn main() -> ExitCode {
     {
         tracing::warn!(%error, "threads keep the kernel's default scheduler slice: the priority lane may wait behind bulk work");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Named, so that `[pipeline] realtime_priority` finds them (`io::REALTIME_THREADS`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("herald-main").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -237,6 +237,58 @@ fn set_thread_attr(_nice: i32, _slice: Option<std::time::Duration>) -> io::Resul
     Err(io::Error::new(io::ErrorKind::Unsupported, "a thread's scheduler attributes are set on Linux only"))
 }
 
+/// The threads [`enter_realtime`] puts in the real-time class, by name: the process's main thread
+/// and its runtime's workers (the HTTP API, the priority lane's chain and dispatchers, the
+/// monitor), the priority group commit and the priority provider runtime.
+pub const REALTIME_THREADS: [&str; 4] = ["herald", "herald-main", "herald-commit", "herald-io"];
+
+/// Puts the process's threads named in `names` (see [`REALTIME_THREADS`]) in the `SCHED_FIFO`
+/// real-time class at `priority` (1–99), with `SCHED_RESET_ON_FORK`, so that a thread one of them
+/// starts later begins in the normal class. Returns how many threads it moved.
+///
+/// A real-time thread that wakes takes the CPU from any normal thread at once, whatever its nice
+/// value or slice, and keeps it until it sleeps: the priority lane's hand-offs (a request
+/// arriving, the group commit answering, a provider's answer) stop waiting for the bulk threads on
+/// a saturated core. The kernel still leaves normal threads a share of each second
+/// (`sched_rt_runtime_us`, 95 % by default, and the fair server since Linux 6.12). Needs
+/// `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of at least `priority` (systemd: `LimitRTPRIO=`);
+/// without it the call fails at the first thread, which keeps its class like the rest.
+#[cfg(target_os = "linux")]
+pub fn enter_realtime(priority: u8, names: &[&str]) -> io::Result<usize> {
+    let mut moved = 0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let path = entry?.path();
+        // A thread may end while this reads; it needs no moving then.
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else { continue };
+        if !names.contains(&comm.trim_end()) {
+            continue;
+        }
+        let Some(tid) = path.file_name().and_then(|t| t.to_str()).and_then(|t| t.parse::<i32>().ok()) else {
+            continue;
+        };
+        let mut attr = sched_attr(libc::SCHED_FLAG_RESET_ON_FORK as u64, 0, 0);
+        attr.sched_policy = libc::SCHED_FIFO as u32;
+        attr.sched_priority = priority.into();
+        // SAFETY: `sched_setattr(2)` on thread `tid` of this process reads `size` bytes from
+        // `attr`, a live, initialized `sched_attr` of that size, and keeps no pointer to it.
+        let status = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &raw const attr, 0u32) };
+        if status != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::ESRCH) {
+                continue;
+            }
+            return Err(error);
+        }
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn enter_realtime(_priority: u8, _names: &[&str]) -> io::Result<usize> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "real-time threads are set on Linux only"))
+}
+
 /// The calling thread's scheduler time slice: the one it asked for, or the kernel's default; zero
 /// before Linux 6.12, which reports none.
 #[cfg(target_os = "linux")]
@@ -354,6 +406,58 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(bulk, default);
+    }
+
+    /// The calling thread's scheduling policy and real-time priority.
+    #[cfg(target_os = "linux")]
+    fn policy() -> (u32, u32) {
+        let mut attr = super::sched_attr(0, 0, 0);
+        let size = attr.size;
+        // SAFETY: as in `thread_slice`.
+        let status = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut attr, size, 0u32) };
+        assert_eq!(status, 0, "{}", std::io::Error::last_os_error());
+        (attr.sched_policy, attr.sched_priority)
+    }
+
+    /// The threads named are moved to `SCHED_FIFO` at the priority asked, others are not, and a
+    /// thread one of them starts afterwards begins in the normal class. Without the privilege the
+    /// call fails and the thread keeps its class (the test says it was skipped).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn named_threads_enter_the_realtime_class_and_their_children_do_not() {
+        // Both threads are alive, waiting, while the call looks for them.
+        let moved = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let spawn = |name: &str, start_child: bool| {
+            let moved = moved.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    moved.wait();
+                    let child = start_child.then(|| std::thread::spawn(policy).join().unwrap());
+                    (policy(), child)
+                })
+                .unwrap()
+        };
+        let named = spawn("herald-rt-test", true);
+        let other = spawn("herald-rt-other", false);
+        let result = super::enter_realtime(7, &["herald-rt-test"]);
+        moved.wait();
+        let (own, child) = named.join().unwrap();
+        let (other, _) = other.join().unwrap();
+        let normal = (libc::SCHED_OTHER as u32, 0);
+        assert_eq!(other, normal, "a thread not named stays in the normal class");
+        match result {
+            Ok(threads) => {
+                assert_eq!(threads, 1);
+                assert_eq!(own, (libc::SCHED_FIFO as u32, 7));
+                assert_eq!(child, Some(normal), "reset on fork");
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: this process may not use the real-time class ({error})");
+                assert_eq!(own, normal);
+            }
+            Err(error) => panic!("{error}"),
+        }
     }
 
     /// Runs `f` within a [`Raised`](super::Raised).

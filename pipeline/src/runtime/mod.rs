@@ -288,6 +288,9 @@ impl Runtime {
             retention: app.backends.embedded.clone().map(|db| (db, cfg.retention_interval)),
         };
         tasks.push(tokio::spawn(monitor.run(shutdown.clone())));
+        if cfg.realtime_priority > 0 {
+            enter_realtime(cfg.realtime_priority);
+        }
         tracing::info!(partitions, owned = ?owned, bulk_nice = cfg.bulk_nice, separate = bulk.is_separate(), "runtime started");
         Runtime { shutdown, tasks, bulk, request_lag }
     }
@@ -447,4 +450,19 @@ fn guarded(channel: Box<dyn Channel>, breaker: &BreakerConfig, alerts: &Arc<Aler
         }
     });
     Guarded::new(channel, breaker.clone(), on_change)
+}
+
+/// Moves the priority threads, all started by now, to the real-time class (`[pipeline]
+/// realtime_priority`); a refusal is a warning, and they stay where they were.
+fn enter_realtime(priority: u8) {
+    use herald_connectors::channels::io::{REALTIME_THREADS, enter_realtime};
+    match enter_realtime(priority, &REALTIME_THREADS) {
+        Ok(threads) => tracing::info!(priority, threads, "priority threads run in the real-time class (SCHED_FIFO)"),
+        Err(error) => tracing::warn!(
+            %error,
+            priority,
+            "the priority threads stay in the normal class (grant CAP_SYS_NICE or LimitRTPRIO): \
+             transactional work may wait behind bulk work on a saturated CPU"
+        ),
+    }
 }
