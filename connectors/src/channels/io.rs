@@ -425,13 +425,16 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn named_threads_enter_the_realtime_class_and_their_children_do_not() {
-        // Both threads are alive, waiting, while the call looks for them.
+        // Both threads are alive, named (a thread names itself once it runs), and waiting while
+        // the call looks for them.
+        let started = std::sync::Arc::new(std::sync::Barrier::new(3));
         let moved = std::sync::Arc::new(std::sync::Barrier::new(3));
         let spawn = |name: &str, start_child: bool| {
-            let moved = moved.clone();
+            let (started, moved) = (started.clone(), moved.clone());
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || {
+                    started.wait();
                     moved.wait();
                     let child = start_child.then(|| std::thread::spawn(policy).join().unwrap());
                     (policy(), child)
@@ -440,6 +443,7 @@ mod tests {
         };
         let named = spawn("herald-rt-test", true);
         let other = spawn("herald-rt-other", false);
+        started.wait();
         let result = super::enter_realtime(7, &["herald-rt-test"]);
         moved.wait();
         let (own, child) = named.join().unwrap();
