@@ -91,10 +91,7 @@ impl Scheduler {
         let cancelled: Vec<HoldKey> = cancelling.iter().map(|(h, _)| (h.id.clone(), h.reason)).collect();
         let due: Vec<Hold> = due.into_iter().map(|(hold, _)| hold).collect();
         let keys: Vec<HoldKey> = due.iter().map(|h| (h.id.clone(), h.reason)).collect();
-        let taken = match keys.is_empty() {
-            true => Vec::new(),
-            false => self.store.begin_release(&keys).await.map_err(failed)?,
-        };
+        let taken = if keys.is_empty() { Vec::new() } else { self.store.begin_release(&keys).await.map_err(failed)? };
         let mut records = Vec::with_capacity(due.len());
         let mut released: Vec<HoldKey> = Vec::with_capacity(due.len());
         for ((hold, key), taken) in due.iter().zip(keys).zip(taken) {
