@@ -204,11 +204,27 @@ pub fn set_thread_slice(slice: Option<std::time::Duration>) -> io::Result<()> {
 #[cfg(target_os = "linux")]
 fn set_thread_attr(nice: i32, slice: Option<std::time::Duration>) -> io::Result<()> {
     let runtime = slice.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX));
-    let attr = sched_attr(libc::SCHED_FLAG_KEEP_POLICY as u64, nice, runtime);
-    // SAFETY: `sched_setattr(2)` on the calling thread (pid 0) reads `size` bytes from `attr`, a
-    // live, initialized `sched_attr` of that size, and keeps no pointer to it.
-    let status = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0u32) };
+    sched_setattr(0, &sched_attr(libc::SCHED_FLAG_KEEP_POLICY as u64, nice, runtime))
+}
+
+/// `sched_setattr(2)` on thread `tid` of this process (0: the calling one).
+#[cfg(target_os = "linux")]
+fn sched_setattr(tid: i32, attr: &libc::sched_attr) -> io::Result<()> {
+    // SAFETY: the call reads `attr.size` bytes from `attr`, a live, initialized `sched_attr` of
+    // that size (each one here comes from `sched_attr`), and keeps no pointer to it.
+    let status = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, attr as *const libc::sched_attr, 0u32) };
     if status == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `sched_getattr(2)` on the calling thread.
+#[cfg(target_os = "linux")]
+fn sched_getattr() -> io::Result<libc::sched_attr> {
+    let mut attr = sched_attr(0, 0, 0);
+    let size = attr.size;
+    // SAFETY: the call writes at most `size` bytes into `attr`, a live `sched_attr` of that size,
+    // and keeps no pointer to it.
+    let status = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut attr, size, 0u32) };
+    if status == 0 { Ok(attr) } else { Err(io::Error::last_os_error()) }
 }
 
 /// A `sched_attr` of its own size for a SCHED_OTHER thread: `flags`, nice value `nice`, slice
@@ -269,17 +285,11 @@ pub fn enter_realtime(priority: u8, names: &[&str]) -> io::Result<usize> {
         let mut attr = sched_attr(libc::SCHED_FLAG_RESET_ON_FORK as u64, 0, 0);
         attr.sched_policy = libc::SCHED_FIFO as u32;
         attr.sched_priority = priority.into();
-        // SAFETY: `sched_setattr(2)` on thread `tid` of this process reads `size` bytes from
-        // `attr`, a live, initialized `sched_attr` of that size, and keeps no pointer to it.
-        let status = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &raw const attr, 0u32) };
-        if status != 0 {
-            let error = io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::ESRCH) {
-                continue;
-            }
-            return Err(error);
+        match sched_setattr(tid, &attr) {
+            Ok(()) => moved += 1,
+            Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(error) => return Err(error),
         }
-        moved += 1;
     }
     Ok(moved)
 }
@@ -293,12 +303,7 @@ pub fn enter_realtime(_priority: u8, _names: &[&str]) -> io::Result<usize> {
 /// before Linux 6.12, which reports none.
 #[cfg(target_os = "linux")]
 pub fn thread_slice() -> io::Result<std::time::Duration> {
-    let mut attr = sched_attr(0, 0, 0);
-    let size = attr.size;
-    // SAFETY: `sched_getattr(2)` on the calling thread writes at most `size` bytes into `attr`, a
-    // live `sched_attr` of that size, and keeps no pointer to it.
-    let status = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut attr, size, 0u32) };
-    if status == 0 { Ok(std::time::Duration::from_nanos(attr.sched_runtime)) } else { Err(io::Error::last_os_error()) }
+    sched_getattr().map(|attr| std::time::Duration::from_nanos(attr.sched_runtime))
 }
 
 #[cfg(test)]
@@ -411,11 +416,7 @@ mod tests {
     /// The calling thread's scheduling policy and real-time priority.
     #[cfg(target_os = "linux")]
     fn policy() -> (u32, u32) {
-        let mut attr = super::sched_attr(0, 0, 0);
-        let size = attr.size;
-        // SAFETY: as in `thread_slice`.
-        let status = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut attr, size, 0u32) };
-        assert_eq!(status, 0, "{}", std::io::Error::last_os_error());
+        let attr = super::sched_getattr().unwrap();
         (attr.sched_policy, attr.sched_priority)
     }
 

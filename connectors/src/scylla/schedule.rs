@@ -457,9 +457,7 @@ impl ScheduleStore for ScyllaState {
             holds,
             |(id, _)| id.0.as_str(),
             |(id, reason)| async move {
-                Ok::<_, ScyllaError>(
-                    self.take_one(id, *reason, HoldState::Releasing).await?.reached(HoldState::Releasing),
-                )
+                self.take_one(id, *reason, HoldState::Releasing).await.map(|moved| moved.reached(HoldState::Releasing))
             },
         )
         .await?;
