@@ -35,6 +35,13 @@ pub const SCHEDULE_LATENESS: &str = "herald_schedule_lateness_seconds";
 pub const SCHEDULE_UNREADABLE: &str = "herald_schedule_unreadable_total";
 pub const SCHEDULE_CANCELS_FINISHED: &str = "herald_schedule_cancels_finished_total";
 pub const BROADCAST_RECIPIENTS: &str = "herald_broadcast_recipients_total";
+pub const STORE_SEALED_MEMTABLES: &str = "herald_store_sealed_memtables";
+pub const STORE_L0_TABLES: &str = "herald_store_l0_tables";
+pub const STORE_TABLES: &str = "herald_store_tables";
+pub const STORE_WRITE_BUFFER_BYTES: &str = "herald_store_write_buffer_bytes";
+pub const STORE_FLUSHES_QUEUED: &str = "herald_store_flushes_queued";
+pub const STORE_COMPACTIONS_ACTIVE: &str = "herald_store_compactions_active";
+pub const STORE_JOURNALS: &str = "herald_store_journals";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
 pub const RECORDS_UNDECODABLE: &str = "herald_records_undecodable_total";
@@ -190,6 +197,19 @@ impl ChannelBatchSent<'_> {
             "channel batch sent"
         );
     }
+}
+
+/// The embedded store's flush and compaction backlog (see [`StoreHealth`]).
+pub fn store_health(health: &herald_connectors::embedded::StoreHealth) {
+    for ks in &health.keyspaces {
+        gauge!(STORE_SEALED_MEMTABLES, "keyspace" => ks.name.clone()).set(ks.sealed_memtables as f64);
+        gauge!(STORE_L0_TABLES, "keyspace" => ks.name.clone()).set(ks.l0_tables as f64);
+        gauge!(STORE_TABLES, "keyspace" => ks.name.clone()).set(ks.tables as f64);
+    }
+    gauge!(STORE_WRITE_BUFFER_BYTES).set(health.write_buffer_bytes as f64);
+    gauge!(STORE_FLUSHES_QUEUED).set(health.flushes_queued as f64);
+    gauge!(STORE_COMPACTIONS_ACTIVE).set(health.compactions_active as f64);
+    gauge!(STORE_JOURNALS).set(health.journals as f64);
 }
 
 /// Records waiting in a queue between two stages.

@@ -88,7 +88,8 @@ async fn lag_over_the_high_water_mark_answers_503_until_drained() {
         }],
         request_lag: lag.clone(),
         interval: app.config.pipeline.monitor_interval,
-        retention: None,
+        store: None,
+        retention_every: Duration::from_secs(30),
     };
     let monitor_task = tokio::spawn(monitor.run(stop_monitor.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

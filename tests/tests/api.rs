@@ -295,6 +295,10 @@ async fn health_metrics_timeline_and_keys() {
 
     let metrics = anonymous.get("/metrics").await.expect(200, "GET /metrics");
     assert!(metrics.text.contains("herald_"), "/metrics must expose herald_ metrics:\n{}", metrics.text);
+    // The monitor samples the embedded store's health with the offsets.
+    for gauge in ["herald_store_sealed_memtables{keyspace=\"records\"}", "herald_store_write_buffer_bytes"] {
+        assert!(metrics.text.contains(gauge), "/metrics must expose {gauge}:\n{}", metrics.text);
+    }
 
     let minted = api.create_key("minted", &["send"]).await.expect(201, "POST /v1/keys");
     let key = minted.json["key"].as_str().unwrap_or_else(|| panic!("no key in {}", minted.text)).to_string();

@@ -98,6 +98,41 @@ pub(crate) struct Keyspaces {
 }
 
 impl Keyspaces {
+    /// Every keyspace, for the store's health gauges.
+    fn all(&self) -> [&Keyspace; 29] {
+        [
+            &self.topics,
+            &self.records,
+            &self.log_starts,
+            &self.offsets,
+            &self.contacts,
+            &self.templates,
+            &self.dedup,
+            &self.dedup_expiry,
+            &self.throttle,
+            &self.ledger,
+            &self.sinks,
+            &self.api_keys,
+            &self.index,
+            &self.positions,
+            &self.timeline,
+            &self.timeline_expiry,
+            &self.holds,
+            &self.schedule,
+            &self.schedule_expiry,
+            &self.digests,
+            &self.digest_open,
+            &self.digest_members,
+            &self.digest_member_of,
+            &self.user_topics,
+            &self.topic_members,
+            &self.broadcast_cursors,
+            &self.webhooks,
+            &self.webhook_status,
+            &self.webhook_outbox,
+        ]
+    }
+
     fn open(db: &Database) -> Result<Keyspaces, fjall::Error> {
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         Ok(Keyspaces {
@@ -281,6 +316,30 @@ impl JournalSync {
     }
 }
 
+/// [`EmbeddedDb::health`]: the storage engine's backlog at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub keyspaces: Vec<KeyspaceHealth>,
+    /// Bytes in memtables, active and sealed, over every keyspace.
+    pub write_buffer_bytes: u64,
+    /// Sealed memtables queued for a flush.
+    pub flushes_queued: usize,
+    pub compactions_active: usize,
+    /// Journal files not yet released (every one holds writes some memtable has not flushed).
+    pub journals: usize,
+}
+
+/// One keyspace's shape in [`StoreHealth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyspaceHealth {
+    pub name: String,
+    /// Memtables full and waiting for their flush (writers halt at 4).
+    pub sealed_memtables: usize,
+    /// Tables in level 0, not yet compacted into the levels below (writers slow at 20, halt at 30).
+    pub l0_tables: usize,
+    pub tables: usize,
+}
+
 /// The embedded database: topic log and state stores in one data directory.
 ///
 /// Open it once per process ([`EmbeddedDb::open`]) and clone it into every component; the
@@ -348,6 +407,27 @@ impl EmbeddedDb {
     pub fn commit_stats(&self) -> CommitStats {
         let (own, bulk) = (self.inner.commit.stats(), self.inner.bulk_commit.stats());
         CommitStats { syncs: own.syncs + bulk.syncs, waiters: own.waiters + bulk.waiters }
+    }
+
+    /// The storage engine's backlog: what its background workers have still to flush and compact.
+    /// fjall slows a keyspace's writers once it has 20 tables in level 0, halts them at 30, and
+    /// halts them while it has 4 memtables waiting for a flush; these gauges show it coming.
+    pub fn health(&self) -> StoreHealth {
+        let db = &self.inner.db;
+        StoreHealth {
+            keyspaces: (self.inner.ks.all().into_iter())
+                .map(|ks| KeyspaceHealth {
+                    name: (**ks.name()).to_string(),
+                    sealed_memtables: ks.sealed_memtable_count(),
+                    l0_tables: ks.l0_table_count(),
+                    tables: ks.table_count(),
+                })
+                .collect(),
+            write_buffer_bytes: db.write_buffer_size(),
+            flushes_queued: db.outstanding_flushes(),
+            compactions_active: db.active_compactions(),
+            journals: db.journal_count(),
+        }
     }
 
     /// Deletes what is no longer needed; returns how many log records it deleted.
@@ -479,5 +559,29 @@ mod tests {
             });
         });
         assert_eq!(*hold(&lock), 2);
+    }
+
+    /// The health report names every keyspace of the database once, and a write shows in the
+    /// write buffer until it is flushed.
+    #[test]
+    fn health_names_every_keyspace_and_counts_unflushed_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let before = db.health();
+        let reported: std::collections::BTreeSet<String> = before.keyspaces.iter().map(|k| k.name.clone()).collect();
+        let present: std::collections::BTreeSet<String> =
+            db.inner.db.list_keyspace_names().iter().map(|name| (**name).to_string()).collect();
+        assert_eq!(reported.len(), before.keyspaces.len(), "a keyspace reported twice");
+        assert_eq!(reported, present);
+        db.inner.ks.records.insert("k", vec![7u8; 8192]).unwrap();
+        let after = db.health();
+        assert!(
+            after.write_buffer_bytes >= before.write_buffer_bytes + 8192,
+            "{} then {}",
+            before.write_buffer_bytes,
+            after.write_buffer_bytes
+        );
+        let records = after.keyspaces.iter().find(|k| k.name == "records").unwrap();
+        assert_eq!((records.sealed_memtables, records.l0_tables), (0, 0), "nothing flushed yet");
     }
 }

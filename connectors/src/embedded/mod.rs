@@ -50,7 +50,7 @@ mod subscriptions;
 mod webhooks;
 
 pub use commit::CommitStats;
-pub use db::{EmbeddedDb, EmbeddedOptions};
+pub use db::{EmbeddedDb, EmbeddedOptions, KeyspaceHealth, StoreHealth};
 
 use herald_schemas::store::StoreError;
 use herald_schemas::topic::LogError;

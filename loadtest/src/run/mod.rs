@@ -514,6 +514,7 @@ fn summarize(
         entry.1 = entry.1.max(*at);
     }
     let mut e2e = histogram();
+    let mut by_second: Vec<Histogram<u64>> = Vec::new();
     let (mut received, mut last_received) = (0u64, start);
     for (id, (sent_at, expected)) in intended.iter() {
         if let Some((count, at)) = seen.get(id.as_str())
@@ -521,7 +522,13 @@ fn summarize(
         {
             received += 1;
             last_received = last_received.max(*at);
-            let _ = e2e.record(at.saturating_duration_since(*sent_at).as_micros().max(1) as u64);
+            let latency_us = at.saturating_duration_since(*sent_at).as_micros().max(1) as u64;
+            let _ = e2e.record(latency_us);
+            let second = sent_at.saturating_duration_since(start).as_secs() as usize;
+            if by_second.len() <= second {
+                by_second.resize_with(second + 1, histogram);
+            }
+            let _ = by_second[second].record(latency_us);
         }
     }
     let mut errors = shared.errors.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -544,6 +551,7 @@ fn summarize(
         throughput_per_s: received as f64 / elapsed,
         ack_latency_ms: Percentiles::of(&ack),
         e2e_latency_ms: Percentiles::of(&e2e),
+        e2e_by_second: by_second.iter().map(Percentiles::of).collect(),
         errors,
         plot: None,
         ack_histogram: ack,

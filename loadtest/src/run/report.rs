@@ -54,6 +54,9 @@ pub struct Report {
     pub throughput_per_s: f64,
     pub ack_latency_ms: Percentiles,
     pub e2e_latency_ms: Percentiles,
+    /// End-to-end latency of the notifications sent in each second of the run (index 0: the
+    /// first second), to see whether the tail grows as a run goes on.
+    pub e2e_by_second: Vec<Percentiles>,
     /// By kind: `http_503`, `transport`, `rejected_<code>`, `not_received`, …
     pub errors: BTreeMap<String, u64>,
     /// The latency plot written, if any.
@@ -132,6 +135,7 @@ mod tests {
             throughput_per_s: 9.5,
             ack_latency_ms: p,
             e2e_latency_ms: p,
+            e2e_by_second: vec![p, p],
             errors: BTreeMap::new(),
             plot: None,
             ack_histogram: h.clone(),
@@ -144,6 +148,7 @@ mod tests {
         for field in ["p50", "p90", "p99", "p999", "max"] {
             assert!(json["ack_latency_ms"][field].is_number() && json["e2e_latency_ms"][field].is_number());
         }
+        assert_eq!(json["e2e_by_second"].as_array().map(Vec::len), Some(2));
         assert!(report.to_text().contains("end to end"));
     }
 }

@@ -285,7 +285,8 @@ impl Runtime {
             watches,
             request_lag: request_lag.clone(),
             interval: cfg.monitor_interval,
-            retention: app.backends.embedded.clone().map(|db| (db, cfg.retention_interval)),
+            store: app.backends.embedded.clone(),
+            retention_every: cfg.retention_interval,
         };
         tasks.push(tokio::spawn(monitor.run(shutdown.clone())));
         if cfg.realtime_priority > 0 {
