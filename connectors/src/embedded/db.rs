@@ -95,47 +95,19 @@ pub(crate) struct Keyspaces {
     pub(crate) webhooks: Keyspace,
     pub(crate) webhook_status: Keyspace,
     pub(crate) webhook_outbox: Keyspace,
+    /// Every keyspace above, in the order opened, for the store's health gauges.
+    all: Vec<Keyspace>,
 }
 
 impl Keyspaces {
-    /// Every keyspace, for the store's health gauges.
-    fn all(&self) -> [&Keyspace; 29] {
-        [
-            &self.topics,
-            &self.records,
-            &self.log_starts,
-            &self.offsets,
-            &self.contacts,
-            &self.templates,
-            &self.dedup,
-            &self.dedup_expiry,
-            &self.throttle,
-            &self.ledger,
-            &self.sinks,
-            &self.api_keys,
-            &self.index,
-            &self.positions,
-            &self.timeline,
-            &self.timeline_expiry,
-            &self.holds,
-            &self.schedule,
-            &self.schedule_expiry,
-            &self.digests,
-            &self.digest_open,
-            &self.digest_members,
-            &self.digest_member_of,
-            &self.user_topics,
-            &self.topic_members,
-            &self.broadcast_cursors,
-            &self.webhooks,
-            &self.webhook_status,
-            &self.webhook_outbox,
-        ]
-    }
-
     fn open(db: &Database) -> Result<Keyspaces, fjall::Error> {
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        Ok(Keyspaces {
+        let mut all = Vec::new();
+        let mut ks = |name: &str| {
+            let keyspace = db.keyspace(name, KeyspaceCreateOptions::default)?;
+            all.push(keyspace.clone());
+            Ok::<_, fjall::Error>(keyspace)
+        };
+        let mut keyspaces = Keyspaces {
             topics: ks("topics")?,
             records: ks("records")?,
             log_starts: ks("log_starts")?,
@@ -165,7 +137,10 @@ impl Keyspaces {
             webhooks: ks("webhooks")?,
             webhook_status: ks("webhook_status")?,
             webhook_outbox: ks("webhook_outbox")?,
-        })
+            all: Vec::new(),
+        };
+        keyspaces.all = all;
+        Ok(keyspaces)
     }
 }
 
@@ -415,7 +390,7 @@ impl EmbeddedDb {
     pub fn health(&self) -> StoreHealth {
         let db = &self.inner.db;
         StoreHealth {
-            keyspaces: (self.inner.ks.all().into_iter())
+            keyspaces: (self.inner.ks.all.iter())
                 .map(|ks| KeyspaceHealth {
                     name: (**ks.name()).to_string(),
                     sealed_memtables: ks.sealed_memtable_count(),

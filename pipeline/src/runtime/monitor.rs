@@ -46,19 +46,16 @@ impl Monitor {
                 _ = tick.tick() => {}
             }
             self.sample().await;
-            if let Some(db) = &self.store {
-                // Off this runtime's thread: a keyspace's lock is held while the storage engine
-                // drops a flushed memtable (up to 150 ms measured), and this runtime serves the
-                // priority lane.
-                let db = db.clone();
-                match tokio::task::spawn_blocking(move || db.health()).await {
-                    Ok(health) => store_health(&health),
-                    Err(error) => tracing::warn!(%error, "store health task failed"),
-                }
+            let Some(db) = &self.store else { continue };
+            // Off this runtime's thread: a keyspace's lock is held while the storage engine
+            // drops a flushed memtable (up to 150 ms measured), and this runtime serves the
+            // priority lane.
+            let sampled = db.clone();
+            match tokio::task::spawn_blocking(move || sampled.health()).await {
+                Ok(health) => store_health(&health),
+                Err(error) => tracing::warn!(%error, "store health task failed"),
             }
-            if let Some(db) = &self.store
-                && last_retention.elapsed() >= self.retention_every
-            {
+            if last_retention.elapsed() >= self.retention_every {
                 last_retention = tokio::time::Instant::now();
                 let db = db.clone();
                 match tokio::task::spawn_blocking(move || db.apply_retention()).await {
