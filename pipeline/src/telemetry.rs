@@ -42,6 +42,8 @@ pub const STORE_WRITE_BUFFER_BYTES: &str = "herald_store_write_buffer_bytes";
 pub const STORE_FLUSHES_QUEUED: &str = "herald_store_flushes_queued";
 pub const STORE_COMPACTIONS_ACTIVE: &str = "herald_store_compactions_active";
 pub const STORE_JOURNALS: &str = "herald_store_journals";
+pub const STORE_MEMTABLES_REAPED: &str = "herald_store_memtables_reaped_total";
+pub const STORE_MEMTABLE_ITEMS_REAPED: &str = "herald_store_memtable_items_reaped_total";
 pub const LOG_WRITE_SECONDS: &str = "herald_log_write_seconds";
 pub const CHAIN_RESTARTS: &str = "herald_chain_restarts_total";
 pub const RECORDS_UNDECODABLE: &str = "herald_records_undecodable_total";
@@ -210,6 +212,8 @@ pub fn store_health(health: &herald_connectors::embedded::StoreHealth) {
     gauge!(STORE_FLUSHES_QUEUED).set(health.flushes_queued as f64);
     gauge!(STORE_COMPACTIONS_ACTIVE).set(health.compactions_active as f64);
     gauge!(STORE_JOURNALS).set(health.journals as f64);
+    counter!(STORE_MEMTABLES_REAPED).absolute(health.reaped.memtables);
+    counter!(STORE_MEMTABLE_ITEMS_REAPED).absolute(health.reaped.items);
 }
 
 /// Records waiting in a queue between two stages.

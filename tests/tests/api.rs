@@ -296,7 +296,11 @@ async fn health_metrics_timeline_and_keys() {
     let metrics = anonymous.get("/metrics").await.expect(200, "GET /metrics");
     assert!(metrics.text.contains("herald_"), "/metrics must expose herald_ metrics:\n{}", metrics.text);
     // The monitor samples the embedded store's health with the offsets.
-    for gauge in ["herald_store_sealed_memtables{keyspace=\"records\"}", "herald_store_write_buffer_bytes"] {
+    for gauge in [
+        "herald_store_sealed_memtables{keyspace=\"records\"}",
+        "herald_store_write_buffer_bytes",
+        "herald_store_memtables_reaped_total",
+    ] {
         assert!(metrics.text.contains(gauge), "/metrics must expose {gauge}:\n{}", metrics.text);
     }
 

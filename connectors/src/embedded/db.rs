@@ -8,6 +8,7 @@ use super::EmbeddedError;
 use super::commit::{CommitStats, GroupCommit, Ticket};
 use super::lock::DirLock;
 use super::log::TopicState;
+use super::reaper::{Reaped, Reaper};
 use crate::channels::io::Raised;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use std::collections::HashMap;
@@ -95,7 +96,7 @@ pub(crate) struct Keyspaces {
     pub(crate) webhooks: Keyspace,
     pub(crate) webhook_status: Keyspace,
     pub(crate) webhook_outbox: Keyspace,
-    /// Every keyspace above, in the order opened, for the store's health gauges.
+    /// Every keyspace above, in the order opened, for the store's health gauges and its reaper.
     all: Vec<Keyspace>,
 }
 
@@ -203,6 +204,9 @@ pub(crate) struct Inner {
     pub(crate) commit: GroupCommit,
     /// ... and this one for the bulk threads' (`herald_connectors::channels::io::on_bulk`).
     pub(crate) bulk_commit: GroupCommit,
+    /// Frees the flushed memtables off the engine's locks (see `reaper.rs`); stopped before the
+    /// keyspaces it holds are dropped.
+    reaper: Reaper,
     pub(crate) ks: Keyspaces,
     pub(crate) topics: RwLock<HashMap<String, Arc<TopicState>>>,
     pub(crate) locks: StoreLocks,
@@ -302,6 +306,8 @@ pub struct StoreHealth {
     pub compactions_active: usize,
     /// Journal files not yet released (every one holds writes some memtable has not flushed).
     pub journals: usize,
+    /// Flushed memtables freed off the engine's locks since the database opened (`reaper.rs`).
+    pub reaped: Reaped,
 }
 
 /// One keyspace's shape in [`StoreHealth`].
@@ -353,6 +359,8 @@ impl EmbeddedDb {
         };
         let commit = committer("herald-commit")?;
         let bulk_commit = committer("herald-commit-bulk")?;
+        let reaper =
+            Reaper::start(ks.all.clone()).map_err(|source| EmbeddedError::Io { dir: dir.to_path_buf(), source })?;
         tracing::info!(dir = %dir.display(), topics = topics.len(), "embedded database opened");
         Ok(EmbeddedDb {
             inner: Arc::new(Inner {
@@ -360,6 +368,7 @@ impl EmbeddedDb {
                 dir: dir.to_path_buf(),
                 commit,
                 bulk_commit,
+                reaper,
                 ks,
                 topics: RwLock::new(topics),
                 locks: StoreLocks::default(),
@@ -402,6 +411,7 @@ impl EmbeddedDb {
             flushes_queued: db.outstanding_flushes(),
             compactions_active: db.active_compactions(),
             journals: db.journal_count(),
+            reaped: self.inner.reaper.reaped(),
         }
     }
 

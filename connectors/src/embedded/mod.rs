@@ -43,6 +43,7 @@ mod db;
 mod index;
 mod lock;
 mod log;
+mod reaper;
 mod remote;
 mod schedule;
 mod stores;
@@ -51,6 +52,7 @@ mod webhooks;
 
 pub use commit::CommitStats;
 pub use db::{EmbeddedDb, EmbeddedOptions, KeyspaceHealth, StoreHealth};
+pub use reaper::Reaped;
 
 use herald_schemas::store::StoreError;
 use herald_schemas::topic::LogError;
