@@ -104,36 +104,44 @@ pub(crate) struct Reaper {
     /// Dropped to stop the thread.
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-    memtables: Arc<AtomicU64>,
-    items: Arc<AtomicU64>,
+    totals: Arc<Totals>,
+}
+
+/// [`Reaped`] since the start, added to by the thread, read by [`Reaper::reaped`].
+#[derive(Default)]
+struct Totals {
+    memtables: AtomicU64,
+    items: AtomicU64,
 }
 
 impl Reaper {
-    /// Adopts the memtables active in `keyspaces`, then starts the thread over them. It takes the calling thread's priority: it frees what
-    /// the engine's own workers would otherwise have freed, at theirs.
+    /// Adopts the memtables active in `keyspaces`, then starts the thread over them. It takes the
+    /// calling thread's priority: it frees what the engine's own workers would otherwise have
+    /// freed, at theirs.
     pub(crate) fn start(keyspaces: Vec<Keyspace>) -> std::io::Result<Reaper> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let (memtables, items) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let counters = (memtables.clone(), items.clone());
+        let totals = Arc::new(Totals::default());
+        let added = totals.clone();
         let mut keeper = Keeper::new(keyspaces);
         // The memtables active now, adopted before the caller writes anything.
         keeper.step();
         let thread = std::thread::Builder::new().name("herald-reaper".into()).spawn(move || {
             loop {
                 let reaped = keeper.step();
-                counters.0.fetch_add(reaped.memtables, Ordering::Relaxed);
-                counters.1.fetch_add(reaped.items, Ordering::Relaxed);
+                added.memtables.fetch_add(reaped.memtables, Ordering::Relaxed);
+                added.items.fetch_add(reaped.items, Ordering::Relaxed);
                 match stopped.recv_timeout(INTERVAL) {
                     Err(RecvTimeoutError::Timeout) => continue,
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         })?;
-        Ok(Reaper { stop: Some(stop), thread: Some(thread), memtables, items })
+        Ok(Reaper { stop: Some(stop), thread: Some(thread), totals })
     }
 
     pub(crate) fn reaped(&self) -> Reaped {
-        Reaped { memtables: self.memtables.load(Ordering::Relaxed), items: self.items.load(Ordering::Relaxed) }
+        let totals = &self.totals;
+        Reaped { memtables: totals.memtables.load(Ordering::Relaxed), items: totals.items.load(Ordering::Relaxed) }
     }
 }
 

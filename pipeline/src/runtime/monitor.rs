@@ -47,9 +47,8 @@ impl Monitor {
             }
             self.sample().await;
             let Some(db) = &self.store else { continue };
-            // Off this runtime's thread: a keyspace's lock is held while the storage engine
-            // drops a flushed memtable (up to 150 ms measured), and this runtime serves the
-            // priority lane.
+            // Off this runtime's thread, which serves the priority lane: reading a keyspace's
+            // shape takes the lock the storage engine holds while it registers a flush.
             let sampled = db.clone();
             match tokio::task::spawn_blocking(move || sampled.health()).await {
                 Ok(health) => store_health(&health),
